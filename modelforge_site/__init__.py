@@ -1,0 +1,3 @@
+from modelforge_site.celery import app as celery_app
+
+__all__ = ("celery_app",)

@@ -1,0 +1,121 @@
+"""Health probes: no authentication, answered by status code.
+
+- /api/v1/live: the process answers.
+- /api/v1/ready: the database answers and every migration is applied (503 until then).
+- /api/v1/health: database, cache and broker, each named; 503 when any is down.
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.migrations.executor import MigrationExecutor
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+_migrations_applied = False
+
+
+def check_database() -> tuple[bool, str]:
+    try:
+        with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True, "ok"
+    except Exception as exc:  # any driver error means "down" to a probe
+        return False, f"unreachable: {exc.__class__.__name__}"
+
+
+def check_migrations() -> tuple[bool, str]:
+    global _migrations_applied
+    if _migrations_applied:
+        return True, "ok"
+    executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
+    pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    if pending:
+        return False, f"{len(pending)} migrations not applied; run manage.py migrate"
+    _migrations_applied = True  # migrations never un-apply while a process runs
+    return True, "ok"
+
+
+def check_cache() -> tuple[bool, str]:
+    try:
+        key = "modelforge:health"
+        cache.set(key, "1", 5)
+        if cache.get(key) != "1":
+            return False, "read back failed"
+        return True, "ok"
+    except Exception as exc:
+        return False, f"unreachable: {exc.__class__.__name__}"
+
+
+def check_broker() -> tuple[bool, str]:
+    if not settings.CELERY_BROKER_URL:
+        return True, "not configured: jobs run in-process"
+    from modelforge_site.celery import app
+
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+        return True, "ok"
+    except Exception as exc:
+        return False, f"unreachable: {exc.__class__.__name__}"
+
+
+_component = inline_serializer("HealthComponent", {"ok": serializers.BooleanField(), "detail": serializers.CharField()})
+_health = inline_serializer(
+    "Health",
+    {
+        "status": serializers.ChoiceField(choices=["healthy", "degraded"]),
+        "version": serializers.CharField(),
+        "components": serializers.DictField(child=_component),
+        "degraded": serializers.ListField(child=serializers.CharField()),
+    },
+)
+_probe = inline_serializer("Probe", {"status": serializers.CharField()})
+
+
+class ProbeView(APIView):
+    authentication_classes = ()
+    permission_classes = (AllowAny,)
+
+
+class HealthView(ProbeView):
+    @extend_schema(summary="Health of the database, cache and broker", responses={200: _health, 503: _health}, auth=[])
+    def get(self, request):
+        started = time.perf_counter()
+        components = {}
+        for name, check in (("database", check_database), ("cache", check_cache), ("broker", check_broker)):
+            ok, detail = check()
+            components[name] = {"ok": ok, "detail": detail}
+        degraded = [name for name, part in components.items() if not part["ok"]]
+        body = {
+            "status": "degraded" if degraded else "healthy",
+            "version": settings.MODELFORGE_VERSION,
+            "components": components,
+            "degraded": degraded,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
+        return Response(body, status=503 if degraded else 200)
+
+
+class ReadyView(ProbeView):
+    @extend_schema(
+        summary="Ready to serve: database up, migrations applied", responses={200: _probe, 503: _probe}, auth=[]
+    )
+    def get(self, request):
+        ok, detail = check_database()
+        if ok:
+            ok, detail = check_migrations()
+        return Response({"status": "ready" if ok else detail}, status=200 if ok else 503)
+
+
+class LiveView(ProbeView):
+    @extend_schema(summary="The process is alive", responses={200: _probe}, auth=[])
+    def get(self, request):
+        return Response({"status": "alive"})

@@ -1,0 +1,32 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from modelforge_site import health
+from registry.views import ModelNameViewSet, ModelViewSet
+
+# One API router. Trailing slashes are optional: the constructor only knows "/" or "", so the
+# regex fragment is set afterwards (documented DRF behaviour for optional slashes).
+router = SimpleRouter()
+router.trailing_slash = "/?"
+router.register("models/by-name", ModelNameViewSet, basename="model-by-name")
+router.register("models", ModelViewSet, basename="model")
+
+api_v1 = [
+    path("health", health.HealthView.as_view(), name="health"),
+    path("ready", health.ReadyView.as_view(), name="ready"),
+    path("live", health.LiveView.as_view(), name="live"),
+    path("schema", SpectacularAPIView.as_view(), name="schema"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    *router.urls,
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+]
+
+handler404 = "modelforge_site.error_views.not_found"
+handler500 = "modelforge_site.error_views.server_error"

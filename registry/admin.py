@@ -1,0 +1,435 @@
+"""The registry in the Django admin: a client of registry.services, like the API.
+
+Registering, uploading, validating, archiving and deleting all call the services; the change
+form edits only a model's description and tags, through `services.model_update`. Schema and
+metadata come from uploaded files, so every value shown from them is escaped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import Count
+from django.http import HttpResponseRedirect
+from django.template.defaultfilters import filesizeformat
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from modelforge_site.exceptions import DomainError
+from registry import services
+from registry.forms import MLModelAddForm, MLModelChangeForm
+from registry.models import MLModel, Tag
+
+Status = MLModel.Status
+
+# White text on each colour passes WCAG AA contrast.
+STATUS_COLOURS = {
+    Status.PENDING: "#5f6368",
+    Status.UPLOADED: "#1d4ed8",
+    Status.VALIDATING: "#9a3412",
+    Status.READY: "#166534",
+    Status.ERROR: "#b91c1c",
+    Status.ARCHIVED: "#374151",
+}
+EMPTY = "—"
+# Nested metadata deeper than this is shown as JSON text rather than more nested tables.
+MAX_TABLE_DEPTH = 3
+
+
+def status_badge(model: MLModel) -> SafeString:
+    """A coloured label that also names the status, so it reads without colour."""
+    return format_html(
+        '<span style="display:inline-block;padding:1px 8px;border-radius:9px;color:#fff;'
+        'background:{};font-weight:600;white-space:nowrap" class="mf-status mf-status-{}">{}</span>',
+        STATUS_COLOURS.get(model.status, "#5f6368"),
+        model.status,
+        model.get_status_display(),
+    )
+
+
+def _scalar(value: Any) -> str:
+    if value is None or value == "":
+        return EMPTY
+    return str(value)
+
+
+def _value_html(value: Any, depth: int = 0) -> SafeString:
+    """Any JSON value as escaped HTML: dicts as key/value tables, lists of dicts as tables."""
+    if depth >= MAX_TABLE_DEPTH and isinstance(value, dict | list):
+        return format_html("<code>{}</code>", json.dumps(value, ensure_ascii=False))
+    if isinstance(value, dict):
+        return _key_value_table(value.items(), depth + 1)
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        columns = list(dict.fromkeys(key for item in value for key in item))
+        return _table(columns, ([item.get(column) for column in columns] for item in value), depth + 1)
+    if isinstance(value, list) and value:
+        return format_html_join(", ", "{}", ((_value_html(item, depth + 1),) for item in value))
+    if isinstance(value, list):
+        return format_html("{}", EMPTY)
+    return format_html("{}", _scalar(value))
+
+
+def _key_value_table(items: Iterable[tuple[Any, Any]], depth: int = 0) -> SafeString:
+    rows = format_html_join(
+        "", '<tr><th scope="row">{}</th><td>{}</td></tr>', ((key, _value_html(value, depth)) for key, value in items)
+    )
+    if not rows:
+        return format_html("{}", EMPTY)
+    return format_html('<table class="mf-table"><tbody>{}</tbody></table>', rows)
+
+
+def _table(columns: list[str], rows: Iterable[list[Any]], depth: int = 0) -> SafeString:
+    head = format_html_join("", '<th scope="col">{}</th>', ((column,) for column in columns))
+    body = format_html_join(
+        "",
+        "<tr>{}</tr>",
+        ((format_html_join("", "<td>{}</td>", ((_value_html(cell, depth),) for cell in row)),) for row in rows),
+    )
+    return format_html('<table class="mf-table"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>', head, body)
+
+
+# The keys registry.onnx_inspect writes, in display order; unknown keys follow as they come.
+METADATA_LABELS = {
+    "producer_name": "Producer",
+    "producer_version": "Producer version",
+    "domain": "Domain",
+    "model_version": "Model version",
+    "graph_name": "Graph name",
+    "ir_version": "IR version",
+    "opset_imports": "Opset imports",
+    "doc_string": "Documentation",
+    "metadata_props": "Metadata properties",
+}
+
+
+def _metadata_value_html(key: str, value: Any) -> SafeString:
+    if key == "opset_imports" and isinstance(value, list) and all(isinstance(item, dict) for item in value):
+        # The empty domain is the default operator set, ai.onnx.
+        rows = ([item.get("domain") or "ai.onnx", item.get("version")] for item in value)
+        return _table(["Domain", "Version"], rows) if value else format_html("{}", EMPTY)
+    if key == "doc_string" and isinstance(value, str) and value:
+        return format_html('<div style="white-space:pre-wrap">{}</div>', value)
+    return _value_html(value)
+
+
+def metadata_table(metadata: Any) -> SafeString:
+    """The model_metadata dict as a key/value table, with readable labels for the known keys."""
+    if not isinstance(metadata, dict) or not metadata:
+        return format_html("{}", EMPTY)
+    keys = [key for key in METADATA_LABELS if key in metadata] + [key for key in metadata if key not in METADATA_LABELS]
+    rows = format_html_join(
+        "",
+        '<tr><th scope="row">{}</th><td>{}</td></tr>',
+        ((METADATA_LABELS.get(key, key), _metadata_value_html(key, metadata[key])) for key in keys),
+    )
+    return format_html('<table class="mf-table"><tbody>{}</tbody></table>', rows)
+
+
+def _shape_text(shape: Any) -> str:
+    if shape is None:
+        return "unknown rank"
+    if not isinstance(shape, list):
+        return str(shape)
+    if not shape:
+        return "scalar"
+    return "[" + ", ".join("?" if isinstance(d, int) and d < 0 else str(d) for d in shape) + "]"
+
+
+def _dim_names_text(names: Any) -> str:
+    if not isinstance(names, list) or not any(names):
+        return EMPTY
+    return ", ".join(str(name) if name else EMPTY for name in names)
+
+
+def schema_table(schema: Any) -> SafeString:
+    """An input_schema / output_schema list as a table; "?" marks a variable dimension."""
+    if not isinstance(schema, list) or not schema:
+        return format_html("{}", EMPTY)
+    rows = format_html_join(
+        "",
+        "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+        (
+            (
+                _scalar(spec.get("name")),
+                _scalar(spec.get("kind")),
+                _scalar(spec.get("datatype")),
+                _scalar(spec.get("onnx_type")),
+                _shape_text(spec.get("shape")),
+                _dim_names_text(spec.get("dim_names")),
+            )
+            for spec in schema
+            if isinstance(spec, dict)
+        ),
+    )
+    return format_html(
+        '<table class="mf-table"><thead><tr><th scope="col">Name</th><th scope="col">Kind</th>'
+        '<th scope="col">Datatype</th><th scope="col">ONNX type</th><th scope="col">Shape</th>'
+        '<th scope="col">Dimension names</th></tr></thead><tbody>{}</tbody></table>',
+        rows,
+    )
+
+
+def _model_label(model: MLModel) -> str:
+    return f"{model.name} {model.version}"
+
+
+def _report_result(request, model: MLModel) -> None:
+    """One message with the outcome of a validation."""
+    if model.status == Status.READY:
+        inputs, outputs = len(model.input_schema), len(model.output_schema)
+        messages.success(
+            request,
+            f"{_model_label(model)} is ready: {inputs} input{'s' * (inputs != 1)}, "
+            f"{outputs} output{'s' * (outputs != 1)}.",
+        )
+        if model.validation_warnings:
+            messages.warning(request, f"{_model_label(model)}: {'; '.join(model.validation_warnings)}")
+    elif model.status == Status.ERROR:
+        messages.error(request, f"{_model_label(model)} failed validation ({model.error_code}): {model.error_message}")
+    else:
+        messages.info(request, f"{_model_label(model)} is {model.get_status_display().lower()}.")
+
+
+@admin.register(MLModel)
+class MLModelAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "version_display",
+        "status_display",
+        "size_display",
+        "tag_list",
+        "created_by_display",
+        "created_at",
+    )
+    list_display_links = ("name", "version_display")
+    list_filter = ("status", "name", "tags")
+    search_fields = ("name", "description", "^file_sha256")
+    search_help_text = "Name, description, or the start of a sha256."
+    list_select_related = ("created_by", "created_by_key")
+    ordering = ("name", "-version_key", "-created_at")
+    list_per_page = 50
+    actions = ("validate_selected", "archive_selected")
+    readonly_fields = (
+        "name",
+        "version",
+        "status_display",
+        "file_sha256",
+        "size_display",
+        "input_schema_table",
+        "output_schema_table",
+        "metadata_table",
+        "error_code",
+        "error_message",
+        "warnings_list",
+        "created_by_display",
+        "created_at",
+        "updated_at",
+        "uploaded_at",
+        "validated_at",
+    )
+
+    # --- lists and pages -----------------------------------------------------------------------
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("tags")
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else self.readonly_fields
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            return ((None, {"fields": ("name", "version", "description", "tags", "file")}),)
+        fieldsets = [
+            (None, {"fields": ("name", "version", "status_display", "description", "tags")}),
+            ("File", {"fields": ("file_sha256", "size_display", "uploaded_at", "validated_at", "file")}),
+        ]
+        if obj.error_code or obj.error_message or obj.validation_warnings:
+            fieldsets.append(("Validation", {"fields": ("error_code", "error_message", "warnings_list")}))
+        fieldsets += [
+            ("Inputs", {"fields": ("input_schema_table",)}),
+            ("Outputs", {"fields": ("output_schema_table",)}),
+            ("Metadata", {"fields": ("metadata_table",), "description": "As written in the ONNX file."}),
+            ("History", {"fields": ("created_by_display", "created_at", "updated_at"), "classes": ("collapse",)}),
+        ]
+        return fieldsets
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        kwargs["form"] = MLModelAddForm if obj is None else MLModelChangeForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    @admin.display(description="version", ordering="version_key")
+    def version_display(self, obj: MLModel) -> str:
+        return obj.version
+
+    @admin.display(description="status", ordering="status")
+    def status_display(self, obj: MLModel) -> SafeString:
+        return status_badge(obj)
+
+    @admin.display(description="size", ordering="file_size")
+    def size_display(self, obj: MLModel) -> str:
+        return EMPTY if obj.file_size is None else filesizeformat(obj.file_size)
+
+    @admin.display(description="tags")
+    def tag_list(self, obj: MLModel) -> str:
+        return ", ".join(tag.name for tag in obj.tags.all())  # prefetched in get_queryset
+
+    @admin.display(description="created by")
+    def created_by_display(self, obj: MLModel) -> str:
+        return obj.created_by_label or EMPTY
+
+    @admin.display(description="inputs")
+    def input_schema_table(self, obj: MLModel) -> SafeString:
+        return schema_table(obj.input_schema)
+
+    @admin.display(description="outputs")
+    def output_schema_table(self, obj: MLModel) -> SafeString:
+        return schema_table(obj.output_schema)
+
+    @admin.display(description="metadata")
+    def metadata_table(self, obj: MLModel) -> SafeString:
+        return metadata_table(obj.model_metadata)
+
+    @admin.display(description="validation warnings")
+    def warnings_list(self, obj: MLModel) -> SafeString:
+        if not obj.validation_warnings:
+            return format_html("{}", EMPTY)
+        items = format_html_join("", "<li>{}</li>", ((str(warning),) for warning in obj.validation_warnings))
+        return format_html("<ul>{}</ul>", items)
+
+    # --- saving through the services ----------------------------------------------------------
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        # Django wraps a POST to this view in one transaction. Saving here validates the file
+        # in a sandboxed child process for up to VALIDATION_TIMEOUT_SECONDS, which the
+        # services deliberately keep outside any transaction (a long one would hold SQLite's
+        # write lock and hide the `validating` status from other requests). Each service call
+        # is atomic on its own, so the view runs without the outer transaction.
+        try:
+            return self._changeform_view(request, object_id, form_url, extra_context)
+        except DomainError as exc:
+            # A service refused after the form was valid (a registration that lost a race on
+            # name + version), or the upload handler refused an over-size body. Nothing was
+            # saved; say why on the same page.
+            messages.error(request, exc.detail)
+            return HttpResponseRedirect(request.get_full_path())
+
+    def save_model(self, request, obj: MLModel, form, change: bool) -> None:
+        if change:
+            self._save_change(request, obj, form)
+        else:
+            self._register(request, obj, form)
+
+    def _register(self, request, obj: MLModel, form) -> None:
+        data = form.cleaned_data
+        staged = services.stage_uploaded_file(data["file"])
+        try:
+            model = services.model_register(
+                name=data["name"],
+                version=data["version"],
+                description=data.get("description", ""),
+                tags=data.get("tags", []),
+                staged=staged,
+                actor=request.user,
+            )
+        except DomainError:
+            services.staged_cleanup(staged)  # a no-op once the file was put in place
+            raise
+        # The admin goes on with the form's instance (change message, redirect): make it the
+        # row the service created.
+        obj.pk = model.pk
+        obj.refresh_from_db()
+        _report_result(request, model)
+
+    def _save_change(self, request, obj: MLModel, form) -> None:
+        data = form.cleaned_data
+        tags = data["tags"] if "tags" in form.changed_data else None
+        services.model_update(model=obj, description=data.get("description"), tags=tags)
+        upload = data.get("file")
+        if not upload:
+            return
+        try:
+            staged = services.stage_uploaded_file(upload)
+            try:
+                model = services.model_upload(model=obj, staged=staged)
+            except DomainError:
+                services.staged_cleanup(staged)
+                raise
+            model = services.model_validate(model=model)
+        except DomainError as exc:
+            # The descriptive changes above are saved; only the new file was refused.
+            messages.error(request, f"The new file for {_model_label(obj)} was not used: {exc.detail}")
+            return
+        obj.refresh_from_db()
+        _report_result(request, model)
+
+    def save_related(self, request, form, formsets, change) -> None:
+        # Tags were set by the services; the form's own m2m save would treat names as ids.
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
+
+    def delete_model(self, request, obj: MLModel) -> None:
+        services.model_delete(model=obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for model in queryset:
+            services.model_delete(model=model)
+
+    # --- actions -------------------------------------------------------------------------------
+
+    @admin.action(description="Validate selected models", permissions=["change"])
+    def validate_selected(self, request, queryset) -> None:
+        outcomes: dict[str, list[MLModel]] = {Status.READY: [], Status.ERROR: []}
+        refused: list[str] = []
+        for model in queryset:
+            try:
+                model = services.model_validate(model=model)
+            except DomainError as exc:
+                refused.append(f"{_model_label(model)}: {exc.detail}")
+                continue
+            outcomes.setdefault(model.status, []).append(model)
+        ready, failed = outcomes[Status.READY], outcomes[Status.ERROR]
+        summary = (
+            f"Validated {len(ready) + len(failed)}: {len(ready)} ready, {len(failed)} error, {len(refused)} refused."
+        )
+        self.message_user(request, summary, messages.SUCCESS if not failed and not refused else messages.WARNING)
+        for model in failed:
+            self.message_user(
+                request, f"{_model_label(model)} failed ({model.error_code}): {model.error_message}", messages.ERROR
+            )
+        for reason in refused:
+            self.message_user(request, f"Not validated: {reason}", messages.WARNING)
+
+    @admin.action(description="Archive selected models", permissions=["change"])
+    def archive_selected(self, request, queryset) -> None:
+        archived, refused = 0, []
+        for model in queryset:
+            try:
+                services.model_archive(model=model)
+            except DomainError as exc:
+                refused.append(f"{_model_label(model)}: {exc.detail}")
+                continue
+            archived += 1
+        self.message_user(
+            request,
+            f"Archived {archived}, refused {len(refused)}.",
+            messages.SUCCESS if not refused else messages.WARNING,
+        )
+        for reason in refused:
+            self.message_user(request, f"Not archived: {reason}", messages.WARNING)
+
+
+@admin.register(Tag)
+class TagAdmin(admin.ModelAdmin):
+    list_display = ("name", "model_count")
+    search_fields = ("name",)
+    ordering = ("name",)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(model_count=Count("models"))
+
+    @admin.display(description="models", ordering="model_count")
+    def model_count(self, obj: Tag) -> int:
+        return obj.model_count

@@ -1,0 +1,122 @@
+"""Admin forms for the registry: they validate input only; saving goes through registry.services."""
+
+from __future__ import annotations
+
+from django import forms
+from django.conf import settings
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.core.validators import FileExtensionValidator
+
+from registry.models import MLModel, tag_validator
+
+MAX_TAGS = 50  # the API's limit too (registry.serializers.TagListField)
+
+
+class TagsField(forms.CharField):
+    """Tags as one comma-separated string; cleans to a sorted list of unique tag names."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("help_text", "Comma-separated, e.g. vision, prod. Letters, digits, '-', '_', '.', ':'.")
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value):
+        # The initial value of a change form is the model's Tag objects.
+        if isinstance(value, list | tuple):
+            return ", ".join(str(tag) for tag in value)
+        return value
+
+    def to_python(self, value) -> list[str]:
+        if isinstance(value, list | tuple):
+            return sorted({str(tag) for tag in value})
+        text = super().to_python(value)
+        return sorted({part.strip() for part in text.split(",") if part.strip()})
+
+    def validate(self, value: list[str]) -> None:
+        if self.required and not value:
+            raise ValidationError(self.error_messages["required"], code="required")
+
+    def run_validators(self, value: list[str]) -> None:
+        if len(value) > MAX_TAGS:
+            raise ValidationError(f"At most {MAX_TAGS} tags.", code="too_many_tags")
+        errors = []
+        for tag in value:
+            try:
+                tag_validator(tag)
+            except ValidationError:
+                message = f"'{tag}' is not a valid tag: {tag_validator.message}"
+                errors.append(ValidationError(message, code="invalid_tag"))
+        if errors:
+            raise ValidationError(errors)
+
+    def has_changed(self, initial, data) -> bool:
+        try:
+            return self.to_python(initial or []) != self.to_python(data)
+        except ValidationError:
+            return True
+
+
+def _file_help() -> str:
+    return f"A self-contained .onnx file, at most {settings.MAX_MODEL_SIZE_MB} MB."
+
+
+class MLModelAddForm(forms.ModelForm):
+    """Register a model: name, version, description, tags and the file, validated at once."""
+
+    tags = TagsField()
+    file = forms.FileField(
+        label="ONNX model file",
+        validators=[FileExtensionValidator(["onnx"], message="Choose a .onnx file.")],
+        widget=forms.FileInput(attrs={"accept": ".onnx"}),
+    )
+
+    class Meta:
+        model = MLModel
+        fields = ("name", "version", "description")
+        help_texts = {
+            "name": "1-100 characters: letters, digits, '-', '_' and '.'.",
+            "version": "A semantic version, e.g. 1.2.0 or 2.0.0-rc.1. Each name + version is registered once.",
+        }
+        error_messages = {
+            # The unique constraint on (name, version); services.model_create enforces it as well.
+            NON_FIELD_ERRORS: {
+                "unique_together": "This name and version are already registered. Pick a new version number.",
+            }
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["file"].help_text = _file_help()
+
+
+class MLModelChangeForm(forms.ModelForm):
+    """Only the descriptive fields change here; an optional new file replaces the current one."""
+
+    tags = TagsField()
+    file = forms.FileField(
+        label="Upload a new file",
+        required=False,
+        validators=[FileExtensionValidator(["onnx"], message="Choose a .onnx file.")],
+        widget=forms.FileInput(attrs={"accept": ".onnx"}),
+    )
+
+    class Meta:
+        model = MLModel
+        fields = ("description",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["file"].help_text = f"{_file_help()} Replaces the current file; the model is validated again."
+
+    def clean_file(self):
+        upload = self.cleaned_data.get("file")
+        if not upload:
+            return upload
+        status = self.instance.status
+        if status == MLModel.Status.ARCHIVED:
+            raise ValidationError("This version is archived; register a new version instead.", code="model_archived")
+        if status == MLModel.Status.VALIDATING:
+            raise ValidationError(
+                "This version is being validated; upload again once validation ends.", code="invalid_status"
+            )
+        return upload

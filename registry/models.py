@@ -1,0 +1,134 @@
+"""The model registry: one row per model name + semantic version."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+
+from registry.versioning import MAX_VERSION_LENGTH, parse_version, version_sort_key
+
+# A label, never a path: it starts with a letter or digit so that "..", ".x" or "-x" (which
+# clients and shells treat specially in URLs and arguments) cannot be names.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+NAME_RULE = "A model name is 1-100 characters: letters, digits, '-', '_' and '.', starting with a letter or digit."
+name_validator = RegexValidator(
+    NAME_PATTERN,
+    NAME_RULE,
+    code="invalid_name",
+)
+tag_validator = RegexValidator(
+    r"^[A-Za-z0-9_.:-]{1,50}$",
+    "A tag is 1-50 characters: letters, digits, '-', '_', '.' and ':'.",
+    code="invalid_tag",
+)
+
+
+def validate_version(value: str) -> None:
+    from django.core.exceptions import ValidationError
+
+    try:
+        parse_version(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc), code="invalid_version") from exc
+
+
+class Tag(models.Model):
+    name = models.CharField(max_length=50, unique=True, validators=[tag_validator])
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class MLModelQuerySet(models.QuerySet):
+    def ready(self):
+        return self.filter(status=MLModel.Status.READY)
+
+    def named(self, name: str):
+        return self.filter(name=name)
+
+    def newest_first(self):
+        return self.order_by("-version_key", "-created_at")
+
+    def with_relations(self):
+        return self.select_related("created_by", "created_by_key").prefetch_related("tags")
+
+
+class MLModel(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending upload"
+        UPLOADED = "uploaded", "Uploaded"
+        VALIDATING = "validating", "Validating"
+        READY = "ready", "Ready"
+        ERROR = "error", "Error"
+        ARCHIVED = "archived", "Archived"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=100, validators=[name_validator], db_index=True)
+    version = models.CharField(max_length=MAX_VERSION_LENGTH, validators=[validate_version])
+    # Digits-only key ordering versions by semver precedence (see registry.versioning).
+    version_key = models.CharField(max_length=400, editable=False, db_index=True)
+    description = models.TextField(blank=True, max_length=10_000)
+    tags = models.ManyToManyField(Tag, blank=True, related_name="models")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
+
+    file_sha256 = models.CharField(max_length=64, blank=True, editable=False, db_index=True)
+    file_size = models.BigIntegerField(null=True, blank=True, editable=False)
+    input_schema = models.JSONField(default=list, blank=True, editable=False)
+    output_schema = models.JSONField(default=list, blank=True, editable=False)
+    model_metadata = models.JSONField(default=dict, blank=True, editable=False)
+    validation_warnings = models.JSONField(default=list, blank=True, editable=False)
+    error_code = models.CharField(max_length=50, blank=True, editable=False)
+    error_message = models.TextField(blank=True, editable=False)
+
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by_key = models.ForeignKey(
+        "access.APIKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    uploaded_at = models.DateTimeField(null=True, blank=True, editable=False)
+    validated_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = MLModelQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "model"
+        ordering = ("name", "-version_key")
+        constraints = [
+            models.UniqueConstraint(fields=("name", "version"), name="registry_unique_name_version"),
+            models.CheckConstraint(
+                condition=~Q(status__in=["uploaded", "validating", "ready"]) | ~Q(file_sha256=""),
+                name="registry_servable_has_file",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def save(self, *args, **kwargs):
+        self.version_key = version_sort_key(self.version)
+        super().save(*args, **kwargs)
+
+    @property
+    def has_file(self) -> bool:
+        return bool(self.file_sha256)
+
+    def is_servable(self) -> bool:
+        return self.status == self.Status.READY
+
+    @property
+    def created_by_label(self) -> str:
+        if self.created_by_id:
+            return self.created_by.get_username()
+        if self.created_by_key_id:
+            return f"key:{self.created_by_key.name}"
+        return ""

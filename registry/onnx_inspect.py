@@ -1,0 +1,657 @@
+"""Inspect an uploaded ONNX model without trusting it: bytes in, report out.
+
+`inspect_model` turns the bytes of a model file into a JSON-serialisable report (input and
+output schema, metadata, warnings) or raises `ModelRejected` with a stable ``code``:
+
+``invalid_model``            not an ONNX model, or one the ONNX checker or our caps reject
+``external_data_forbidden``  a tensor keeps its data outside the file (path traversal, ORT's
+                             in-memory marker); only self-contained single-file models are served
+``custom_op_forbidden``      a node needs an operator library we do not ship
+``runtime_load_failed``      ONNX Runtime cannot create a session for the model
+``resource_limit_exceeded``  memory ran out while loading or test-running the model
+
+The module is pure (no Django, no file paths, no global state) but not safe to call on untrusted
+bytes in the web process: a hostile model can still crash ONNX Runtime or make it allocate
+without bound. `registry.sandbox` runs it in a child process through the command-line entry at
+the bottom of this file, which applies memory and CPU limits first.
+
+onnx, onnxruntime and numpy are imported inside the functions that need them, never at module
+level: the command-line entry must set its resource limits before those libraries load (they
+map memory and start threads at import), and Django importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from onnx import (
+        AttributeProto,
+        GraphProto,
+        ModelProto,
+        NodeProto,
+        TensorProto,
+        TensorShapeProto,
+        TypeProto,
+    )
+    from onnxruntime import InferenceSession
+
+DEFAULT_MAX_DIMENSION = 2**31
+
+# Operator domains ONNX Runtime implements natively. Anything else needs a custom operator
+# library, i.e. native code we would have to load on the model author's behalf.
+ALLOWED_OP_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft"})
+
+# ONNX Runtime reads tensor data from a raw memory address when an external-data location
+# contains this marker (onnxruntime #28709). Any external data is rejected; this marker gets
+# its own message so the reason is plain in logs.
+ORT_MEMORY_MARKER = "_ORT_MEM_ADDR_"
+
+# Open Inference Protocol v2 datatypes, keyed by the lower-cased TensorProto.DataType name
+# (which is also how ONNX Runtime spells element types: "tensor(float16)").
+_OIP_DATATYPES = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float": "FP32",
+    "double": "FP64",
+    "string": "BYTES",
+    "bfloat16": "BF16",
+}
+
+# Element types the test run can synthesise with numpy (ORT type name -> numpy dtype name).
+_NUMPY_DTYPES = {
+    "bool": "bool",
+    "uint8": "uint8",
+    "uint16": "uint16",
+    "uint32": "uint32",
+    "uint64": "uint64",
+    "int8": "int8",
+    "int16": "int16",
+    "int32": "int32",
+    "int64": "int64",
+    "float16": "float16",
+    "float": "float32",
+    "double": "float64",
+    "string": "object",
+}
+
+# Dummy inputs bigger than this are not built: a fixed dimension of 10**9 is legal, and zeros
+# for it would exhaust the sandbox's memory for a reason that is ours, not the model's.
+_DUMMY_INPUT_BUDGET_BYTES = 64 * 2**20
+
+# Phrases ONNX Runtime, protobuf and the C++ runtime use when an allocation fails.
+_OUT_OF_MEMORY_PHRASES = (
+    "bad_alloc",
+    "bad allocation",
+    "failed to allocate memory",
+    "cannot allocate memory",
+    "out of memory",
+)
+
+
+class ModelRejected(Exception):
+    """The model cannot be served. ``code`` is stable for clients; ``detail`` is for humans."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+def inspect_model(data: bytes, *, max_dimension: int = DEFAULT_MAX_DIMENSION) -> dict[str, Any]:
+    """Validate a serialized ONNX model and describe its interface.
+
+    Checks run cheapest and most dangerous first, so that nothing reaches ONNX Runtime
+    before the protobuf has been searched for external data and custom operators:
+    structure, external data, operator domains, the ONNX checker, dimension caps, an ONNX
+    Runtime session (CPU, one thread), and finally one run with dummy inputs. A failed
+    dummy run is only a warning (zeros are not valid input for every model), unless it
+    ran out of memory.
+
+    Returns ``{"input_schema", "output_schema", "model_metadata", "warnings"}``; each schema
+    entry is ``{"name", "datatype", "onnx_type", "shape", "dim_names", "kind"}``.
+    Raises `ModelRejected`.
+    """
+    try:
+        return _inspect(data, max_dimension=max_dimension)
+    except MemoryError as exc:
+        raise _out_of_memory("while inspecting the model", exc) from exc
+
+
+def _inspect(data: bytes, *, max_dimension: int) -> dict[str, Any]:
+    model = _parse(data)
+    _reject_external_data(model)
+    _reject_custom_ops(model)
+    _run_checker(data)
+    _reject_oversized_dimensions(model, max_dimension=max_dimension)
+
+    warnings: list[str] = []
+    initializer_names = {t.name for t in model.graph.initializer} | {
+        s.values.name for s in model.graph.sparse_initializer
+    }
+    # IR < 4 models list every initializer as a graph input too; those are weights, not inputs.
+    inputs = [vi for vi in model.graph.input if vi.name not in initializer_names]
+    input_schema = [_describe_value(vi.name, vi.type, "Input", warnings) for vi in inputs]
+    output_schema = [_describe_value(vi.name, vi.type, "Output", warnings) for vi in model.graph.output]
+
+    session = _create_session(data)
+    warnings.extend(_test_run(session))
+    return {
+        "input_schema": input_schema,
+        "output_schema": output_schema,
+        "model_metadata": _describe_metadata(model),
+        "warnings": warnings,
+    }
+
+
+# --- structure ------------------------------------------------------------------------------
+
+
+def _parse(data: bytes) -> ModelProto:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if not data:
+        raise ModelRejected("invalid_model", "The file is empty. Upload a .onnx model file.")
+    try:
+        # Deserialises only: unlike onnx.load(path), nothing here follows external-data paths.
+        model = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError) as exc:
+        raise ModelRejected(
+            "invalid_model",
+            f"The file is not a readable ONNX model (protobuf decoding failed: {exc}). It may "
+            "be truncated or in another format; export the model again with onnx.save_model.",
+        ) from exc
+    if not model.HasField("graph"):
+        raise ModelRejected(
+            "invalid_model",
+            "The file parses as protobuf but contains no ONNX graph, so it is probably not an "
+            "ONNX model. Upload the .onnx file written by your exporter.",
+        )
+    if not model.graph.node and not model.graph.output:
+        raise ModelRejected(
+            "invalid_model",
+            "The model's graph has no nodes and no outputs, so there is nothing to serve. "
+            "Check that the exporter wrote the whole model.",
+        )
+    return model
+
+
+def _run_checker(data: bytes) -> None:
+    import onnx
+
+    try:
+        # Given the bytes rather than the parsed model, the checker skips re-serialising it.
+        onnx.checker.check_model(data, full_check=True)
+    except Exception as exc:
+        # The checker raises ValidationError, shape inference InferenceError, and the C++
+        # bindings a few others; every one of them means the graph is not valid ONNX.
+        if _is_out_of_memory(exc):
+            raise _out_of_memory("in the ONNX checker", exc) from exc
+        raise ModelRejected(
+            "invalid_model",
+            f"The ONNX checker rejected the model: {_message(exc)}. Fix the graph (run "
+            "onnx.checker.check_model(model, full_check=True) locally) and upload it again.",
+        ) from exc
+
+
+def _reject_oversized_dimensions(model: ModelProto, *, max_dimension: int) -> None:
+    declared: list[tuple[str, Iterable[int]]] = []
+    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
+        declared.extend((f"graph {kind} '{vi.name}'", _declared_dims(vi.type)) for vi in values)
+    declared.extend((f"tensor '{tensor.name}' ({where})", tensor.dims) for tensor, where in _iter_tensors(model))
+    for graph, where in _iter_graphs(model):
+        declared.extend((f"sparse initializer '{s.values.name}' ({where})", s.dims) for s in graph.sparse_initializer)
+    for what, dims in declared:
+        for dim in dims:
+            if dim > max_dimension:
+                raise ModelRejected(
+                    "invalid_model",
+                    f"The {what} declares a dimension of {dim}, above the limit of "
+                    f"{max_dimension}. Use a symbolic dimension for variable sizes.",
+                )
+
+
+def _declared_dims(type_proto: TypeProto) -> Iterator[int]:
+    """Fixed dimensions of every tensor shape inside a (possibly nested) type."""
+    which = type_proto.WhichOneof("value")
+    if which in ("tensor_type", "sparse_tensor_type"):
+        tensor_type = getattr(type_proto, which)
+        for dim in tensor_type.shape.dim:
+            if dim.HasField("dim_value"):
+                yield dim.dim_value
+    elif which == "sequence_type":
+        yield from _declared_dims(type_proto.sequence_type.elem_type)
+    elif which == "map_type":
+        yield from _declared_dims(type_proto.map_type.value_type)
+    elif which == "optional_type":
+        yield from _declared_dims(type_proto.optional_type.elem_type)
+
+
+# --- walking every graph, node and tensor -------------------------------------------------------
+#
+# Tensors and nodes hide in many places: graph initializers, sparse initializers, node
+# attributes, subgraphs of If/Loop/Scan (to any depth), model-local function bodies and their
+# attribute defaults, and training graphs. The checks below must see all of them, so they go
+# through these walkers rather than model.graph.
+
+
+def _iter_graphs(model: ModelProto) -> Iterator[tuple[GraphProto, str]]:
+    """Every graph in the model, nested ones included, with a description of where it is."""
+    yield from _walk_graph(model.graph, f"main graph '{model.graph.name}'")
+    for index, training in enumerate(model.training_info):
+        yield from _walk_graph(training.initialization, f"training_info[{index}] initialization")
+        yield from _walk_graph(training.algorithm, f"training_info[{index}] algorithm")
+    for function in model.functions:
+        where = _function_label(function.domain, function.name)
+        for attr in function.attribute_proto:
+            for graph, graph_where in _attribute_graphs(attr, f"{where} attribute default"):
+                yield from _walk_graph(graph, graph_where)
+        for node in function.node:
+            for graph, graph_where in _node_graphs(node, where):
+                yield from _walk_graph(graph, graph_where)
+
+
+def _walk_graph(graph: GraphProto, where: str) -> Iterator[tuple[GraphProto, str]]:
+    # Recursion depth is bounded by protobuf's own nesting limit on parsed messages.
+    yield graph, where
+    for node in graph.node:
+        for subgraph, sub_where in _node_graphs(node, where):
+            yield from _walk_graph(subgraph, sub_where)
+
+
+def _node_graphs(node: NodeProto, where: str) -> Iterator[tuple[GraphProto, str]]:
+    for attr in node.attribute:
+        yield from _attribute_graphs(attr, f"{where} > {_node_label(node)}")
+
+
+def _attribute_graphs(attr: AttributeProto, where: str) -> Iterator[tuple[GraphProto, str]]:
+    # Every field is searched whatever attr.type claims: a runtime may not check the type.
+    if attr.HasField("g"):
+        yield attr.g, f"{where} attribute '{attr.name}' > graph '{attr.g.name}'"
+    for index, graph in enumerate(attr.graphs):
+        yield graph, f"{where} attribute '{attr.name}'[{index}] > graph '{graph.name}'"
+
+
+def _iter_nodes(model: ModelProto) -> Iterator[tuple[NodeProto, str]]:
+    """Every node: all graphs (nested too) and every model-local function body."""
+    for graph, where in _iter_graphs(model):
+        for node in graph.node:
+            yield node, where
+    for function in model.functions:
+        for node in function.node:
+            yield node, _function_label(function.domain, function.name)
+
+
+def _iter_tensors(model: ModelProto) -> Iterator[tuple[TensorProto, str]]:
+    """Every TensorProto: initializers, sparse tensors' values and indices, attribute values."""
+    for graph, where in _iter_graphs(model):
+        for tensor in graph.initializer:
+            yield tensor, f"{where} initializer"
+        for sparse in graph.sparse_initializer:
+            yield sparse.values, f"{where} sparse initializer values"
+            yield sparse.indices, f"{where} sparse initializer indices"
+    for node, where in _iter_nodes(model):
+        for attr in node.attribute:
+            yield from _attribute_tensors(attr, f"{where} > {_node_label(node)}")
+    for function in model.functions:
+        where = f"{_function_label(function.domain, function.name)} attribute default"
+        for attr in function.attribute_proto:
+            yield from _attribute_tensors(attr, where)
+
+
+def _attribute_tensors(attr: AttributeProto, where: str) -> Iterator[tuple[TensorProto, str]]:
+    label = f"{where} attribute '{attr.name}'"
+    if attr.HasField("t"):
+        yield attr.t, label
+    for tensor in attr.tensors:
+        yield tensor, label
+    sparse_tensors = [attr.sparse_tensor] if attr.HasField("sparse_tensor") else []
+    for sparse in [*sparse_tensors, *attr.sparse_tensors]:
+        yield sparse.values, f"{label} sparse values"
+        yield sparse.indices, f"{label} sparse indices"
+
+
+def _node_label(node: NodeProto) -> str:
+    return f"{node.op_type} node '{node.name}'" if node.name else f"unnamed {node.op_type} node"
+
+
+def _function_label(domain: str, name: str) -> str:
+    return f"function '{domain}:{name}'" if domain else f"function '{name}'"
+
+
+# --- external data and custom operators ---------------------------------------------------------
+
+
+def _reject_external_data(model: ModelProto) -> None:
+    from onnx import TensorProto
+
+    for tensor, where in _iter_tensors(model):
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        location = entries.get("location", "")
+        if ORT_MEMORY_MARKER in location:
+            raise ModelRejected(
+                "external_data_forbidden",
+                f"Tensor '{tensor.name}' ({where}) uses ONNX Runtime's in-memory external-data "
+                f"marker {ORT_MEMORY_MARKER} (location '{location}'), which reads raw process "
+                "memory. Only self-contained models are accepted: save the model with all "
+                "tensors embedded.",
+            )
+        if tensor.data_location == TensorProto.EXTERNAL or entries:
+            # Any path is refused, not only ones that look like traversal: '../', absolute
+            # paths, and symlinks have all escaped past sanitisers (CVE-2022-25882,
+            # CVE-2024-27318), and an uploaded model has no folder of its own anyway.
+            raise ModelRejected(
+                "external_data_forbidden",
+                f"Tensor '{tensor.name}' ({where}) stores its data outside the model file "
+                f"(external data location '{location}'). Only self-contained single-file "
+                "models are accepted: save it with onnx.save_model(model, path, "
+                "save_as_external_data=False); models over 2 GB cannot be uploaded.",
+            )
+
+
+def _reject_custom_ops(model: ModelProto) -> None:
+    # A node may call a model-local function; ONNX Runtime inlines those, so no native code
+    # runs for them. Their bodies are checked like any other nodes by _iter_nodes.
+    local_functions = {(f.domain, f.name, f.overload) for f in model.functions}
+    opset_versions = {opset.domain: opset.version for opset in model.opset_import}
+    for node, where in _iter_nodes(model):
+        if node.domain in ALLOWED_OP_DOMAINS:
+            continue
+        if (node.domain, node.op_type, node.overload) in local_functions:
+            continue
+        imported = (
+            f"imported at opset version {opset_versions[node.domain]}"
+            if node.domain in opset_versions
+            else "not imported by the model"
+        )
+        raise ModelRejected(
+            "custom_op_forbidden",
+            f"The {_node_label(node)} ({where}) uses operator '{node.op_type}' from the "
+            f"custom domain '{node.domain}' ({imported}). Custom operators need native "
+            "libraries, which are not loaded here. Allowed domains: ai.onnx (''), ai.onnx.ml, "
+            "ai.onnx.preview.training, com.microsoft; re-export with standard operators.",
+        )
+
+
+# --- schema and metadata --------------------------------------------------------------------------
+
+
+def _describe_value(name: str, type_proto: TypeProto, role: str, warnings: list[str]) -> dict[str, Any]:
+    kind = _kind(type_proto)
+    entry: dict[str, Any] = {
+        "name": name,
+        "datatype": None,
+        "onnx_type": _type_string(type_proto),
+        "shape": None,
+        "dim_names": None,
+        "kind": kind,
+    }
+    if kind != "tensor":
+        return entry
+    tensor_type = type_proto.tensor_type
+    element = _element_type_name(tensor_type.elem_type)
+    entry["datatype"] = _OIP_DATATYPES.get(element)
+    if entry["datatype"] is None:
+        warnings.append(
+            f"{role} '{name}' has element type {element}, which the Open Inference Protocol "
+            "has no datatype for; it cannot be exchanged through the v2 API."
+        )
+    if tensor_type.HasField("shape"):
+        entry["shape"], entry["dim_names"] = _shape(tensor_type.shape)
+    return entry
+
+
+def _shape(shape_proto: TensorShapeProto) -> tuple[list[int], list[str | None]]:
+    """(-1 for every variable or unknown dimension, the symbolic name or None)."""
+    shape: list[int] = []
+    names: list[str | None] = []
+    for dim in shape_proto.dim:
+        if dim.HasField("dim_value") and dim.dim_value >= 0:
+            shape.append(dim.dim_value)
+            names.append(None)
+        else:
+            shape.append(-1)
+            names.append(dim.dim_param if dim.HasField("dim_param") and dim.dim_param else None)
+    return shape, names
+
+
+_KINDS = {
+    "tensor_type": "tensor",
+    "sequence_type": "sequence",
+    "map_type": "map",
+    "optional_type": "optional",
+    "sparse_tensor_type": "sparse_tensor",
+    "opaque_type": "opaque",
+}
+
+
+def _kind(type_proto: TypeProto) -> str:
+    return _KINDS.get(type_proto.WhichOneof("value") or "", "unknown")
+
+
+def _type_string(type_proto: TypeProto) -> str:
+    """The type in ONNX Runtime's notation, e.g. ``seq(map(int64,tensor(float)))``."""
+    which = type_proto.WhichOneof("value")
+    if which == "tensor_type":
+        return f"tensor({_element_type_name(type_proto.tensor_type.elem_type)})"
+    if which == "sparse_tensor_type":
+        return f"sparse_tensor({_element_type_name(type_proto.sparse_tensor_type.elem_type)})"
+    if which == "sequence_type":
+        return f"seq({_type_string(type_proto.sequence_type.elem_type)})"
+    if which == "map_type":
+        key = _element_type_name(type_proto.map_type.key_type)
+        return f"map({key},{_type_string(type_proto.map_type.value_type)})"
+    if which == "optional_type":
+        return f"optional({_type_string(type_proto.optional_type.elem_type)})"
+    if which == "opaque_type":
+        return f"opaque({type_proto.opaque_type.domain},{type_proto.opaque_type.name})"
+    return "unknown"
+
+
+def _element_type_name(elem_type: int) -> str:
+    from onnx import TensorProto
+
+    try:
+        return TensorProto.DataType.Name(elem_type).lower()
+    except ValueError:  # a number this onnx release does not know
+        return f"unknown_{elem_type}"
+
+
+def _describe_metadata(model: ModelProto) -> dict[str, Any]:
+    return {
+        "ir_version": model.ir_version,
+        "opset_imports": [{"domain": opset.domain, "version": opset.version} for opset in model.opset_import],
+        "producer_name": model.producer_name,
+        "producer_version": model.producer_version,
+        "domain": model.domain,
+        "model_version": model.model_version,
+        "graph_name": model.graph.name,
+        "doc_string": model.doc_string,
+        "metadata_props": {prop.key: prop.value for prop in model.metadata_props},
+    }
+
+
+# --- ONNX Runtime -----------------------------------------------------------------------------
+
+
+def _create_session(data: bytes) -> InferenceSession:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    # One thread each: the sandbox's CPU limit then bounds wall time too, and a validation
+    # never competes with serving for every core.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only; warnings would bury a crash's last words
+    try:
+        return onnxruntime.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        # onnxruntime's pybind errors (Fail, InvalidGraph, NotImplemented, ...) derive from
+        # Exception directly, so there is no narrower class to catch.
+        if _is_out_of_memory(exc):
+            raise _out_of_memory("while ONNX Runtime loaded the model", exc) from exc
+        raise ModelRejected(
+            "runtime_load_failed",
+            f"ONNX Runtime could not load the model: {_message(exc)}. The model may use "
+            "an operator or opset version this server's ONNX Runtime does not implement.",
+        ) from exc
+
+
+def _test_run(session: InferenceSession) -> list[str]:
+    """Run the model once on zeros; return warnings (a failed run is not a rejection)."""
+    import numpy as np
+    import onnxruntime
+
+    feeds: dict[str, Any] = {}
+    for arg in session.get_inputs():
+        dtype_name = _tensor_dtype_name(arg.type)
+        if dtype_name is None:
+            return [
+                (
+                    f"Test run skipped: input '{arg.name}' has type {arg.type}, for which no "
+                    "dummy value is built. The model loads; check that it runs on real inputs."
+                )
+            ]
+        # Variable or unknown dimensions become 1, the smallest size most graphs accept.
+        shape = [dim if isinstance(dim, int) and dim >= 0 else 1 for dim in arg.shape or []]
+        dtype = np.dtype(dtype_name)
+        if math.prod(shape) * dtype.itemsize > _DUMMY_INPUT_BUDGET_BYTES:
+            return [
+                (
+                    f"Test run skipped: input '{arg.name}' has the fixed shape {shape}, too large "
+                    "for a dummy value. The model loads; check that it runs on real inputs."
+                )
+            ]
+        if dtype_name == "object":
+            # np.zeros would fill an object array with the int 0; string inputs need strings.
+            feeds[arg.name] = np.full(shape, "", dtype=object)
+        else:
+            feeds[arg.name] = np.zeros(shape, dtype=dtype)
+
+    run_options = onnxruntime.RunOptions()
+    run_options.log_severity_level = 4  # a failure is returned as a warning; no need to log it too
+    try:
+        session.run(None, feeds, run_options)
+    except Exception as exc:
+        if _is_out_of_memory(exc):
+            # A model that cannot even run on the smallest inputs within the memory limit
+            # (a ConstantOfShape bomb, onnxruntime #28730) would take the server down.
+            raise _out_of_memory("during a test run with dummy inputs", exc) from exc
+        return [
+            (
+                "Test run with dummy inputs (zeros or empty strings, variable dimensions = 1) "
+                f"failed: {_message(exc)}. The model loads; check that it runs on real inputs."
+            )
+        ]
+    return []
+
+
+def _tensor_dtype_name(ort_type: str) -> str | None:
+    """numpy dtype name for an ORT type like ``tensor(float)``; None if not synthesisable."""
+    if not (ort_type.startswith("tensor(") and ort_type.endswith(")")):
+        return None
+    return _NUMPY_DTYPES.get(ort_type[len("tensor(") : -1])
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    message = str(exc).lower()
+    return any(phrase in message for phrase in _OUT_OF_MEMORY_PHRASES)
+
+
+def _out_of_memory(stage: str, exc: BaseException) -> ModelRejected:
+    return ModelRejected(
+        "resource_limit_exceeded",
+        f"The model ran out of memory {stage} ({_message(exc) or type(exc).__name__}). "
+        "It asks for more memory than a model may use here.",
+    )
+
+
+def _message(exc: BaseException, limit: int = 1000) -> str:
+    """The exception's message on one line, capped: it ends up in API responses."""
+    message = " ".join(str(exc).split())
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+# --- command-line entry for registry.sandbox --------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Limit this process, inspect the file at PATH, print one JSON line with the outcome.
+
+    ``{"ok": true, "report": {...}}`` or ``{"ok": false, "code": ..., "detail": ...}``. The exit
+    status is 0 whenever that line was printed; the parent treats anything else as a crash.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m registry.onnx_inspect",
+        description="Inspect an untrusted ONNX model under memory and CPU limits.",
+    )
+    parser.add_argument("--memory-mb", type=_positive_int, required=True)
+    parser.add_argument("--cpu-seconds", type=_positive_int, required=True)
+    parser.add_argument("path", type=Path)
+    args = parser.parse_args(argv)
+
+    _limit_resources(memory_mb=args.memory_mb, cpu_seconds=args.cpu_seconds)
+    try:
+        outcome: dict[str, Any] = {"ok": True, "report": inspect_model(args.path.read_bytes())}
+    except ModelRejected as exc:
+        outcome = {"ok": False, "code": exc.code, "detail": exc.detail}
+    except MemoryError:
+        outcome = {
+            "ok": False,
+            "code": "resource_limit_exceeded",
+            "detail": f"Inspecting the model needed more than {args.memory_mb} MB of memory.",
+        }
+    sys.stdout.write(json.dumps(outcome) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def _limit_resources(*, memory_mb: int, cpu_seconds: int) -> None:
+    """Cap address space and CPU time of this process (and of anything it would exec)."""
+    _lower_limit(resource.RLIMIT_AS, soft=memory_mb * 2**20, hard=memory_mb * 2**20)
+    # The soft limit sends SIGXCPU, which the parent reports as a timeout; the hard limit one
+    # second later is SIGKILL in case something ignores SIGXCPU.
+    _lower_limit(resource.RLIMIT_CPU, soft=cpu_seconds, hard=cpu_seconds + 1)
+    # SIGXCPU and crashes would otherwise dump cores of up to memory_mb each.
+    _lower_limit(resource.RLIMIT_CORE, soft=0, hard=0)
+
+
+def _lower_limit(which: int, *, soft: int, hard: int) -> None:
+    # An unprivileged process may only lower a hard limit, so never ask above the current one.
+    _, current_hard = resource.getrlimit(which)
+    if current_hard != resource.RLIM_INFINITY:
+        hard = min(hard, current_hard)
+        soft = min(soft, hard)
+    resource.setrlimit(which, (soft, hard))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Translate registry requests and responses; no side effects here."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from modelforge_site.strict_input import StrictInputSerializer
+from registry.models import NAME_PATTERN, NAME_RULE, MLModel, tag_validator, validate_version
+from registry.versioning import MAX_VERSION_LENGTH
+
+
+class TagListField(serializers.ListField):
+    """Tags as a JSON list, repeated form fields, or one comma-separated string."""
+
+    child = serializers.CharField(max_length=50, validators=[tag_validator])
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_length", 50)
+        super().__init__(**kwargs)
+
+    def get_value(self, dictionary):
+        value = super().get_value(dictionary)
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str) and "," in value[0]:
+            return [part.strip() for part in value[0].split(",") if part.strip()]
+        return value
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            data = [part.strip() for part in data.split(",") if part.strip()]
+        return super().to_internal_value(data)
+
+
+def _version(value: str) -> str:
+    from django.core.exceptions import ValidationError
+
+    try:
+        validate_version(value)
+    except ValidationError as exc:
+        raise serializers.ValidationError(exc.messages[0], code="invalid_version") from exc
+    return value
+
+
+class ModelCreateSerializer(StrictInputSerializer):
+    name = serializers.RegexField(
+        NAME_PATTERN,
+        max_length=100,
+        error_messages={"invalid": NAME_RULE},
+    )
+    version = serializers.CharField(max_length=MAX_VERSION_LENGTH, validators=[_version])
+    description = serializers.CharField(required=False, allow_blank=True, max_length=10_000, default="")
+    tags = TagListField(required=False, default=list)
+    file = serializers.FileField(
+        required=False,
+        allow_empty_file=True,
+        help_text="The .onnx file (multipart only). With it, the model is uploaded and validated at once.",
+    )
+
+
+class ModelUpdateSerializer(StrictInputSerializer):
+    description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
+    tags = TagListField(required=False)
+
+
+class ModelUploadSerializer(StrictInputSerializer):
+    file = serializers.FileField(allow_empty_file=True, help_text="The .onnx file.")
+
+
+class TensorSpecSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    kind = serializers.CharField(help_text="tensor, sequence, map, ...")
+    datatype = serializers.CharField(allow_null=True, help_text="Open Inference Protocol datatype, e.g. FP32.")
+    onnx_type = serializers.CharField(help_text="The ONNX type, e.g. tensor(float).")
+    shape = serializers.ListField(child=serializers.IntegerField(), allow_null=True, help_text="-1 = variable.")
+    dim_names = serializers.ListField(child=serializers.CharField(allow_null=True), allow_null=True)
+
+
+class ModelSerializer(serializers.ModelSerializer):
+    tags = serializers.SerializerMethodField()
+    created_by = serializers.CharField(source="created_by_label", read_only=True)
+    input_schema = TensorSpecSerializer(many=True, read_only=True)
+    output_schema = TensorSpecSerializer(many=True, read_only=True)
+    model_metadata = serializers.DictField(read_only=True)
+    validation_warnings = serializers.ListField(child=serializers.CharField(), read_only=True)
+
+    class Meta:
+        model = MLModel
+        fields = (
+            "id",
+            "name",
+            "version",
+            "description",
+            "tags",
+            "status",
+            "file_sha256",
+            "file_size",
+            "input_schema",
+            "output_schema",
+            "model_metadata",
+            "validation_warnings",
+            "error_code",
+            "error_message",
+            "created_by",
+            "created_at",
+            "updated_at",
+            "uploaded_at",
+            "validated_at",
+        )
+        read_only_fields = fields
+
+    def get_tags(self, obj: MLModel) -> list[str]:
+        return [tag.name for tag in obj.tags.all()]

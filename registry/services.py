@@ -1,0 +1,254 @@
+"""Every write to the registry goes through here: the API, the admin and import_models alike.
+
+Slow work (hashing, the ONNX checks in a child process) runs outside transactions; state
+changes are conditional UPDATEs, so two racing requests cannot both move a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from registry import sandbox
+from registry.errors import DuplicateVersion, InvalidTransition, ModelArchived, ModelTooLarge, NoFile
+from registry.models import MLModel, Tag
+from registry.storage import FileTooLarge, ModelStore, sha256_of_file
+
+logger = logging.getLogger(__name__)
+Status = MLModel.Status
+
+UPLOADABLE = (Status.PENDING, Status.UPLOADED, Status.READY, Status.ERROR)
+VALIDATABLE = (Status.UPLOADED, Status.READY, Status.ERROR, Status.VALIDATING)
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A file written to the store's temporary folder, hashed, not yet in place."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+def stage_uploaded_file(upload) -> StagedFile:
+    """A StagedFile from a Django UploadedFile (our upload handler already hashed it)."""
+    sha256 = getattr(upload, "sha256", None)
+    if sha256 and hasattr(upload, "temporary_file_path"):
+        return StagedFile(Path(upload.temporary_file_path()), sha256, upload.size)
+    upload.seek(0)
+    return stage_stream(upload)
+
+
+def stage_stream(stream: BinaryIO) -> StagedFile:
+    try:
+        sha256, size, path = ModelStore().write_stream(stream, max_bytes=settings.MAX_MODEL_SIZE_BYTES)
+    except FileTooLarge as exc:
+        raise ModelTooLarge(settings.MAX_MODEL_SIZE_MB) from exc
+    return StagedFile(path, sha256, size)
+
+
+def _set_tags(model: MLModel, tags: Iterable[str]) -> None:
+    names = sorted(set(tags))
+    for name in names:
+        Tag(name=name).clean_fields(exclude=["id"])  # a bad tag fails before any row is written
+    objs = [Tag.objects.get_or_create(name=name)[0] for name in names]
+    model.tags.set(objs)
+
+
+def _actor_fields(actor) -> dict:
+    from access.models import APIKey
+
+    if isinstance(actor, APIKey):
+        return {"created_by_key": actor}
+    if actor is not None and getattr(actor, "is_authenticated", False) and getattr(actor, "pk", None):
+        return {"created_by": actor}
+    return {}
+
+
+def model_create(*, name: str, version: str, description: str = "", tags: Iterable[str] = (), actor=None) -> MLModel:
+    """Register a name + version with no file yet (status pending).
+
+    The unique constraint decides races: of concurrent creates, one wins, the rest get 409.
+    """
+    model = MLModel(name=name, version=version, description=description, **_actor_fields(actor))
+    model.full_clean(validate_unique=False, validate_constraints=False)
+    try:
+        with transaction.atomic():
+            model.save()
+            _set_tags(model, tags)
+    except IntegrityError as exc:
+        if MLModel.objects.filter(name=name, version=version).exists():
+            raise DuplicateVersion(f"{name} {version} already exists. Pick a new version number.") from exc
+        raise
+    return model
+
+
+def model_update(*, model: MLModel, description: str | None = None, tags: Iterable[str] | None = None) -> MLModel:
+    """Change the descriptive fields; everything else is owned by the system."""
+    with transaction.atomic():
+        if description is not None:
+            model.description = description
+            model.full_clean(validate_unique=False, validate_constraints=False)
+            model.save(update_fields=["description", "updated_at"])
+        if tags is not None:
+            _set_tags(model, tags)
+    return model
+
+
+def _discard_if_unreferenced(sha256: str) -> None:
+    if sha256 and not MLModel.objects.filter(file_sha256=sha256).exists():
+        ModelStore().delete(sha256)
+
+
+def model_upload(*, model: MLModel, staged: StagedFile) -> MLModel:
+    """Put a staged file in place and point the model at it (status uploaded).
+
+    The row changes only if the file is stored; if the row cannot change (archived, or being
+    validated), the stored file is removed again unless another version shares it.
+    """
+    if model.status == Status.ARCHIVED:
+        raise ModelArchived(f"{model} is archived; register a new version instead.")
+    if model.status not in UPLOADABLE:
+        raise InvalidTransition(f"{model} is {model.status}; wait until validation ends, then upload again.")
+
+    previous_sha = model.file_sha256
+    ModelStore().put_file(staged.path, staged.sha256)
+    now = timezone.now()
+    changed = MLModel.objects.filter(pk=model.pk, status__in=UPLOADABLE).update(
+        file_sha256=staged.sha256,
+        file_size=staged.size,
+        status=Status.UPLOADED,
+        uploaded_at=now,
+        updated_at=now,
+        validated_at=None,
+        input_schema=[],
+        output_schema=[],
+        model_metadata={},
+        validation_warnings=[],
+        error_code="",
+        error_message="",
+    )
+    if not changed:
+        _discard_if_unreferenced(staged.sha256)
+        model.refresh_from_db()
+        raise InvalidTransition(f"{model} changed to {model.status} meanwhile; the upload was not applied.")
+    if previous_sha and previous_sha != staged.sha256:
+        transaction.on_commit(lambda: _discard_if_unreferenced(previous_sha))
+    model.refresh_from_db()
+    logger.info("model uploaded", extra={"model": str(model), "sha256": staged.sha256, "size": staged.size})
+    return model
+
+
+def model_validate(*, model: MLModel) -> MLModel:
+    """Run the structural, security and runtime checks in a sandboxed child process.
+
+    Ends with status ready (schema and metadata filled in) or error (code and reason).
+    """
+    if model.status == Status.ARCHIVED:
+        raise ModelArchived(f"{model} is archived and is not validated again.")
+    if not model.file_sha256:
+        raise NoFile(f"{model} has no file yet. Upload one with POST /api/v1/models/{model.pk}/upload.")
+    sha256 = model.file_sha256
+    started = MLModel.objects.filter(pk=model.pk, status__in=VALIDATABLE, file_sha256=sha256).update(
+        status=Status.VALIDATING, updated_at=timezone.now()
+    )
+    if not started:
+        model.refresh_from_db()
+        raise InvalidTransition(f"{model} changed to {model.status} meanwhile; validate again.")
+
+    result = _check_file(sha256)
+    now = timezone.now()
+    if result.ok:
+        report = result.report
+        fields = dict(
+            status=Status.READY,
+            input_schema=report["input_schema"],
+            output_schema=report["output_schema"],
+            model_metadata=report["model_metadata"],
+            validation_warnings=report.get("warnings", []),
+            error_code="",
+            error_message="",
+        )
+    else:
+        fields = dict(status=Status.ERROR, error_code=result.code, error_message=result.detail[:5000])
+    # Compare-and-set: a re-upload or archive while the child ran wins over this result.
+    MLModel.objects.filter(pk=model.pk, status=Status.VALIDATING, file_sha256=sha256).update(
+        validated_at=now, updated_at=now, **fields
+    )
+    model.refresh_from_db()
+    logger.info("model validated", extra={"model": str(model), "status": model.status, "code": model.error_code})
+    return model
+
+
+def _check_file(sha256: str) -> sandbox.SandboxResult:
+    path = ModelStore().path_for(sha256)
+    if not path.is_file():
+        return sandbox.SandboxResult(False, None, "file_missing", "The stored model file is missing; upload it again.")
+    if sha256_of_file(path) != sha256:
+        logger.error("checksum mismatch on stored model file", extra={"sha256": sha256})
+        return sandbox.SandboxResult(
+            False, None, "checksum_mismatch", "The stored file no longer matches its sha256; upload it again."
+        )
+    return sandbox.inspect_in_sandbox(
+        path,
+        memory_mb=settings.VALIDATION_MEMORY_MB,
+        timeout_seconds=settings.VALIDATION_TIMEOUT_SECONDS,
+    )
+
+
+def model_register(
+    *,
+    name: str,
+    version: str,
+    staged: StagedFile,
+    description: str = "",
+    tags: Iterable[str] = (),
+    actor=None,
+) -> MLModel:
+    """Create, upload and validate in one step (multipart create, the admin, import_models)."""
+    try:
+        model = model_create(name=name, version=version, description=description, tags=tags, actor=actor)
+    except BaseException:
+        staged_cleanup(staged)
+        raise
+    try:
+        model = model_upload(model=model, staged=staged)
+    except BaseException:
+        # The create and the upload are one user action: do not leave a half-registered row.
+        MLModel.objects.filter(pk=model.pk).delete()
+        raise
+    return model_validate(model=model)
+
+
+def model_archive(*, model: MLModel) -> MLModel:
+    """Archive: the row and file are kept and listed, but never served again."""
+    if model.status == Status.VALIDATING:
+        raise InvalidTransition(f"{model} is being validated; archive it once validation ends.")
+    MLModel.objects.filter(pk=model.pk).exclude(status=Status.VALIDATING).update(
+        status=Status.ARCHIVED, updated_at=timezone.now()
+    )
+    model.refresh_from_db()
+    return model
+
+
+def model_delete(*, model: MLModel) -> None:
+    """Delete the row; the file goes too unless another version has the same bytes."""
+    sha256 = model.file_sha256
+    with transaction.atomic():
+        model.delete()
+        transaction.on_commit(lambda: _discard_if_unreferenced(sha256))
+
+
+def staged_cleanup(staged: StagedFile) -> None:
+    """Remove a staged file that was not put in place (e.g. a rejected import)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(staged.path)

@@ -1,0 +1,189 @@
+"""Registry API: /api/v1/models and /api/v1/models/by-name/{name}/..."""
+
+from __future__ import annotations
+
+from django.http import Http404
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, parsers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.filters import OrderingFilter, SearchFilter
+from rest_framework.response import Response
+
+from access.models import Scope
+from modelforge_site.exceptions import DomainError
+from modelforge_site.strict_input import ErrorSerializer
+from registry import selectors, services
+from registry.errors import ModelNotFound
+from registry.filters import MLModelFilter
+from registry.models import NAME_PATTERN, MLModel
+from registry.serializers import (
+    ModelCreateSerializer,
+    ModelSerializer,
+    ModelUpdateSerializer,
+    ModelUploadSerializer,
+)
+
+
+def _errors(*statuses: int) -> dict:
+    described = {
+        400: "Invalid input; `code` says which rule failed.",
+        401: "No API key or an invalid, revoked or expired one.",
+        403: "The key lacks the scope this route needs.",
+        404: "No such model.",
+        409: "Conflict with the model's current state (e.g. `duplicate_version`, `model_archived`).",
+        413: "The file is over MAX_MODEL_SIZE_MB (`model_too_large`).",
+    }
+    return {code: OpenApiResponse(ErrorSerializer, description=described[code]) for code in statuses}
+
+
+class SemverOrderingFilter(OrderingFilter):
+    """`ordering=version` sorts by semver precedence, not by the string."""
+
+    def get_ordering(self, request, queryset, view):
+        ordering = super().get_ordering(request, queryset, view) or []
+        semver = {"version": "version_key", "-version": "-version_key"}
+        return [semver.get(term, term) for term in ordering]
+
+
+def actor_of(request):
+    """The key (or the staff user) on whose behalf a write is made."""
+    return request.auth if request.auth is not None else request.user
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List models", responses={200: ModelSerializer(many=True), **_errors(400, 401, 403)}),
+    retrieve=extend_schema(summary="Get a model", responses={200: ModelSerializer, **_errors(401, 403, 404)}),
+    destroy=extend_schema(
+        summary="Delete a model version and, unless shared, its file",
+        responses={204: None, **_errors(401, 403, 404)},
+    ),
+)
+class ModelViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    serializer_class = ModelSerializer
+    queryset = MLModel.objects.with_relations()
+    parser_classes = (parsers.JSONParser, parsers.MultiPartParser, parsers.FormParser)
+    lookup_value_regex = "[0-9a-fA-F-]{36}"
+    filterset_class = MLModelFilter
+    search_fields = ("name", "description")
+    filter_backends = (DjangoFilterBackend, SearchFilter, SemverOrderingFilter)
+    ordering_fields = ("created_at", "updated_at", "name", "version", "file_size", "status")
+    ordering = ("name", "-version_key")
+    http_method_names = ("get", "post", "patch", "delete", "head", "options")
+
+    def get_object(self):
+        try:
+            return super().get_object()
+        except Http404 as exc:
+            raise ModelNotFound("No model with this id. List models with GET /api/v1/models.") from exc
+
+    @extend_schema(
+        summary="Register a model (JSON), or register, upload and validate it (multipart with `file`)",
+        request={"application/json": ModelCreateSerializer, "multipart/form-data": ModelCreateSerializer},
+        responses={201: ModelSerializer, **_errors(400, 401, 403, 409, 413)},
+    )
+    def create(self, request):
+        serializer = ModelCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        upload = data.pop("file", None)
+        if upload is None:
+            model = services.model_create(**data, actor=actor_of(request))
+        else:
+            staged = services.stage_uploaded_file(upload)
+            model = services.model_register(**data, staged=staged, actor=actor_of(request))
+        return Response(ModelSerializer(model).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Change a model's description or tags",
+        request=ModelUpdateSerializer,
+        responses={200: ModelSerializer, **_errors(400, 401, 403, 404)},
+    )
+    def partial_update(self, request, pk=None):
+        model = self.get_object()
+        serializer = ModelUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.model_update(model=model, **serializer.validated_data)
+        return Response(ModelSerializer(self.get_object()).data)
+
+    def perform_destroy(self, instance):
+        services.model_delete(model=instance)
+
+    @extend_schema(
+        summary="Upload the model file (multipart field `file`)",
+        request={"multipart/form-data": ModelUploadSerializer},
+        responses={200: ModelSerializer, **_errors(400, 401, 403, 404, 409, 413)},
+    )
+    @action(detail=True, methods=["post"], parser_classes=(parsers.MultiPartParser,))
+    def upload(self, request, pk=None):
+        model = self.get_object()
+        serializer = ModelUploadSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        staged = services.stage_uploaded_file(serializer.validated_data["file"])
+        model = services.model_upload(model=model, staged=staged)
+        return Response(ModelSerializer(model).data)
+
+    @extend_schema(
+        summary="Validate the uploaded file: ends ready (with schema and metadata) or error",
+        request=None,
+        responses={200: ModelSerializer, **_errors(401, 403, 404, 409)},
+    )
+    @action(detail=True, methods=["post"])
+    def validate(self, request, pk=None):
+        model = services.model_validate(model=self.get_object())
+        return Response(ModelSerializer(model).data)
+
+    @extend_schema(
+        summary="Archive a model version: kept and listed, never served",
+        request=None,
+        responses={200: ModelSerializer, **_errors(401, 403, 404, 409)},
+    )
+    @action(detail=True, methods=["post"])
+    def archive(self, request, pk=None):
+        model = services.model_archive(model=self.get_object())
+        return Response(ModelSerializer(model).data)
+
+
+class ModelNameViewSet(viewsets.GenericViewSet):
+    """Reads by model name across its versions."""
+
+    serializer_class = ModelSerializer
+    queryset = MLModel.objects.none()
+    lookup_field = "name"
+    lookup_value_regex = NAME_PATTERN.strip("^$")
+    required_scopes = {"versions": Scope.READ, "latest": Scope.READ}
+
+    @extend_schema(
+        summary="All versions of a model, newest semver first",
+        responses={200: ModelSerializer(many=True), **_errors(401, 403, 404)},
+    )
+    @action(detail=True, methods=["get"])
+    def versions(self, request, name=None):
+        queryset = selectors.model_versions(name=name)
+        page = self.paginate_queryset(queryset)
+        if not page and not queryset.exists():
+            raise ModelNotFound(f"No model named '{name}'.")
+        return self.get_paginated_response(ModelSerializer(page, many=True).data)
+
+    @extend_schema(
+        summary="The latest version of a model",
+        parameters=[
+            OpenApiParameter(
+                "ready_only", OpenApiTypes.BOOL, description="Only ready versions (default true).", default=True
+            )
+        ],
+        responses={200: ModelSerializer, **_errors(400, 401, 403, 404)},
+    )
+    @action(detail=True, methods=["get"])
+    def latest(self, request, name=None):
+        raw = request.query_params.get("ready_only", "true").lower()
+        if raw not in {"true", "false", "1", "0"}:
+            raise DomainError("ready_only must be true or false.", code="invalid_parameter")
+        model = selectors.model_latest(name=name, ready_only=raw in {"true", "1"})
+        return Response(ModelSerializer(model).data)

@@ -1,0 +1,155 @@
+"""API keys in the admin: created with scopes through the service, shown once, revoked for good."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.contrib import admin
+from django.contrib.admin.utils import quote
+from django.contrib.messages import get_messages
+from django.urls import reverse
+from rest_framework_api_key.models import APIKey as LibraryAPIKey
+
+from access.models import APIKey
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = reverse("admin:access_apikey_changelist")
+ADD = reverse("admin:access_apikey_add")
+MODELS = "/api/v1/models"
+
+
+@pytest.fixture
+def admin_client(client, ops_user):
+    client.force_login(ops_user)
+    return client
+
+
+def change_url(api_key: APIKey) -> str:
+    return reverse("admin:access_apikey_change", args=[quote(api_key.pk)])
+
+
+def messages_of(response) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
+
+
+def raw_key_in(text: str, api_key: APIKey) -> str:
+    """The raw key quoted at the end of the creation message."""
+    match = re.search(rf"copy it now: ({re.escape(api_key.prefix)}\.\S+)$", text)
+    assert match, text
+    return match.group(1)
+
+
+def create_key(admin_client, name: str = "ci", scopes=("read",)) -> tuple[APIKey, str]:
+    """Create a key through the add form; returns the row and the raw key from the message."""
+    response = admin_client.post(ADD, {"name": name, "scopes": list(scopes), "expiry_date_0": "", "expiry_date_1": ""})
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    api_key = APIKey.objects.get(name=name)
+    (warning,) = [text for text in messages_of(response) if "shown only this once" in text]
+    return api_key, raw_key_in(warning, api_key)
+
+
+def test_only_the_scoped_api_key_model_is_in_the_admin():
+    assert admin.site.is_registered(APIKey)
+    assert not admin.site.is_registered(LibraryAPIKey)
+
+
+def test_add_form_creates_a_scoped_key_and_shows_the_raw_key_once(admin_client):
+    response = admin_client.post(
+        ADD,
+        {"name": "ci", "scopes": ["predict", "read"], "expiry_date_0": "", "expiry_date_1": ""},
+        follow=True,
+    )
+
+    api_key = APIKey.objects.get(name="ci")
+    assert api_key.scopes == ["read", "predict"]
+    assert api_key.expiry_date is None
+    assert not api_key.revoked
+    (warning,) = [m for m in response.context["messages"] if "shown only this once" in str(m)]
+    assert warning.level_tag == "warning"
+    raw = raw_key_in(str(warning), api_key)
+    assert raw in response.content.decode()
+    assert api_key.is_valid(raw)
+    assert raw not in (api_key.pk, api_key.hashed_key)
+
+    assert raw not in admin_client.get(CHANGELIST).content.decode()
+    assert raw not in admin_client.get(change_url(api_key)).content.decode()
+
+
+def test_add_form_requires_name_and_a_known_scope(admin_client):
+    response = admin_client.post(ADD, {"name": "", "scopes": ["admin"], "expiry_date_0": "", "expiry_date_1": ""})
+
+    assert response.status_code == 200
+    assert set(response.context["adminform"].form.errors) == {"name", "scopes"}
+    assert not APIKey.objects.exists()
+
+
+def test_created_read_key_lists_models(admin_client, api_client):
+    _, raw = create_key(admin_client, scopes=["read"])
+
+    response = api_client.get(MODELS, HTTP_AUTHORIZATION=f"Bearer {raw}")
+
+    assert response.status_code == 200
+
+
+def test_created_key_without_read_scope_is_forbidden_to_list(admin_client, api_client):
+    _, raw = create_key(admin_client, name="predictor", scopes=["predict"])
+
+    response = api_client.get(MODELS, HTTP_AUTHORIZATION=f"Bearer {raw}")
+
+    assert response.status_code == 403
+    assert response.json()["code"] == "missing_scope"
+
+
+def test_changelist_shows_name_prefix_and_scopes(admin_client, make_key):
+    api_key, _ = make_key("read", "manage", name="ops-key")
+
+    html = admin_client.get(CHANGELIST).content.decode()
+
+    assert "ops-key" in html
+    assert api_key.prefix in html
+    assert "read, manage" in html
+
+
+def test_revoke_action_revokes_and_the_key_gets_401(admin_client, api_client):
+    api_key, raw = create_key(admin_client, scopes=["read"])
+    assert api_client.get(MODELS, HTTP_AUTHORIZATION=f"Bearer {raw}").status_code == 200
+
+    response = admin_client.post(CHANGELIST, {"action": "revoke_selected", "_selected_action": [api_key.pk]})
+
+    assert response.status_code == 302
+    assert messages_of(response)[-1] == "Revoked 1 key; revocation cannot be undone."
+    api_key.refresh_from_db()
+    assert api_key.revoked
+    refused = api_client.get(MODELS, HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert refused.status_code == 401
+    assert refused.json()["code"] == "api_key_revoked"
+
+
+def test_revoked_key_is_read_only(admin_client, make_key):
+    api_key, _ = make_key("read", name="old", revoked=True)
+
+    page = admin_client.get(change_url(api_key))
+    response = admin_client.post(
+        change_url(api_key), {"name": "renamed", "scopes": ["manage"], "expiry_date_0": "", "expiry_date_1": ""}
+    )
+
+    assert page.status_code == 200
+    assert 'name="name"' not in page.content.decode()
+    assert response.status_code == 403
+    api_key.refresh_from_db()
+    assert (api_key.name, api_key.scopes, api_key.revoked) == ("old", ["read"], True)
+
+
+def test_active_key_form_edits_name_and_scopes_but_not_revoked(admin_client, make_key):
+    api_key, _ = make_key("read", name="svc")
+
+    response = admin_client.post(
+        change_url(api_key),
+        {"name": "svc-2", "scopes": ["manage", "read"], "revoked": "on", "expiry_date_0": "", "expiry_date_1": ""},
+    )
+
+    assert response.status_code == 302
+    api_key.refresh_from_db()
+    assert (api_key.name, api_key.scopes, api_key.revoked) == ("svc-2", ["read", "manage"], False)

@@ -1,0 +1,82 @@
+"""Shared fixtures: API clients with keys of each scope, a staff user, isolated model storage."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+from rest_framework.test import APIClient
+
+from access.models import APIKey
+
+
+@pytest.fixture(autouse=True)
+def model_storage(settings, tmp_path) -> Path:
+    """Every test gets its own model store (and upload temp folder beside it)."""
+    root = tmp_path / "models"
+    (root / "tmp").mkdir(parents=True)
+    settings.MODEL_STORAGE_PATH = root
+    settings.FILE_UPLOAD_TEMP_DIR = str(root / "tmp")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    from django.core.cache import cache
+
+    yield
+    # A test may have stopped Redis on purpose; the next test must still start clean.
+    with contextlib.suppress(Exception):
+        cache.clear()
+
+
+@pytest.fixture
+def make_key(db):
+    """make_key("read", "predict", expires=None, revoked=False) -> (APIKey, raw key string)."""
+
+    def _make(*scopes: str, name: str = "test", expiry_date=None, revoked: bool = False):
+        api_key, raw = APIKey.objects.create_key(name=name, scopes=list(scopes), expiry_date=expiry_date)
+        if revoked:
+            api_key.revoked = True
+            api_key.save()
+        return api_key, raw
+
+    return _make
+
+
+@pytest.fixture
+def client_for(make_key):
+    """client_for("read", "manage") -> an APIClient sending a new key with those scopes."""
+
+    def _client(*scopes: str, name: str = "test") -> APIClient:
+        api_key, raw = make_key(*scopes, name=name)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+        client.api_key = api_key
+        return client
+
+    return _client
+
+
+@pytest.fixture
+def api_client() -> APIClient:
+    """No credentials."""
+    return APIClient()
+
+
+@pytest.fixture
+def manage_client(client_for) -> APIClient:
+    return client_for("read", "manage", name="ops")
+
+
+@pytest.fixture
+def read_client(client_for) -> APIClient:
+    return client_for("read", name="reader")
+
+
+@pytest.fixture
+def ops_user(django_user_model):
+    return django_user_model.objects.create_user(
+        username="ops", password="ops-password-123", is_staff=True, is_superuser=True
+    )
