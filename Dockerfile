@@ -20,4 +20,4 @@ RUN useradd --system --uid 10001 --home /app modelforge \
 
 USER modelforge
 EXPOSE 8000
-CMD ["gunicorn", "modelforge_site.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", "--graceful-timeout", "30"]
+CMD ["granian", "--interface", "wsgi", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--blocking-threads", "4", "--no-access-log", "modelforge_site.wsgi:application"]

@@ -24,6 +24,14 @@ run: migrate
 	$(BIN)/python manage.py bootstrap_dev --url http://$(HOST):$(PORT)
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
+# The production server configuration, chosen by measurement (docs/performance.md): granian
+# serving the WSGI app, one worker per core. WEB_WORKERS and WEB_THREADS override.
+WEB_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+WEB_THREADS ?= 4
+serve: migrate
+	$(BIN)/granian --interface wsgi --host $(HOST) --port $(PORT) --workers $(WEB_WORKERS) \
+		--blocking-threads $(WEB_THREADS) --no-access-log modelforge_site.wsgi:application
+
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

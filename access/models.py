@@ -35,6 +35,20 @@ class APIKey(AbstractAPIKey):
         verbose_name = "API key"
         verbose_name_plural = "API keys"
 
+    def save(self, *args, **kwargs):
+        super().save(*args, **kwargs)
+        # Every process caches verified keys: a revoked or changed key must drop out everywhere.
+        from modelforge_site import invalidation
+
+        invalidation.notify("keys")
+
+    def delete(self, *args, **kwargs):
+        result = super().delete(*args, **kwargs)
+        from modelforge_site import invalidation
+
+        invalidation.notify("keys")
+        return result
+
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
 

@@ -190,7 +190,36 @@ VALIDATION_MAX_DIMENSION = env.int("VALIDATION_MAX_DIMENSION", default=2**31 - 1
 FILE_UPLOAD_HANDLERS = ["registry.uploads.HashingUploadHandler"]
 FILE_UPLOAD_TEMP_DIR = str(Path(MODEL_STORAGE_PATH) / "tmp")
 Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
-DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=10 * 1024 * 1024)
+MAX_REQUEST_BODY_BYTES = env.int("MAX_REQUEST_BODY_BYTES", default=10 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+
+# Verified API keys and servable models are cached per process for this long at most; writes
+# invalidate them everywhere at once (see modelforge_site/invalidation.py).
+API_KEY_CACHE_SECONDS = env.float("API_KEY_CACHE_SECONDS", default=5.0)
+SERVING_CACHE_SECONDS = env.float("SERVING_CACHE_SECONDS", default=5.0)
+
+# --- Inference ------------------------------------------------------------------------------
+SESSION_POOL_MAX_SESSIONS = env.int("SESSION_POOL_MAX_SESSIONS", default=16)
+SESSION_POOL_MAX_MEMORY_MB = env.int("SESSION_POOL_MAX_MEMORY_MB", default=4096)
+SESSION_RECHECK_SECONDS = env.float("SESSION_RECHECK_SECONDS", default=2.0)
+ORT_INTRA_OP_THREADS = env.int("ORT_INTRA_OP_THREADS", default=1)
+ORT_INTER_OP_THREADS = env.int("ORT_INTER_OP_THREADS", default=1)
+ORT_GRAPH_OPTIMIZATION = env.str("ORT_GRAPH_OPTIMIZATION", default="all")
+if ORT_GRAPH_OPTIMIZATION not in {"disabled", "basic", "extended", "all"}:
+    raise ImproperlyConfigured("ORT_GRAPH_OPTIMIZATION must be one of disabled, basic, extended, all.")
+MAX_INPUT_ELEMENTS = env.int("MAX_INPUT_ELEMENTS", default=1_000_000)
+MAX_JSON_DEPTH = env.int("MAX_JSON_DEPTH", default=32)
+PREDICTION_CACHE_TTL_SECONDS = env.int("PREDICTION_CACHE_TTL_SECONDS", default=3600)
+PREDICTION_CACHE_LOCAL_MB = env.int("PREDICTION_CACHE_LOCAL_MB", default=64)
+PREDICTION_CACHE_RETRY_SECONDS = env.float("PREDICTION_CACHE_RETRY_SECONDS", default=5.0)
+HISTORY_SAMPLE_RATE = env.float("HISTORY_SAMPLE_RATE", default=1.0)
+if not 0 <= HISTORY_SAMPLE_RATE <= 1:
+    raise ImproperlyConfigured("HISTORY_SAMPLE_RATE must be between 0 and 1.")
+HISTORY_MAX_INPUT_BYTES = env.int("HISTORY_MAX_INPUT_BYTES", default=64 * 1024)
+HISTORY_FLUSH_INTERVAL_SECONDS = env.float("HISTORY_FLUSH_INTERVAL_SECONDS", default=1.0)
+HISTORY_BATCH_SIZE = env.int("HISTORY_BATCH_SIZE", default=500)
+HISTORY_BUFFER_MAX = env.int("HISTORY_BUFFER_MAX", default=100_000)
+HISTORY_RETENTION_DAYS = env.int("HISTORY_RETENTION_DAYS", default=30)
 
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {

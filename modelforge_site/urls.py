@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from inference import views as inference_views
 from modelforge_site import health
 from registry.views import ModelNameViewSet, ModelViewSet
 
@@ -20,6 +21,14 @@ api_v1 = [
     path("schema", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("models/<uuid:model_id>/predict", inference_views.ModelPredictView.as_view(), name="model-predict"),
+    path("models/by-name/<str:name>/predict", inference_views.NamedPredictView.as_view(), name="model-by-name-predict"),
+    path(
+        "models/<uuid:model_id>/predictions", inference_views.ModelPredictionsView.as_view(), name="model-predictions"
+    ),
+    path("predictions/<uuid:prediction_id>", inference_views.PredictionDetailView.as_view(), name="prediction-detail"),
+    path("cache/metrics", inference_views.CacheMetricsView.as_view(), name="cache-metrics"),
+    path("cache/metrics/reset", inference_views.CacheMetricsResetView.as_view(), name="cache-metrics-reset"),
     *router.urls,
 ]
 

@@ -1,6 +1,18 @@
+"""WSGI entry point: Django, with the predict fast path in front (inference.fastpath)."""
+
 import os
+import threading
 
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "modelforge_site.settings")
-application = get_wsgi_application()
+django_application = get_wsgi_application()
+
+from inference.fastpath import PredictFastPath  # noqa: E402  (needs Django set up)
+from inference.sessions import preload_flagged  # noqa: E402
+
+application = PredictFastPath(django_application)
+
+# Each server process imports this module once: load the sessions of models flagged `preload`
+# in the background, so start-up is not delayed and the first requests find them warm.
+threading.Thread(target=preload_flagged, name="preload-sessions", daemon=True).start()

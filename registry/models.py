@@ -78,6 +78,13 @@ class MLModel(models.Model):
     tags = models.ManyToManyField(Tag, blank=True, related_name="models")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
 
+    # Serving options (used by the inference app).
+    preload = models.BooleanField(default=False, help_text="Load a session at server start-up, not on first use.")
+    allow_non_finite = models.BooleanField(
+        default=False,
+        help_text="Accept NaN in float inputs, sent as JSON null (tree models that treat NaN as missing).",
+    )
+
     file_sha256 = models.CharField(max_length=64, blank=True, editable=False, db_index=True)
     file_size = models.BigIntegerField(null=True, blank=True, editable=False)
     input_schema = models.JSONField(default=list, blank=True, editable=False)

@@ -25,8 +25,17 @@ def model_latest(*, name: str, ready_only: bool = True) -> MLModel:
     return model
 
 
-def model_by_name_version(*, name: str, version: str) -> MLModel:
-    model = MLModel.objects.with_relations().filter(name=name, version=version).first()
+def model_latest_ready(*, name: str, fields: tuple[str, ...]) -> MLModel:
+    """The highest ready version of a name, loading only `fields` (the serving hot path)."""
+    model = MLModel.objects.named(name).ready().newest_first().only(*fields).first()
+    if model is None:
+        raise ModelNotFound(f"No ready version of a model named '{name}'. List models with GET /api/v1/models.")
+    return model
+
+
+def model_by_name_version(*, name: str, version: str, fields: tuple[str, ...] | None = None) -> MLModel:
+    queryset = MLModel.objects.only(*fields) if fields else MLModel.objects.with_relations()
+    model = queryset.filter(name=name, version=version).first()
     if model is None:
         raise ModelNotFound(f"No model '{name}' with version '{version}'.")
     return model

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from modelforge_site import invalidation
 from registry import sandbox
 from registry.errors import DuplicateVersion, InvalidTransition, ModelArchived, ModelTooLarge, NoFile
 from registry.models import MLModel, Tag
@@ -143,6 +144,7 @@ def model_upload(*, model: MLModel, staged: StagedFile) -> MLModel:
         raise InvalidTransition(f"{model} changed to {model.status} meanwhile; the upload was not applied.")
     if previous_sha and previous_sha != staged.sha256:
         transaction.on_commit(lambda: _discard_if_unreferenced(previous_sha))
+    invalidation.notify("models")
     model.refresh_from_db()
     logger.info("model uploaded", extra={"model": str(model), "sha256": staged.sha256, "size": staged.size})
     return model
@@ -164,6 +166,7 @@ def model_validate(*, model: MLModel) -> MLModel:
     if not started:
         model.refresh_from_db()
         raise InvalidTransition(f"{model} changed to {model.status} meanwhile; validate again.")
+    invalidation.notify("models")
 
     result = _check_file(sha256)
     now = timezone.now()
@@ -184,6 +187,7 @@ def model_validate(*, model: MLModel) -> MLModel:
     MLModel.objects.filter(pk=model.pk, status=Status.VALIDATING, file_sha256=sha256).update(
         validated_at=now, updated_at=now, **fields
     )
+    invalidation.notify("models")
     model.refresh_from_db()
     logger.info("model validated", extra={"model": str(model), "status": model.status, "code": model.error_code})
     return model
@@ -236,6 +240,7 @@ def model_archive(*, model: MLModel) -> MLModel:
     MLModel.objects.filter(pk=model.pk).exclude(status=Status.VALIDATING).update(
         status=Status.ARCHIVED, updated_at=timezone.now()
     )
+    invalidation.notify("models")
     model.refresh_from_db()
     return model
 
@@ -246,6 +251,16 @@ def model_delete(*, model: MLModel) -> None:
     with transaction.atomic():
         model.delete()
         transaction.on_commit(lambda: _discard_if_unreferenced(sha256))
+        invalidation.notify("models")
+
+
+def model_mark_corrupt(*, model: MLModel, code: str, detail: str) -> None:
+    """The stored file failed its integrity check when loaded: never serve it again."""
+    logger.error("model file failed its integrity check", extra={"model": str(model), "code": code})
+    MLModel.objects.filter(pk=model.pk, file_sha256=model.file_sha256).exclude(status=Status.ARCHIVED).update(
+        status=Status.ERROR, error_code=code, error_message=detail, updated_at=timezone.now()
+    )
+    invalidation.notify("models")
 
 
 def staged_cleanup(staged: StagedFile) -> None:

@@ -22,8 +22,28 @@ def model_storage(settings, tmp_path) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _inference_state(settings):
+    """No background history writer in tests (it could not see the test's transaction);
+    tests flush the buffer themselves. Every test starts with an empty session pool."""
+    from inference.history import history
+    from inference.sessions import get_pool
+
+    settings.HISTORY_FLUSH_INTERVAL_SECONDS = 0
+    get_pool().clear()
+    yield
+    history.discard()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_cache():
     from django.core.cache import cache
+
+    from access.keys import key_cache
+    from inference.cache import prediction_cache
+    from inference.serving import serving_cache
+
+    for local in (key_cache, serving_cache, prediction_cache.local):
+        local.clear()
 
     yield
     # A test may have stopped Redis on purpose; the next test must still start clean.

@@ -1,0 +1,89 @@
+"""Checking an API key, with a small in-process cache so the hot path makes no query.
+
+A presented key is looked up by its prefix and verified against the stored hash once; the
+verdict is then kept in memory, keyed by a digest of the whole presented key (a wrong secret
+never matches), for up to API_KEY_CACHE_SECONDS. Revoking or changing a key notifies every
+process (modelforge_site.invalidation), so revocation takes effect at once; the TTL only bounds
+the delay if such a message were lost. Expiry is checked on every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+from django.conf import settings
+from django.utils import timezone
+from rest_framework import exceptions
+
+from access.models import APIKey
+from modelforge_site import invalidation
+
+MAX_CACHED_KEYS = 10_000
+
+
+class InvalidKey(exceptions.AuthenticationFailed):
+    default_code = "invalid_api_key"
+    default_detail = (
+        "The API key is not valid. Send a key from `manage.py create_api_key` as `Authorization: Bearer <key>`."
+    )
+
+
+class KeyCache:
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[APIKey, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> APIKey | None:
+        entry = self._entries.get(digest)
+        if entry is None or time.monotonic() - entry[1] > settings.API_KEY_CACHE_SECONDS:
+            return None
+        return entry[0]
+
+    def put(self, digest: str, api_key: APIKey) -> None:
+        with self._lock:
+            if len(self._entries) >= MAX_CACHED_KEYS:
+                self._entries.clear()
+            self._entries[digest] = (api_key, time.monotonic())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+key_cache = KeyCache()
+invalidation.on_change("keys", key_cache.clear)
+
+
+def key_from_header(authorization: str) -> str | None:
+    """The key in `Authorization: Bearer <key>`, or None when the header is not a Bearer one."""
+    keyword, _, key = authorization.partition(" ")
+    if keyword.lower() != "bearer":
+        return None
+    return key.strip()
+
+
+def authenticate_key(raw: str) -> APIKey:
+    """The usable APIKey for a presented raw key; raises AuthenticationFailed with a code."""
+    if not raw or "." not in raw or len(raw) > 200:
+        raise InvalidKey()
+    digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
+    api_key = key_cache.get(digest)
+    if api_key is None:
+        api_key = APIKey.objects.filter(prefix=raw.partition(".")[0]).first()
+        # The hash is checked before telling revoked or expired apart, so that only the
+        # holder of a real key learns its state.
+        if api_key is None or not api_key.is_valid(raw):
+            raise InvalidKey()
+        key_cache.put(digest, api_key)
+    if api_key.revoked:
+        raise exceptions.AuthenticationFailed(
+            "This API key has been revoked. Ask an operator for a new key.", code="api_key_revoked"
+        )
+    if api_key.expiry_date is not None and api_key.expiry_date <= timezone.now():
+        raise exceptions.AuthenticationFailed(
+            f"This API key expired at {api_key.expiry_date.isoformat()}. Ask an operator for a new key.",
+            code="api_key_expired",
+        )
+    return api_key

@@ -1,0 +1,167 @@
+"""The prediction cache: outputs keyed by the model file's sha256 and a digest of the inputs.
+
+Two levels: a small in-process LRU (PREDICTION_CACHE_LOCAL_MB) in front of Django's cache
+(Redis in production, shared by every process; local memory under `make run`). Keying by
+the file's sha256 invalidates everything when a model's file changes: the new file has other
+keys, and the old entries expire. The cache is an optimisation only: if Redis fails, requests
+go on without it, and a circuit breaker skips it for a while instead of paying a connection
+timeout on every request. Hit and miss counts are kept per process and added to shared
+counters about once a second, so `metrics()` covers every process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.core.cache import cache
+
+logger = logging.getLogger(__name__)
+
+HITS_KEY = "predcache:hits"
+MISSES_KEY = "predcache:misses"
+COUNTER_FLUSH_SECONDS = 1.0
+
+
+class LocalLRU:
+    """Recently used entries of this process, bounded by total bytes. Entries never go stale:
+    a key names the exact file and inputs, so only the TTL and the bound remove them."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[1] < time.monotonic():
+                self._drop(key)
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: str, raw: bytes, ttl: float) -> None:
+        limit = settings.PREDICTION_CACHE_LOCAL_MB * 1024 * 1024
+        if len(raw) > limit // 10:
+            return  # one huge output must not flush everything else
+        with self._lock:
+            if key in self._entries:
+                self._drop(key)
+            self._entries[key] = (raw, time.monotonic() + ttl)
+            self._bytes += len(raw)
+            while self._bytes > limit and self._entries:
+                self._drop(next(iter(self._entries)))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def _drop(self, key: str) -> None:
+        raw, _ = self._entries.pop(key)
+        self._bytes -= len(raw)
+
+
+class PredictionCache:
+    def __init__(self) -> None:
+        self.local = LocalLRU()
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+        self._last_counter_flush = time.monotonic()
+        self._skip_until = 0.0
+
+    @staticmethod
+    def key(sha256: str, digest: str) -> str:
+        return f"pred:{sha256}:{digest}"
+
+    @property
+    def available(self) -> bool:
+        return settings.PREDICTION_CACHE_TTL_SECONDS > 0 and time.monotonic() >= self._skip_until
+
+    def get(self, key: str) -> dict | None:
+        """The cached outcome, or None on a miss or when the cache cannot be reached."""
+        ttl = settings.PREDICTION_CACHE_TTL_SECONDS
+        if ttl <= 0:
+            return None
+        raw = self.local.get(key)
+        if raw is None and self.available:
+            try:
+                raw = cache.get(key)
+            except Exception as exc:
+                self._trip(exc)
+            if raw is not None:
+                self.local.put(key, raw, ttl)
+        with self._lock:
+            if raw is None:
+                self._misses += 1
+            else:
+                self._hits += 1
+        self._maybe_flush_counters()
+        return orjson.loads(raw) if raw is not None else None
+
+    def set(self, key: str, value: dict[str, Any]) -> None:
+        ttl = settings.PREDICTION_CACHE_TTL_SECONDS
+        if ttl <= 0:
+            return
+        raw = orjson.dumps(value)
+        self.local.put(key, raw, ttl)
+        if not self.available:
+            return
+        try:
+            cache.set(key, raw, ttl)
+        except Exception as exc:
+            self._trip(exc)
+
+    def metrics(self) -> dict:
+        self._flush_counters()
+        try:
+            hits = int(cache.get(HITS_KEY) or 0)
+            misses = int(cache.get(MISSES_KEY) or 0)
+        except Exception as exc:
+            self._trip(exc)
+            with self._lock:
+                hits, misses = self._hits, self._misses
+        total = hits + misses
+        return {"hits": hits, "misses": misses, "hit_rate": round(hits / total, 4) if total else 0.0}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._hits = self._misses = 0
+        cache.delete_many([HITS_KEY, MISSES_KEY])
+
+    def _trip(self, exc: Exception) -> None:
+        """Skip the cache for a while: Redis is down or slow, and predictions must go on."""
+        self._skip_until = time.monotonic() + settings.PREDICTION_CACHE_RETRY_SECONDS
+        logger.warning("prediction cache unavailable, skipping it", extra={"error": exc.__class__.__name__})
+
+    def _maybe_flush_counters(self) -> None:
+        if time.monotonic() - self._last_counter_flush >= COUNTER_FLUSH_SECONDS:
+            self._flush_counters()
+
+    def _flush_counters(self) -> None:
+        with self._lock:
+            hits, misses = self._hits, self._misses
+            self._hits = self._misses = 0
+            self._last_counter_flush = time.monotonic()
+        try:
+            for key, delta in ((HITS_KEY, hits), (MISSES_KEY, misses)):
+                if delta:
+                    cache.add(key, 0, None)
+                    cache.incr(key, delta)
+        except Exception as exc:
+            with self._lock:  # keep the counts for the next attempt
+                self._hits += hits
+                self._misses += misses
+            self._trip(exc)
+
+
+prediction_cache = PredictionCache()

@@ -1,0 +1,57 @@
+"""Errors of the inference path. Each is a `DomainError`, so the API renders it as
+``{"code", "detail"}`` with the error's status; the codes are listed where they are raised
+(`inference.tensors`)."""
+
+from __future__ import annotations
+
+from rest_framework import status
+
+from modelforge_site.exceptions import DomainError
+
+
+class InvalidInput(DomainError):
+    """The request body or its inputs cannot become tensors for the model (400).
+
+    ``code`` names the rule that failed (``ragged_array``, ``integer_overflow``, ...) and
+    ``input_name`` the offending input when there is one; the detail names it too and says
+    what to change.
+    """
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    code = "invalid_input"
+
+    def __init__(self, detail: str, *, code: str | None = None, input_name: str | None = None):
+        super().__init__(detail, code=code)
+        self.input_name = input_name
+
+
+class ModelNotReady(DomainError):
+    status_code = status.HTTP_409_CONFLICT
+    code = "model_not_ready"
+
+
+class ModelArchived(DomainError):
+    status_code = status.HTTP_409_CONFLICT
+    code = "model_archived"
+
+
+class ModelIntegrityError(DomainError):
+    """The stored file is missing or no longer matches its sha256: it is never served."""
+
+    status_code = status.HTTP_409_CONFLICT
+    code = "checksum_mismatch"
+
+    @classmethod
+    def mismatch(cls, model) -> ModelIntegrityError:
+        return cls(f"{model}'s stored file no longer matches its sha256 and is not served. Upload it again.")
+
+    @classmethod
+    def missing(cls, model) -> ModelIntegrityError:
+        return cls(f"{model}'s stored file is missing. Upload it again.", code="file_missing")
+
+
+class InferenceFailed(DomainError):
+    """The inputs passed validation but ONNX Runtime refused them (value-dependent checks)."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    code = "inference_failed"

@@ -1,0 +1,111 @@
+"""Prediction history, recorded without a database write on the request path.
+
+Requests append a record to an in-process buffer; a background thread writes the buffer with
+bulk inserts every HISTORY_FLUSH_INTERVAL_SECONDS (or sooner when HISTORY_BATCH_SIZE records
+wait). The buffer is flushed at interpreter exit (gunicorn's graceful worker shutdown, Ctrl-C
+on runserver), so a clean shutdown loses nothing. A failed write keeps the records for the
+next attempt, up to HISTORY_BUFFER_MAX; only past that are the oldest dropped, and logged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import random
+import threading
+from collections import deque
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from inference.models import Prediction
+
+logger = logging.getLogger(__name__)
+
+
+class HistoryBuffer:
+    def __init__(self) -> None:
+        self._records: deque[dict] = deque()
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+
+    def should_record(self) -> bool:
+        rate = settings.HISTORY_SAMPLE_RATE
+        return rate >= 1 or (rate > 0 and random.random() < rate)
+
+    def record(self, fields: dict) -> None:
+        with self._lock:
+            self._records.append(fields)
+            overflow = len(self._records) - settings.HISTORY_BUFFER_MAX
+            for _ in range(max(0, overflow)):
+                self._records.popleft()
+                self.dropped += 1
+            size = len(self._records)
+        if overflow > 0:
+            logger.error("history buffer full, oldest records dropped", extra={"dropped": overflow})
+        self._ensure_thread()
+        if size >= settings.HISTORY_BATCH_SIZE:
+            self._wake.set()
+
+    def discard(self) -> int:
+        """Drop everything buffered (tests, and nothing else, want this)."""
+        with self._lock:
+            count = len(self._records)
+            self._records.clear()
+        return count
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._records)
+
+    def flush(self) -> int:
+        """Write everything buffered now; returns how many rows were written."""
+        written = 0
+        with self._flush_lock:
+            while True:
+                with self._lock:
+                    batch = [self._records.popleft() for _ in range(min(len(self._records), 1000))]
+                if not batch:
+                    return written
+                try:
+                    Prediction.objects.bulk_create([Prediction(**fields) for fields in batch])
+                except Exception:
+                    with self._lock:
+                        self._records.extendleft(reversed(batch))
+                    logger.exception("writing prediction history failed; will retry")
+                    return written
+                written += len(batch)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None or settings.HISTORY_FLUSH_INTERVAL_SECONDS <= 0:
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(settings.HISTORY_FLUSH_INTERVAL_SECONDS)
+            self._wake.clear()
+            try:
+                close_old_connections()
+                self.flush()
+            except Exception:  # never let the writer die
+                logger.exception("history writer error")
+
+
+history = HistoryBuffer()
+atexit.register(history.flush)
+
+
+def history_cleanup(*, now: datetime | None = None) -> int:
+    """Delete history older than HISTORY_RETENTION_DAYS; returns the number of rows deleted."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.HISTORY_RETENTION_DAYS)
+    deleted, _ = Prediction.objects.older_than(cutoff).delete()
+    return deleted

@@ -1,0 +1,240 @@
+"""A per-process pool of ONNX Runtime sessions, keyed by the model file's sha256.
+
+Sessions load on first use (or at start-up for models flagged `preload`), are shared by all
+threads (InferenceSession.run is thread-safe), warm up with one run, and are evicted least
+recently used first when the pool passes its count or estimated-memory bound. Keying by sha256
+means a re-upload never serves the old file: the new bytes are a new key. Models archived,
+deleted or re-uploaded in another process are noticed by `sweep_stale`, a cheap query run at
+most every SESSION_RECHECK_SECONDS, which evicts sessions no ready model uses any more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import onnxruntime as ort
+from django.conf import settings
+
+from inference.errors import ModelIntegrityError
+from registry.models import MLModel
+from registry.storage import ModelStore
+
+logger = logging.getLogger(__name__)
+
+_OPTIMIZATION_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+# Sessions hold the weights plus ONNX Runtime's arenas and optimised copies: twice the file
+# size is a conservative estimate that needs no measurement of a shared, threaded process.
+MEMORY_FACTOR = 2
+MEMORY_OVERHEAD_BYTES = 1024 * 1024
+
+
+@dataclass
+class LoadedSession:
+    sha256: str
+    session: ort.InferenceSession
+    input_names: list[str]
+    output_names: list[str]
+    estimated_bytes: int
+    loaded_at: float = field(default_factory=time.time)
+
+
+class SessionPool:
+    def __init__(
+        self,
+        *,
+        max_sessions: int,
+        max_bytes: int,
+        intra_op_threads: int,
+        inter_op_threads: int,
+        optimization_level: str,
+        recheck_seconds: float,
+    ):
+        if optimization_level not in _OPTIMIZATION_LEVELS:
+            raise ValueError(f"optimization level must be one of {', '.join(_OPTIMIZATION_LEVELS)}")
+        self.max_sessions = max_sessions
+        self.max_bytes = max_bytes
+        self.intra_op_threads = intra_op_threads
+        self.inter_op_threads = inter_op_threads
+        self.optimization_level = optimization_level
+        self.recheck_seconds = recheck_seconds
+        self._sessions: OrderedDict[str, LoadedSession] = OrderedDict()
+        self._lock = threading.Lock()
+        self._load_locks: dict[str, threading.Lock] = {}
+        self._last_sweep = time.monotonic()
+
+    # --- reads ---------------------------------------------------------------------------
+    def get(self, model: MLModel) -> LoadedSession:
+        """The session for a model's file, loading it (once, even under concurrency) if needed."""
+        sha256 = model.file_sha256
+        with self._lock:
+            entry = self._sessions.get(sha256)
+            if entry is not None:
+                self._sessions.move_to_end(sha256)
+                return entry
+            load_lock = self._load_locks.setdefault(sha256, threading.Lock())
+        with load_lock:
+            with self._lock:
+                entry = self._sessions.get(sha256)
+            if entry is None:
+                entry = self._load(model)
+                with self._lock:
+                    self._sessions[sha256] = entry
+                    self._load_locks.pop(sha256, None)
+                    self._enforce_bounds()
+        return entry
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return list(self._sessions)
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {
+                "sessions": len(self._sessions),
+                "estimated_bytes": sum(entry.estimated_bytes for entry in self._sessions.values()),
+                "max_sessions": self.max_sessions,
+                "max_bytes": self.max_bytes,
+            }
+
+    # --- writes --------------------------------------------------------------------------
+    def evict(self, sha256: str) -> bool:
+        with self._lock:
+            return self._sessions.pop(sha256, None) is not None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._sessions.clear()
+
+    def sweep_stale(self, *, force: bool = False) -> list[str]:
+        """Evict sessions whose file no ready model uses any more (archived, deleted, replaced).
+
+        Other processes change models without telling this one; this is how it finds out.
+        """
+        now = time.monotonic()
+        if not force and now - self._last_sweep < self.recheck_seconds:
+            return []
+        self._last_sweep = now
+        loaded = self.loaded()
+        if not loaded:
+            return []
+        live = set(
+            MLModel.objects.filter(file_sha256__in=loaded, status=MLModel.Status.READY).values_list(
+                "file_sha256", flat=True
+            )
+        )
+        stale = [sha256 for sha256 in loaded if sha256 not in live]
+        for sha256 in stale:
+            self.evict(sha256)
+        if stale:
+            logger.info("evicted stale sessions", extra={"count": len(stale)})
+        return stale
+
+    # --- internals -----------------------------------------------------------------------
+    def _options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = self.inter_op_threads
+        options.graph_optimization_level = _OPTIMIZATION_LEVELS[self.optimization_level]
+        options.log_severity_level = 3
+        return options
+
+    def _load(self, model: MLModel) -> LoadedSession:
+        path = ModelStore().path_for(model.file_sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            self._refuse(model, ModelIntegrityError.missing(model))
+        # The file was validated as these exact bytes; anything else on disk is never served.
+        if hashlib.sha256(data).hexdigest() != model.file_sha256:
+            self._refuse(model, ModelIntegrityError.mismatch(model))
+        session = ort.InferenceSession(data, self._options(), providers=["CPUExecutionProvider"])
+        entry = LoadedSession(
+            sha256=model.file_sha256,
+            session=session,
+            input_names=[node.name for node in session.get_inputs()],
+            output_names=[node.name for node in session.get_outputs()],
+            estimated_bytes=len(data) * MEMORY_FACTOR + MEMORY_OVERHEAD_BYTES,
+        )
+        self._warm_up(model, entry)
+        logger.info("session loaded", extra={"model": str(model), "sha256": model.file_sha256})
+        return entry
+
+    @staticmethod
+    def _refuse(model: MLModel, error: ModelIntegrityError) -> None:
+        from registry.services import model_mark_corrupt
+
+        model_mark_corrupt(model=model, code=error.code, detail=error.detail)
+        raise error
+
+    def _warm_up(self, model: MLModel, entry: LoadedSession) -> None:
+        """One run on an example input, so the first real request does not pay for allocation."""
+        from inference.tensors import decode_inputs, example_input
+
+        try:
+            feeds = decode_inputs(
+                example_input(model.input_schema),
+                model.input_schema,
+                allow_non_finite=True,
+                max_elements=10_000_000,
+                max_depth=64,
+            )
+            entry.session.run(None, feeds)
+        except Exception as exc:  # a model may reject zeros; serving it is still fine
+            logger.warning("warm-up run failed", extra={"model": str(model), "error": str(exc)[:200]})
+
+    def _enforce_bounds(self) -> None:
+        """Drop least recently used sessions until both bounds hold (always keep the newest)."""
+        total = sum(entry.estimated_bytes for entry in self._sessions.values())
+        while len(self._sessions) > 1 and (len(self._sessions) > self.max_sessions or total > self.max_bytes):
+            _, dropped = self._sessions.popitem(last=False)
+            total -= dropped.estimated_bytes
+
+
+_pool: SessionPool | None = None
+_pool_lock = threading.Lock()
+
+
+def get_pool() -> SessionPool:
+    """The process's pool, built from settings on first use."""
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = SessionPool(
+                    max_sessions=settings.SESSION_POOL_MAX_SESSIONS,
+                    max_bytes=settings.SESSION_POOL_MAX_MEMORY_MB * 1024 * 1024,
+                    intra_op_threads=settings.ORT_INTRA_OP_THREADS,
+                    inter_op_threads=settings.ORT_INTER_OP_THREADS,
+                    optimization_level=settings.ORT_GRAPH_OPTIMIZATION,
+                    recheck_seconds=settings.SESSION_RECHECK_SECONDS,
+                )
+    return _pool
+
+
+def preload_flagged() -> int:
+    """Load sessions for every ready model flagged `preload`; returns how many loaded."""
+    pool = get_pool()
+    count = 0
+    try:
+        models = list(MLModel.objects.ready().filter(preload=True))
+    except Exception:  # no database yet (e.g. before migrate): nothing to preload
+        logger.warning("preload skipped: the model list could not be read")
+        return 0
+    for model in models:
+        try:
+            pool.get(model)
+            count += 1
+        except Exception:
+            logger.exception("preload failed", extra={"model": str(model)})
+    return count
