@@ -55,3 +55,22 @@ class InferenceFailed(DomainError):
 
     status_code = status.HTTP_400_BAD_REQUEST
     code = "inference_failed"
+
+
+class Overloaded(DomainError):
+    """503 with a Retry-After header: the client should come back, not give up."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    code = "overloaded"
+
+    def __init__(self, detail: str, *, retry_after: int = 1, code: str | None = None):
+        super().__init__(detail, code=code)
+        self.retry_after = retry_after
+
+
+class QueueFull(Overloaded):
+    code = "queue_full"
+
+
+class QueueTimeout(Overloaded):
+    code = "queue_timeout"

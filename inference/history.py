@@ -10,14 +10,16 @@ next attempt, up to HISTORY_BUFFER_MAX; only past that are the oldest dropped, a
 from __future__ import annotations
 
 import atexit
+import datetime as dt
 import logging
 import random
 import threading
 from collections import deque
 from datetime import datetime, timedelta
 
+import orjson
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection, models, transaction
 from django.utils import timezone
 
 from inference.models import Prediction
@@ -73,7 +75,7 @@ class HistoryBuffer:
                 if not batch:
                     return written
                 try:
-                    Prediction.objects.bulk_create([Prediction(**fields) for fields in batch])
+                    _write(batch)
                 except Exception:
                     with self._lock:
                         self._records.extendleft(reversed(batch))
@@ -98,6 +100,50 @@ class HistoryBuffer:
                 self.flush()
             except Exception:  # never let the writer die
                 logger.exception("history writer error")
+
+
+def _column_writers() -> tuple[list[str], list[str], list]:
+    """(columns, record keys, converters): records become rows without model instances.
+
+    Building a model instance per row and letting the ORM encode it costs more than serving a
+    small prediction; history must stay cheap next to the requests it records.
+    """
+    fields = Prediction._meta.concrete_fields
+    vendor = connection.vendor
+
+    def converter(field):
+        if isinstance(field, models.JSONField):
+            return lambda value: None if value is None else orjson.dumps(value).decode()
+        if vendor == "sqlite":  # what Django's SQLite backend stores: uuid hex, naive UTC text
+            uuid_like = isinstance(field, models.UUIDField) or (
+                field.is_relation and isinstance(field.target_field, models.UUIDField)
+            )
+            if uuid_like:
+                return lambda value: None if value is None else value.hex
+            if isinstance(field, models.DateTimeField):
+                return lambda value: str(value.astimezone(dt.UTC).replace(tzinfo=None))
+        if vendor not in {"sqlite", "postgresql"}:
+            return lambda value, field=field: field.get_db_prep_save(value, connection)
+        return lambda value: value  # psycopg adapts uuid, datetime, bool and numbers itself
+
+    return [f.column for f in fields], [f.attname for f in fields], [converter(f) for f in fields]
+
+
+def _write(batch: list[dict]) -> None:
+    columns, keys, converters = _column_writers()
+    rows = [[convert(record.get(key)) for convert, key in zip(converters, keys, strict=True)] for record in batch]
+    quote = connection.ops.quote_name
+    table = quote(Prediction._meta.db_table)
+    column_list = ", ".join(map(quote, columns))
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            with cursor.cursor.copy(f"COPY {table} ({column_list}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            placeholders = ", ".join(["%s"] * len(columns))
+            # Names come from the model definition, values are parameters.
+            cursor.executemany(f"INSERT INTO {table} ({column_list}) VALUES ({placeholders})", rows)  # noqa: S608
 
 
 history = HistoryBuffer()

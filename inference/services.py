@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,9 +16,11 @@ import numpy as np
 from django.conf import settings
 from django.utils import timezone
 
+from inference.batching import batchable_schema, batchers
 from inference.cache import prediction_cache
 from inference.errors import InferenceFailed, ModelArchived, ModelNotReady
 from inference.history import history
+from inference.metrics import metrics
 from inference.sessions import get_pool
 from inference.tensors import decode_inputs, encode_outputs, tensor_digest
 from registry.models import MLModel
@@ -47,6 +50,10 @@ class PredictionOutcome:
     cached: bool
     created_at: Any
     timings: Timings = field(default_factory=Timings)
+    # The session's own arrays by output name when the model ran (None when served from the
+    # cache) and every array output's shape: what a binary protocol (/v2) renders exactly.
+    values: dict[str, Any] | None = None
+    shapes: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def inference_time_ms(self) -> float:
@@ -64,17 +71,32 @@ def ensure_servable(model: MLModel) -> None:
 
 
 def run_session(model: MLModel, feeds: dict[str, np.ndarray]) -> tuple[list[str], list[Any], float]:
-    """Run the model once; returns (output names, values, compute milliseconds)."""
+    """Run the model on these feeds; returns (output names, values, compute milliseconds)."""
+    names, values, _queue_ms, compute_ms = run_model(model, feeds)
+    return names, values, compute_ms
+
+
+def run_model(model: MLModel, feeds: dict[str, np.ndarray]) -> tuple[list[str], list[Any], float, float]:
+    """Run the model once (alone, or merged with concurrent requests when batching is on).
+
+    Returns (output names, values, queue milliseconds, compute milliseconds).
+    """
     pool = get_pool()
     pool.sweep_stale()
     loaded = pool.get(model)
+    if model.batching_enabled and batchable_schema(model.input_schema):
+        batcher = batchers.for_model(model, lambda: pool.get(model))
+        values, queue_ms, compute_ms = batcher.run(feeds)
+        return loaded.output_names, values, queue_ms, compute_ms
     started = time.perf_counter()
     try:
         values = loaded.session.run(None, feeds)
     except Exception as exc:
         # Inputs passed our checks but the graph refused them (e.g. a value-dependent op).
         raise InferenceFailed(f"The model could not run on these inputs: {str(exc)[:500]}") from exc
-    return loaded.output_names, values, (time.perf_counter() - started) * 1000
+    rows = next(iter(feeds.values())).shape[0] if feeds and next(iter(feeds.values())).ndim else 1
+    metrics.executed((model.name, model.version), requests=1, rows=rows)
+    return loaded.output_names, values, 0.0, (time.perf_counter() - started) * 1000
 
 
 def predict(
@@ -88,7 +110,6 @@ def predict(
     timings: Timings | None = None,
 ) -> PredictionOutcome:
     """One prediction on a ready model, from the decoded JSON ``input_data``."""
-    timings = timings or Timings()
     ensure_servable(model)
     feeds = decode_inputs(
         input_data,
@@ -97,20 +118,71 @@ def predict(
         max_elements=settings.MAX_INPUT_ELEMENTS,
         max_depth=settings.MAX_JSON_DEPTH,
     )
+    return infer(
+        model=model,
+        feeds=feeds,
+        skip_cache=skip_cache,
+        api_key=api_key,
+        user=user,
+        history_input=input_data,
+        input_size=input_size,
+        timings=timings,
+    )
+
+
+def infer(
+    *,
+    model: MLModel,
+    feeds: dict[str, np.ndarray],
+    skip_cache: bool = False,
+    api_key=None,
+    user=None,
+    history_input: Any = None,
+    input_size: int = 0,
+    requested_outputs: Collection[str] | None = None,
+    exact: bool = False,
+    timings: Timings | None = None,
+) -> PredictionOutcome:
+    """One prediction on a ready model from validated feeds (``{input name: array}`` as
+    `inference.tensors.decode_inputs` makes them), whatever protocol they came in by: the same
+    cache (keyed by the feeds' digest, so /api/v1 and /v2 share entries), session and history.
+
+    ``history_input`` is what the history records as the inputs: JSON-ready data, or a function
+    returning it, called only when this prediction is recorded with its inputs.
+    ``requested_outputs`` limits the outcome (and its history) to those outputs; the model still
+    runs, and is cached, whole. With ``exact`` a cached result in which non-finite values were
+    rendered as null is not used (the model runs again), so the outcome holds exact values.
+    """
+    timings = timings or Timings()
+    ensure_servable(model)
 
     cache_key = None
     cached = None
     if not skip_cache:
         cache_key = prediction_cache.key(model.file_sha256, tensor_digest(feeds))
         cached = prediction_cache.get(cache_key)
+        if cached is not None and exact and cached["warnings"]:
+            cached = None
 
+    values = None
     if cached is not None:
         output_data, warnings = cached["output_data"], cached["warnings"]
+        shapes = cached.get("shapes") or {}
     else:
-        names, values, timings.compute = run_session(model, feeds)
-        output_data, warnings = encode_outputs(names, values, model.output_schema)
+        names, raw_values, timings.queue, timings.compute = run_model(model, feeds)
+        output_data, warnings = encode_outputs(names, raw_values, model.output_schema)
+        values = dict(zip(names, raw_values, strict=True))
+        shapes = {name: list(value.shape) for name, value in values.items() if isinstance(value, np.ndarray)}
         if cache_key is not None:
-            prediction_cache.set(cache_key, {"output_data": output_data, "warnings": warnings})
+            prediction_cache.set(cache_key, {"output_data": output_data, "warnings": warnings, "shapes": shapes})
+
+    if requested_outputs is not None:
+        wanted = set(requested_outputs)
+        output_data = {name: data for name, data in output_data.items() if name in wanted}
+        warnings = [text for text in warnings if text.partition("'")[2].partition("'")[0] in wanted]
+        shapes = {name: shape for name, shape in shapes.items() if name in wanted}
+        if values is not None:
+            values = {name: value for name, value in values.items() if name in wanted}
 
     outcome = PredictionOutcome(
         id=uuid.uuid4(),
@@ -120,22 +192,26 @@ def predict(
         cached=cached is not None,
         created_at=timezone.now(),
         timings=timings,
+        values=values,
+        shapes=shapes,
     )
-    _record(outcome, input_data=input_data, input_size=input_size, api_key=api_key, user=user)
+    _record(outcome, input_data=history_input, input_size=input_size, api_key=api_key, user=user)
     return outcome
 
 
-def _record(outcome: PredictionOutcome, *, input_data: Any, input_size: int, api_key, user) -> None:
+def _record(outcome: PredictionOutcome, *, input_data: Any | Callable[[], Any], input_size: int, api_key, user) -> None:
     if not history.should_record():
         return
     truncated = input_size > settings.HISTORY_MAX_INPUT_BYTES
+    if callable(input_data):
+        input_data = None if truncated else input_data()
     history.record(
         {
             "id": outcome.id,
             "model_id": outcome.model.pk,
             "model_name": outcome.model.name,
             "model_version": outcome.model.version,
-            "api_key": api_key,
+            "api_key_id": api_key.pk if api_key is not None else None,
             "user_id": getattr(user, "pk", None) if getattr(user, "is_staff", False) else None,
             "input_data": None if truncated else input_data,
             "input_truncated": truncated,

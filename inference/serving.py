@@ -30,6 +30,12 @@ SERVING_FIELDS = (
     "allow_non_finite",
     "error_code",
     "preload",
+    "batching_enabled",
+    "max_batch_size",
+    "max_queue_delay_microseconds",
+    "preferred_batch_size",
+    "max_queue_size",
+    "default_timeout_microseconds",
 )
 MAX_ENTRIES = 10_000
 

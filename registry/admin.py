@@ -245,6 +245,21 @@ class MLModelAdmin(admin.ModelAdmin):
         fieldsets = [
             (None, {"fields": ("name", "version", "status_display", "description", "tags")}),
             ("File", {"fields": ("file_sha256", "size_display", "uploaded_at", "validated_at", "file")}),
+            ("Serving", {"fields": ("preload", "allow_non_finite")}),
+            (
+                "Dynamic batching",
+                {
+                    "fields": (
+                        "batching_enabled",
+                        "max_batch_size",
+                        "max_queue_delay_microseconds",
+                        "preferred_batch_size",
+                        "max_queue_size",
+                        "default_timeout_microseconds",
+                    ),
+                    "description": "Concurrent requests merged along the first dimension into one run.",
+                },
+            ),
         ]
         if obj.error_code or obj.error_message or obj.validation_warnings:
             fieldsets.append(("Validation", {"fields": ("error_code", "error_message", "warnings_list")}))
@@ -346,7 +361,8 @@ class MLModelAdmin(admin.ModelAdmin):
     def _save_change(self, request, obj: MLModel, form) -> None:
         data = form.cleaned_data
         tags = data["tags"] if "tags" in form.changed_data else None
-        services.model_update(model=obj, description=data.get("description"), tags=tags)
+        options = {name: data[name] for name in services.SERVING_OPTIONS if name in form.changed_data}
+        services.model_update(model=obj, description=data.get("description"), tags=tags, **options)
         upload = data.get("file")
         if not upload:
             return

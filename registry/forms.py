@@ -8,6 +8,7 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.validators import FileExtensionValidator
 
 from registry.models import MLModel, tag_validator
+from registry.services import SERVING_OPTIONS
 
 MAX_TAGS = 50  # the API's limit too (registry.serializers.TagListField)
 
@@ -90,7 +91,8 @@ class MLModelAddForm(forms.ModelForm):
 
 
 class MLModelChangeForm(forms.ModelForm):
-    """Only the descriptive fields change here; an optional new file replaces the current one."""
+    """The descriptive fields and serving options change here; an optional new file replaces the
+    current one."""
 
     tags = TagsField()
     file = forms.FileField(
@@ -102,7 +104,7 @@ class MLModelChangeForm(forms.ModelForm):
 
     class Meta:
         model = MLModel
-        fields = ("description",)
+        fields = ("description", *SERVING_OPTIONS)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

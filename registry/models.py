@@ -85,6 +85,24 @@ class MLModel(models.Model):
         help_text="Accept NaN in float inputs, sent as JSON null (tree models that treat NaN as missing).",
     )
 
+    # Dynamic batching (Triton's vocabulary): concurrent requests merged into one run.
+    batching_enabled = models.BooleanField(
+        default=False, help_text="Merge concurrent requests along the first (variable) dimension into one run."
+    )
+    max_batch_size = models.PositiveIntegerField(default=64, help_text="Most rows in one merged run.")
+    max_queue_delay_microseconds = models.PositiveIntegerField(
+        default=500, help_text="Longest a request waits for others to join its batch."
+    )
+    preferred_batch_size = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Run as soon as this many rows wait (default: max_batch_size)."
+    )
+    max_queue_size = models.PositiveIntegerField(
+        default=256, help_text="Requests that may wait; more are refused with 503 and Retry-After."
+    )
+    default_timeout_microseconds = models.PositiveIntegerField(
+        default=10_000_000, help_text="A request waiting longer in the queue is refused with 503 (0: no limit)."
+    )
+
     file_sha256 = models.CharField(max_length=64, blank=True, editable=False, db_index=True)
     file_size = models.BigIntegerField(null=True, blank=True, editable=False)
     input_schema = models.JSONField(default=list, blank=True, editable=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from modelforge_site.strict_input import StrictInputSerializer
@@ -56,9 +57,25 @@ class ModelCreateSerializer(StrictInputSerializer):
     )
 
 
+class BatchingSerializer(StrictInputSerializer):
+    """Dynamic batching settings (Triton's names); see inference/batching.py."""
+
+    enabled = serializers.BooleanField(source="batching_enabled", required=False)
+    max_batch_size = serializers.IntegerField(min_value=1, max_value=100_000, required=False)
+    max_queue_delay_microseconds = serializers.IntegerField(min_value=0, max_value=10_000_000, required=False)
+    preferred_batch_size = serializers.IntegerField(min_value=1, max_value=100_000, required=False, allow_null=True)
+    max_queue_size = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False)
+    default_timeout_microseconds = serializers.IntegerField(min_value=0, max_value=600_000_000, required=False)
+
+
 class ModelUpdateSerializer(StrictInputSerializer):
     description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
     tags = TagListField(required=False)
+    preload = serializers.BooleanField(required=False, help_text="Load a session when a server process starts.")
+    allow_non_finite = serializers.BooleanField(
+        required=False, help_text="Accept null (NaN) in float inputs, for models that treat NaN as missing."
+    )
+    batching = BatchingSerializer(required=False)
 
 
 class ModelUploadSerializer(StrictInputSerializer):
@@ -76,6 +93,7 @@ class TensorSpecSerializer(serializers.Serializer):
 
 class ModelSerializer(serializers.ModelSerializer):
     tags = serializers.SerializerMethodField()
+    batching = serializers.SerializerMethodField()
     created_by = serializers.CharField(source="created_by_label", read_only=True)
     input_schema = TensorSpecSerializer(many=True, read_only=True)
     output_schema = TensorSpecSerializer(many=True, read_only=True)
@@ -104,8 +122,15 @@ class ModelSerializer(serializers.ModelSerializer):
             "updated_at",
             "uploaded_at",
             "validated_at",
+            "preload",
+            "allow_non_finite",
+            "batching",
         )
         read_only_fields = fields
+
+    @extend_schema_field(BatchingSerializer)
+    def get_batching(self, obj: MLModel) -> dict:
+        return BatchingSerializer(obj).data
 
     def get_tags(self, obj: MLModel) -> list[str]:
         return [tag.name for tag in obj.tags.all()]

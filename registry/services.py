@@ -93,15 +93,49 @@ def model_create(*, name: str, version: str, description: str = "", tags: Iterab
     return model
 
 
-def model_update(*, model: MLModel, description: str | None = None, tags: Iterable[str] | None = None) -> MLModel:
-    """Change the descriptive fields; everything else is owned by the system."""
+SERVING_OPTIONS = (
+    "preload",
+    "allow_non_finite",
+    "batching_enabled",
+    "max_batch_size",
+    "max_queue_delay_microseconds",
+    "preferred_batch_size",
+    "max_queue_size",
+    "default_timeout_microseconds",
+)
+
+
+def model_update(
+    *,
+    model: MLModel,
+    description: str | None = None,
+    tags: Iterable[str] | None = None,
+    batching: dict | None = None,
+    **serving_options,
+) -> MLModel:
+    """Change the descriptive fields and the serving options; the rest is owned by the system.
+
+    `batching` takes the model field names (batching_enabled, max_batch_size, ...).
+    """
+    changes = {**serving_options, **(batching or {})}
+    unknown = set(changes) - set(SERVING_OPTIONS)
+    if unknown:
+        raise ValueError(f"not serving options: {', '.join(sorted(unknown))}")
+    fields = ["updated_at"]
+    if description is not None:
+        model.description = description
+        fields.append("description")
+    for name, value in changes.items():
+        setattr(model, name, value)
+        fields.append(name)
     with transaction.atomic():
-        if description is not None:
-            model.description = description
+        if len(fields) > 1:
             model.full_clean(validate_unique=False, validate_constraints=False)
-            model.save(update_fields=["description", "updated_at"])
+            model.save(update_fields=fields)
         if tags is not None:
             _set_tags(model, tags)
+    if changes:
+        invalidation.notify("models")
     return model
 
 
