@@ -35,6 +35,13 @@ def admin_client(client, ops_user):
     return client
 
 
+def serving_fields(model) -> dict:
+    """The serving options as the change form shows them (a browser posts them back)."""
+    values = {name: getattr(model, name) for name in services.SERVING_OPTIONS}
+    form = {name: ("on" if value else "") if isinstance(value, bool) else value for name, value in values.items()}
+    return {name: value for name, value in form.items() if value not in ("", None)}
+
+
 def change_url(model: MLModel) -> str:
     return reverse("admin:registry_mlmodel_change", args=[model.pk])
 
@@ -319,6 +326,7 @@ def test_change_form_edits_description_and_tags_only(admin_client):
     response = admin_client.post(
         change_url(model),
         {
+            **serving_fields(model),
             "description": "now described",
             "tags": "b, a",
             "status": Status.ARCHIVED,
@@ -343,7 +351,8 @@ def test_change_form_upload_replaces_the_file_and_validates_again(admin_client):
     old_sha = model.file_sha256
 
     response = admin_client.post(
-        change_url(model), {"description": "", "tags": "", "file": onnx_file(make_iris_model(zipmap=False))}
+        change_url(model),
+        {**serving_fields(model), "description": "", "tags": "", "file": onnx_file(make_iris_model(zipmap=False))},
     )
 
     assert response.status_code == 302
@@ -358,7 +367,9 @@ def test_change_form_refuses_a_new_file_for_an_archived_model(admin_client):
     model = register("old", "1.0.0")
     services.model_archive(model=model)
 
-    response = admin_client.post(change_url(model), {"description": "", "tags": "", "file": onnx_file(random_bytes())})
+    response = admin_client.post(
+        change_url(model), {**serving_fields(model), "description": "", "tags": "", "file": onnx_file(random_bytes())}
+    )
 
     assert response.status_code == 200
     assert response.context["adminform"].form.errors["file"] == [
@@ -446,3 +457,12 @@ def test_tag_admin_lists_tags_with_model_counts(admin_client):
 
     assert response.status_code == 200
     assert [(tag.name, tag.model_count) for tag in response.context["cl"].result_list] == [("prod", 1), ("vision", 2)]
+
+
+def test_change_form_edits_the_batching_settings(admin_client):
+    model = register("batched", "1.0.0")
+    data = {**serving_fields(model), "description": "", "tags": "", "batching_enabled": "on", "max_batch_size": "8"}
+    response = admin_client.post(change_url(model), data)
+    assert response.status_code == 302
+    model.refresh_from_db()
+    assert (model.batching_enabled, model.max_batch_size) == (True, 8)
