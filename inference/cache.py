@@ -21,6 +21,8 @@ import orjson
 from django.conf import settings
 from django.core.cache import cache
 
+from inference.errors import CacheUnavailable
+
 logger = logging.getLogger(__name__)
 
 HITS_KEY = "predcache:hits"
@@ -134,9 +136,16 @@ class PredictionCache:
         return {"hits": hits, "misses": misses, "hit_rate": round(hits / total, 4) if total else 0.0}
 
     def reset(self) -> None:
+        """Zero the counters everywhere; raises CacheUnavailable when the shared cache is down."""
         with self._lock:
             self._hits = self._misses = 0
-        cache.delete_many([HITS_KEY, MISSES_KEY])
+        try:
+            cache.delete_many([HITS_KEY, MISSES_KEY])
+        except Exception as exc:
+            self._trip(exc)
+            raise CacheUnavailable(
+                "The shared cache cannot be reached; the counters were not reset. Retry later."
+            ) from exc
 
     def _trip(self, exc: Exception) -> None:
         """Skip the cache for a while: Redis is down or slow, and predictions must go on."""

@@ -74,3 +74,7 @@ class QueueFull(Overloaded):
 
 class QueueTimeout(Overloaded):
     code = "queue_timeout"
+
+
+class CacheUnavailable(Overloaded):
+    code = "cache_unavailable"

@@ -75,7 +75,7 @@ class HistoryBuffer:
                 if not batch:
                     return written
                 try:
-                    _write(batch)
+                    _write(_without_orphans(batch))
                 except Exception:
                     with self._lock:
                         self._records.extendleft(reversed(batch))
@@ -129,7 +129,41 @@ def _column_writers() -> tuple[list[str], list[str], list]:
     return [f.column for f in fields], [f.attname for f in fields], [converter(f) for f in fields]
 
 
+def _without_orphans(batch: list[dict]) -> list[dict]:
+    """Drop records of models deleted since, and detach keys or users deleted since.
+
+    Otherwise one such record would fail every bulk insert, and no history would be written again.
+    """
+    from django.contrib.auth import get_user_model
+
+    from access.models import APIKey
+    from registry.models import MLModel
+
+    model_ids = {record["model_id"] for record in batch}
+    live_models = set(MLModel.objects.filter(pk__in=model_ids).values_list("pk", flat=True))
+    key_ids = {record.get("api_key_id") for record in batch} - {None}
+    live_keys = set(APIKey.objects.filter(pk__in=key_ids).values_list("pk", flat=True)) if key_ids else set()
+    user_ids = {record.get("user_id") for record in batch} - {None}
+    live_users = (
+        set(get_user_model().objects.filter(pk__in=user_ids).values_list("pk", flat=True)) if user_ids else set()
+    )
+    kept = []
+    for record in batch:
+        if record["model_id"] not in live_models:
+            continue
+        if record.get("api_key_id") not in live_keys:
+            record["api_key_id"] = None
+        if record.get("user_id") not in live_users:
+            record["user_id"] = None
+        kept.append(record)
+    if len(kept) < len(batch):
+        logger.info("history of deleted models dropped", extra={"count": len(batch) - len(kept)})
+    return kept
+
+
 def _write(batch: list[dict]) -> None:
+    if not batch:
+        return
     columns, keys, converters = _column_writers()
     rows = [[convert(record.get(key)) for convert, key in zip(converters, keys, strict=True)] for record in batch]
     quote = connection.ops.quote_name

@@ -437,6 +437,19 @@ def _numbers_from_objects(name: str, datatype: str, array: np.ndarray, *, allow_
         fractional = _mask(array, lambda x: isinstance(x, float) and not x.is_integer())
         if fractional.any():
             raise _not_whole(name, datatype, array, fractional)
+        # orjson reads an integer literal outside the 64-bit range as a float, which may round
+        # onto the boundary itself (-2**63 - 1 -> -2**63): a float at or past a 64-bit bound
+        # can only be such an overflow, since an in-range integer arrives as an int.
+        lowest, highest = _INT_RANGES[datatype]
+        if highest >= 2**63 - 1:
+            boundary = _mask(array, lambda x: isinstance(x, float) and (x <= lowest or x >= highest))
+            if boundary.any():
+                raise _fail(
+                    "integer_overflow",
+                    name,
+                    f"Input '{name}' is {datatype}, which holds integers from {lowest} to {highest}; the value "
+                    f"at {_index(array, boundary)} is outside that range. Send values within that range.",
+                )
         inexact = _mask(array, lambda x: isinstance(x, float) and abs(x) > _EXACT_FLOAT_INT)
         if inexact.any():
             raise _fail(

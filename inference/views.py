@@ -180,7 +180,11 @@ class NamedPredictView(PredictView):
 
 
 class PredictionFilter(filters.FilterSet):
-    cached = filters.BooleanFilter()
+    cached = filters.TypedChoiceFilter(
+        choices=[("true", "true"), ("false", "false")],
+        coerce=lambda value: value == "true",
+        help_text="true or false.",
+    )
     created_after = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 

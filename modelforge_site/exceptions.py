@@ -70,7 +70,10 @@ def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
 def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     """DRF's handler, reshaped to ``{"code", "detail"}``, plus our domain errors."""
     if isinstance(exc, DomainError):
-        return Response(error_body(exc.code, exc.detail), status=exc.status_code)
+        response = Response(error_body(exc.code, exc.detail), status=exc.status_code)
+        if getattr(exc, "retry_after", None):
+            response["Retry-After"] = str(exc.retry_after)
+        return response
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
