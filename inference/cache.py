@@ -11,6 +11,7 @@ counters about once a second, so `metrics()` covers every process.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -173,4 +174,52 @@ class PredictionCache:
             self._trip(exc)
 
 
+class BodyMemo:
+    """Request bodies already validated into a cache key, so a byte-identical repeat skips
+    parsing and validation and goes straight to the prediction cache.
+
+    Validation is a pure function of the body, the model's schema (fixed by its sha256), its
+    allow_non_finite flag and the input limits, so all of these are part of the memo key: the
+    memo can only ever return the key the full path would compute. Only small bodies that did
+    not ask to skip the cache are remembered; the cache itself still decides hit or miss.
+    """
+
+    MAX_BODY_BYTES = 16 * 1024
+    MAX_ENTRIES = 10_000
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple, tuple[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(model, body: bytes) -> tuple:
+        return (
+            model.file_sha256,
+            model.allow_non_finite,
+            settings.MAX_INPUT_ELEMENTS,
+            settings.MAX_JSON_DEPTH,
+            hashlib.blake2b(body, digest_size=20).digest(),
+        )
+
+    def get(self, model, body: bytes) -> tuple[str, Any] | None:
+        """(cache key, parsed input_data) for a body seen before, else None."""
+        if len(body) > self.MAX_BODY_BYTES:
+            return None
+        with self._lock:
+            return self._entries.get(self._key(model, body))
+
+    def put(self, model, body: bytes, cache_key: str, input_data: Any) -> None:
+        if len(body) > self.MAX_BODY_BYTES:
+            return
+        with self._lock:
+            self._entries[self._key(model, body)] = (cache_key, input_data)
+            if len(self._entries) > self.MAX_ENTRIES:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
 prediction_cache = PredictionCache()
+body_memo = BodyMemo()

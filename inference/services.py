@@ -54,6 +54,7 @@ class PredictionOutcome:
     # cache) and every array output's shape: what a binary protocol (/v2) renders exactly.
     values: dict[str, Any] | None = None
     shapes: dict[str, list[int]] = field(default_factory=dict)
+    cache_key: str | None = None  # where the outputs are cached (None with skip_cache)
 
     @property
     def inference_time_ms(self) -> float:
@@ -194,8 +195,33 @@ def infer(
         timings=timings,
         values=values,
         shapes=shapes,
+        cache_key=cache_key,
     )
     _record(outcome, input_data=history_input, input_size=input_size, api_key=api_key, user=user)
+    return outcome
+
+
+def predict_cached(
+    *, model: MLModel, cache_key: str, input_data: Any, api_key=None, user=None, input_size: int = 0, timings=None
+) -> PredictionOutcome | None:
+    """Serve a request whose body was validated before into this cache key (see
+    inference.cache.BodyMemo) straight from the prediction cache; None when it is not cached."""
+    ensure_servable(model)
+    cached = prediction_cache.get(cache_key)
+    if cached is None:
+        return None
+    outcome = PredictionOutcome(
+        id=uuid.uuid4(),
+        model=model,
+        output_data=cached["output_data"],
+        warnings=cached["warnings"],
+        cached=True,
+        created_at=timezone.now(),
+        timings=timings or Timings(),
+        shapes=cached.get("shapes") or {},
+        cache_key=cache_key,
+    )
+    _record(outcome, input_data=input_data, input_size=input_size, api_key=api_key, user=user)
     return outcome
 
 

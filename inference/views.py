@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 
 from access.models import APIKey, Scope
 from inference import services
-from inference.cache import prediction_cache
+from inference.cache import body_memo, prediction_cache
 from inference.errors import InvalidInput
 from inference.models import Prediction
 from inference.serializers import PredictionSerializer, PredictRequestSerializer, PredictResponseSerializer
@@ -81,6 +81,21 @@ def predict_from_body(*, model: MLModel, body: bytes, api_key, user) -> tuple[by
     """
     started = time.perf_counter()
     timings = services.Timings()
+    remembered = body_memo.get(model, body)
+    if remembered is not None:
+        cache_key, input_data = remembered
+        timings.parse = (time.perf_counter() - started) * 1000
+        outcome = services.predict_cached(
+            model=model,
+            cache_key=cache_key,
+            input_data=input_data,
+            api_key=api_key,
+            user=user,
+            input_size=len(body),
+            timings=timings,
+        )
+        if outcome is not None:
+            return render_prediction(outcome)
     input_data, skip_cache = parse_predict_body(body)
     timings.parse = (time.perf_counter() - started) * 1000
     outcome = services.predict(
@@ -92,6 +107,8 @@ def predict_from_body(*, model: MLModel, body: bytes, api_key, user) -> tuple[by
         input_size=len(body),
         timings=timings,
     )
+    if outcome.cache_key is not None:
+        body_memo.put(model, body, outcome.cache_key, input_data)
     return render_prediction(outcome)
 
 

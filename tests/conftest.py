@@ -39,10 +39,10 @@ def _fresh_cache():
     from django.core.cache import cache
 
     from access.keys import key_cache
-    from inference.cache import prediction_cache
+    from inference.cache import body_memo, prediction_cache
     from inference.serving import serving_cache
 
-    for local in (key_cache, serving_cache, prediction_cache.local):
+    for local in (key_cache, serving_cache, prediction_cache.local, body_memo):
         local.clear()
 
     yield

@@ -13,6 +13,8 @@ from django.db import close_old_connections
 from django.test import Client
 
 from inference.fastpath import PredictFastPath
+from inference.history import history
+from inference.models import Prediction
 from tests.registry.onnx_factories import make_iris_model
 
 pytestmark = pytest.mark.django_db
@@ -199,3 +201,20 @@ def test_https_redirect_is_left_to_django(iris, predict_key, settings):
     status, headers, _ = call(app, path, body, key=predict_key)
     assert status == 301
     assert headers["Location"].startswith("https://")
+
+
+def test_a_repeated_body_is_served_from_the_cache_but_never_past_an_archive(app, iris, predict_key, manage_client):
+    body = orjson.dumps({"input_data": IRIS_ROW})
+    path = f"{MODELS}/{iris['id']}/predict"
+    first = call(app, path, body, key=predict_key)
+    second = call(app, path, body, key=predict_key)
+    assert (first[1]["X-Cache"], second[1]["X-Cache"]) == ("MISS", "HIT")
+    assert orjson.loads(first[2])["output_data"] == orjson.loads(second[2])["output_data"]
+    history.flush()
+    # Both requests are in the history with their inputs.
+    assert [p.input_data for p in Prediction.objects.filter(model_id=iris["id"])] == [IRIS_ROW, IRIS_ROW]
+
+    manage_client.post(f"{MODELS}/{iris['id']}/archive")
+    status, _, content = call(app, path, body, key=predict_key)
+    assert status == 409
+    assert orjson.loads(content)["code"] == "model_archived"
