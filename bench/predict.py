@@ -43,9 +43,32 @@ def server_env(workdir: Path) -> dict:
         MODEL_STORAGE_PATH=str(workdir / "models"),
         LOG_LEVEL="WARNING",
     )
-    env.setdefault("DATABASE_URL", f"sqlite:///{workdir / 'bench.sqlite3'}")
+    env["DATABASE_URL"] = fresh_database(env.get("DATABASE_URL"), workdir)
     env.setdefault("CACHE_KEY_PREFIX", f"bench-{os.getpid()}")
     return env
+
+
+def fresh_database(url: str | None, workdir: Path) -> str:
+    """An empty database for this run: a new PostgreSQL database next to the one in `url`
+    (dropped at exit), or a SQLite file in the work folder."""
+    if not url or not url.startswith(("postgres://", "postgresql://")):
+        return f"sqlite:///{workdir / 'bench.sqlite3'}"
+    import atexit
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    name = f"modelforge_bench_{os.getpid()}"
+    parts = urlsplit(url)
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    atexit.register(drop)
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 def manage(env: dict, *args: str) -> str:
