@@ -71,9 +71,10 @@ class LoadResult:
 
 
 _LUA = """
+local file = io.open({path}, "rb")
+wrk.body = file:read("*all")
+file:close()
 wrk.method = "POST"
-wrk.body = {body}
-wrk.headers["Content-Type"] = "application/json"
 {headers}
 """
 
@@ -89,9 +90,12 @@ def wrk(
     """Drive a POST endpoint with wrk (Debian's package) and read req/s and latency percentiles."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
-    header_lines = "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in (headers or {}).items())
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    header_lines = "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items() if v)
+    with tempfile.NamedTemporaryFile("wb", suffix=".body", delete=False) as body_file:
+        body_file.write(body)  # may be binary (v2 tensors): wrk reads it from the file
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(_LUA.format(body=json.dumps(body.decode()), headers=header_lines))
+        script.write(_LUA.format(path=json.dumps(body_file.name), headers=header_lines))
     try:
         completed = subprocess.run(
             [
@@ -110,6 +114,7 @@ def wrk(
         )
     finally:
         os.unlink(script.name)
+        os.unlink(body_file.name)
     out = completed.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = _duration_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
@@ -132,3 +137,58 @@ def machine() -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+
+
+def server_env(workdir: Path) -> dict:
+    env = dict(os.environ)
+    env.update(
+        DEBUG="false",
+        SECRET_KEY="bench-" + os.urandom(16).hex(),
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        SECURE_SSL_REDIRECT="false",
+        SECURE_HSTS_SECONDS="0",
+        MODEL_STORAGE_PATH=str(workdir / "models"),
+        LOG_LEVEL="WARNING",
+    )
+    env["DATABASE_URL"] = fresh_database(env.get("DATABASE_URL"), workdir)
+    env.setdefault("CACHE_KEY_PREFIX", f"bench-{os.getpid()}")
+    return env
+
+
+def fresh_database(url: str | None, workdir: Path) -> str:
+    """An empty database for this run: a new PostgreSQL database next to the one in `url`
+    (dropped at exit), or a SQLite file in the work folder."""
+    if not url or not url.startswith(("postgres://", "postgresql://")):
+        return f"sqlite:///{workdir / 'bench.sqlite3'}"
+    import atexit
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    name = f"modelforge_bench_{os.getpid()}"
+    parts = urlsplit(url)
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    atexit.register(drop)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def manage(env: dict, *args: str) -> str:
+    done = subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def serve_command(port: int, workers: int, threads: int) -> list[str]:
+    """The production server command, as `make serve` runs it."""
+    return [
+        PYTHON, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(workers), "--blocking-threads", str(threads), "--no-access-log",
+        "modelforge_site.wsgi:application",
+    ]  # fmt: skip

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,55 +26,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import PYTHON, ROOT, free_port, machine, running, wrk  # noqa: E402
+from bench.harness import (  # noqa: E402
+    PYTHON,
+    ROOT,
+    free_port,
+    machine,
+    manage,
+    running,
+    serve_command,
+    server_env,
+    wrk,
+)
 
 ROW = [[5.1, 3.5, 1.4, 0.2]]
-
-
-def server_env(workdir: Path) -> dict:
-    env = dict(os.environ)
-    env.update(
-        DEBUG="false",
-        SECRET_KEY="bench-" + os.urandom(16).hex(),
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        SECURE_SSL_REDIRECT="false",
-        SECURE_HSTS_SECONDS="0",
-        MODEL_STORAGE_PATH=str(workdir / "models"),
-        LOG_LEVEL="WARNING",
-    )
-    env["DATABASE_URL"] = fresh_database(env.get("DATABASE_URL"), workdir)
-    env.setdefault("CACHE_KEY_PREFIX", f"bench-{os.getpid()}")
-    return env
-
-
-def fresh_database(url: str | None, workdir: Path) -> str:
-    """An empty database for this run: a new PostgreSQL database next to the one in `url`
-    (dropped at exit), or a SQLite file in the work folder."""
-    if not url or not url.startswith(("postgres://", "postgresql://")):
-        return f"sqlite:///{workdir / 'bench.sqlite3'}"
-    import atexit
-    from urllib.parse import urlsplit, urlunsplit
-
-    import psycopg
-
-    name = f"modelforge_bench_{os.getpid()}"
-    parts = urlsplit(url)
-    with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(url, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    atexit.register(drop)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def manage(env: dict, *args: str) -> str:
-    done = subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-    return done.stdout
 
 
 def prepare(workdir: Path, env: dict) -> tuple[Path, str]:
@@ -188,15 +151,6 @@ def main() -> None:
         print(f"[{server}] skip_cache vs minimal: {ours.requests_per_second / base_rps:.2f}x (target >= 0.8)")
         print(f"[{server}] cache hits vs minimal: {hits.requests_per_second / base_rps:.2f}x (target >= 1.5)")
         print(f"[{server}] 1-connection p50 minus raw run: {one.p50_ms - raw:.2f} ms (target <= 1.5)")
-
-
-def serve_command(port: int, workers: int, threads: int) -> list[str]:
-    """The production server command, as `make serve` runs it."""
-    return [
-        PYTHON, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
-        "--workers", str(workers), "--blocking-threads", str(threads), "--no-access-log",
-        "modelforge_site.wsgi:application",
-    ]  # fmt: skip
 
 
 if __name__ == "__main__":
