@@ -5,7 +5,9 @@ inference itself (measured in docs/performance.md). This wrapper answers
 `POST /api/v1/models/{id}/predict` and `POST /api/v1/models/by-name/{name}/predict` directly,
 through the same key check (access.keys), the same model lookup (inference.serving), the same
 body handling and predict service (inference.views.predict_from_body) and the same error
-format, adding the headers Django's security middleware would. Anything it is not sure to
+format, adding the headers Django's security middleware would. It answers /v2 infer
+(`POST /v2/models/{name}[/versions/{version}]/infer`) the same way, through
+inference.v2.fastpath and the /v2 view's own exchange. Anything it is not sure to
 handle exactly as Django would (no Bearer key, a host not allowed, an HTTP request that must
 be redirected to HTTPS, no Content-Length) goes to Django, whose views do the same work.
 """
@@ -25,6 +27,8 @@ from rest_framework import exceptions
 from access.keys import authenticate_key, key_from_header
 from access.models import Scope
 from inference.serving import serving_cache
+from inference.v2.fastpath import INFER_PATH as V2_INFER_PATH
+from inference.v2.fastpath import infer_from_environ as v2_infer_from_environ
 from inference.views import check_body_size, predict_from_body
 from modelforge_site.exceptions import DomainError, error_body
 
@@ -53,6 +57,12 @@ class PredictFastPath:
                 match = _BY_ID.match(path) or _BY_NAME.match(path)
                 if match is not None and self._eligible(environ):
                     return self._predict(environ, start_response, match.groupdict())
+            elif path.startswith("/v2/models/") and path.endswith(("/infer", "/infer/")):
+                # /v2 infer: the same eligibility, the same exchange as its Django view.
+                match = V2_INFER_PATH.match(path)
+                if match is not None and self._eligible(environ):
+                    reply = v2_infer_from_environ(environ, match.groupdict())
+                    return self._respond(start_response, reply.status, reply.content, reply.headers, environ)
         return self.django_app(environ, start_response)
 
     # --- routing -----------------------------------------------------------------------

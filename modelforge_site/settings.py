@@ -268,7 +268,7 @@ SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 # Health probes are plain HTTP from the orchestrator: never redirect them to HTTPS.
-SECURE_REDIRECT_EXEMPT = [r"^api/v1/(health|ready|live)$"]
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/(health|ready|live)$", r"^v2/health/(live|ready)$"]
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {

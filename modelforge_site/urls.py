@@ -35,6 +35,8 @@ api_v1 = [
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    # Open Inference Protocol v2 (KServe / Triton clients); plain Django views, not in the OpenAPI schema.
+    path("", include("inference.v2.urls")),
 ]
 
 handler404 = "modelforge_site.error_views.not_found"
