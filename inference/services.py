@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 from django.conf import settings
 from django.utils import timezone
 
@@ -22,10 +23,11 @@ from inference.errors import InferenceFailed, ModelArchived, ModelNotReady
 from inference.history import history
 from inference.metrics import metrics
 from inference.sessions import get_pool
-from inference.tensors import decode_inputs, encode_outputs, tensor_digest
+from inference.tensors import DTYPES, decode_inputs, encode_outputs, tensor_digest
 from registry.models import MLModel
 
 Status = MLModel.Status
+_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16
 
 
 @dataclass
@@ -85,13 +87,18 @@ def run_model(model: MLModel, feeds: dict[str, np.ndarray]) -> tuple[list[str], 
     pool = get_pool()
     pool.sweep_stale()
     loaded = pool.get(model)
-    if model.batching_enabled and batchable_schema(model.input_schema):
+    bfloat16 = [name for name, array in feeds.items() if array.dtype == DTYPES["BF16"]]
+    if model.batching_enabled and batchable_schema(model.input_schema) and not bfloat16:
         batcher = batchers.for_model(model, lambda: pool.get(model))
         values, queue_ms, compute_ms = batcher.run(feeds)
         return loaded.output_names, values, queue_ms, compute_ms
+    run_feeds: dict[str, Any] = dict(feeds)
+    for name in bfloat16:
+        # ONNX Runtime's numpy bridge has no bfloat16: hand it the raw 16-bit words, typed.
+        run_feeds[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(feeds[name].view(np.uint16), _BFLOAT16)
     started = time.perf_counter()
     try:
-        values = loaded.session.run(None, feeds)
+        values = loaded.session.run(None, run_feeds)
     except Exception as exc:
         # Inputs passed our checks but the graph refused them (e.g. a value-dependent op).
         raise InferenceFailed(f"The model could not run on these inputs: {str(exc)[:500]}") from exc
