@@ -1,0 +1,193 @@
+"""Benchmark: /v2 binary inference with dynamic batching, on the production server configuration.
+
+In one run, on loopback, 16 concurrent connections (wrk), one row per request:
+- a wide MLP (256 inputs, three hidden layers of 1024, 8 outputs; scikit-learn + skl2onnx):
+  /v2 binary with batching on, the same with batching off, and a minimal FastAPI + onnxruntime
+  JSON endpoint with the same number of worker processes;
+- the iris classifier: /v2 binary against /v2 JSON.
+Prints req/s, p50, p99 and the ratios against the targets.
+
+    .venv/bin/python bench/batching.py [--seconds 20] [--connections 16] [--workers N] [--threads T]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import (  # noqa: E402
+    PYTHON,
+    free_port,
+    machine,
+    manage,
+    running,
+    serve_command,
+    server_env,
+    wrk,
+)
+
+MLP_NAME, IRIS_NAME = "wide-mlp", "iris-classifier"
+
+
+def build_wide_mlp() -> bytes:
+    from skl2onnx import to_onnx
+    from sklearn.neural_network import MLPRegressor
+
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((256, 256)).astype(np.float32)
+    targets = rng.standard_normal((256, 8)).astype(np.float32)
+    mlp = MLPRegressor(hidden_layer_sizes=(1024, 1024, 1024), max_iter=1).fit(features, targets)
+    return to_onnx(mlp, features[:1], target_opset=17).SerializeToString()
+
+
+def binary_request(name: str, row: np.ndarray, output: str | None) -> tuple[bytes, dict]:
+    """A /v2 infer body with one binary FP32 input (and a binary output), as tritonclient sends."""
+    raw = row.astype("<f4").tobytes()
+    header = {
+        "inputs": [
+            {"name": name, "shape": list(row.shape), "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}
+        ],
+        "parameters": {"binary_data_output": True},
+    }
+    if output:
+        header["outputs"] = [{"name": output, "parameters": {"binary_data": True}}]
+    encoded = json.dumps(header).encode()
+    return encoded + raw, {"Inference-Header-Content-Length": str(len(encoded)), "Content-Type": ""}
+
+
+def json_request(name: str, row: np.ndarray) -> bytes:
+    return json.dumps(
+        {"inputs": [{"name": name, "shape": list(row.shape), "datatype": "FP32", "data": row.ravel().tolist()}]}
+    ).encode()
+
+
+def api(url: str, key: str, method: str = "GET", body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310 (loopback)
+    with urllib.request.urlopen(request) as response:  # noqa: S310
+        return json.loads(response.read() or b"{}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--threads", type=int, default=16, help="blocking threads per worker")
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--delay-us", type=int, default=2000)
+    args = parser.parse_args()
+    c, s = args.connections, args.seconds
+
+    from registry.demo import build_iris_onnx
+
+    workdir = Path(tempfile.mkdtemp(prefix="modelforge-bench-"))
+    env = server_env(workdir)
+    source = workdir / "source"
+    source.mkdir()
+    mlp_path = source / f"{MLP_NAME}-1.0.0.onnx"
+    mlp_path.write_bytes(build_wide_mlp())
+    (source / f"{IRIS_NAME}-1.0.0.onnx").write_bytes(build_iris_onnx())
+    manage(env, "migrate", "--noinput")
+    manage(env, "import_models", str(source))
+    key = manage(env, "create_api_key", "--name", "bench", "--scopes", "read,predict,manage").strip()
+    auth = {"Authorization": f"Bearer {key}"}
+
+    rng = np.random.default_rng(1)
+    mlp_row = rng.standard_normal((1, 256)).astype(np.float32)
+    iris_row = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
+    mlp_binary, mlp_headers = binary_request("X", mlp_row, "variable")
+    iris_binary, iris_headers = binary_request("X", iris_row, None)
+    iris_json = json_request("X", iris_row)
+    results = []
+
+    base_port = free_port()
+    base_cmd = [
+        PYTHON, "-m", "uvicorn", "bench.minimal_server:app", "--host", "127.0.0.1", "--port", str(base_port),
+        "--workers", str(args.workers), "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    with running(
+        base_cmd,
+        env=dict(os.environ, MODEL_PATH=str(mlp_path)),
+        ready_url=f"http://127.0.0.1:{base_port}/health",
+        log_name="minimal-mlp",
+    ):
+        url = f"http://127.0.0.1:{base_port}/predict"
+        body = json.dumps({"input_data": {"X": mlp_row.tolist()}}).encode()
+        wrk("warm-up", url, body, connections=c, seconds=2)
+        baseline = wrk(f"MLP minimal FastAPI JSON, {c} conns", url, body, connections=c, seconds=s)
+    print(baseline.row(), flush=True)
+
+    port = free_port()
+    root = f"http://127.0.0.1:{port}"
+    server = dict(env, WEB_WORKERS=str(args.workers), WEB_THREADS=str(args.threads))
+    with running(
+        serve_command(port, args.workers, args.threads),
+        env=server,
+        ready_url=f"{root}/api/v1/ready",
+        log_name="granian-v2",
+    ):
+        mlp = api(f"{root}/api/v1/models/by-name/{MLP_NAME}/latest", key)
+        infer = f"{root}/v2/models/{MLP_NAME}/infer"
+        settings_on = {"enabled": True, "max_batch_size": args.max_batch, "max_queue_delay_microseconds": args.delay_us}
+        api(f"{root}/api/v1/models/{mlp['id']}", key, "PATCH", {"batching": settings_on})
+        wrk("warm-up", infer, mlp_binary, connections=c, seconds=3, headers={**auth, **mlp_headers})
+        batched = wrk(
+            f"MLP v2 binary, batching on, {c} conns",
+            infer,
+            mlp_binary,
+            connections=c,
+            seconds=s,
+            headers={**auth, **mlp_headers},
+        )
+        print(batched.row(), flush=True)
+        api(f"{root}/api/v1/models/{mlp['id']}", key, "PATCH", {"batching": {"enabled": False}})
+        wrk("warm-up", infer, mlp_binary, connections=c, seconds=2, headers={**auth, **mlp_headers})
+        unbatched = wrk(
+            f"MLP v2 binary, batching off, {c} conns",
+            infer,
+            mlp_binary,
+            connections=c,
+            seconds=s,
+            headers={**auth, **mlp_headers},
+        )
+        print(unbatched.row(), flush=True)
+
+        iris_infer = f"{root}/v2/models/{IRIS_NAME}/infer"
+        wrk("warm-up", iris_infer, iris_binary, connections=c, seconds=2, headers={**auth, **iris_headers})
+        iris_bin = wrk(
+            f"iris v2 binary, {c} conns",
+            iris_infer,
+            iris_binary,
+            connections=c,
+            seconds=s,
+            headers={**auth, **iris_headers},
+        )
+        iris_js = wrk(f"iris v2 JSON, {c} conns", iris_infer, iris_json, connections=c, seconds=s, headers=auth)
+        print(iris_bin.row(), iris_js.row(), sep="\n", flush=True)
+    results = [baseline, batched, unbatched, iris_bin, iris_js]
+
+    print(f"\nMachine: {machine()}; {args.workers} workers each, {args.threads} threads per worker; "
+          f"batching max {args.max_batch} rows, delay {args.delay_us} us")  # fmt: skip
+    print("| configuration | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|")
+    for result in results:
+        print(result.row())
+    print(f"\nbatching on vs off: {batched.requests_per_second / unbatched.requests_per_second:.2f}x (target >= 2.5)")
+    versus_minimal = batched.requests_per_second / baseline.requests_per_second
+    print(f"batching on vs minimal FastAPI JSON: {versus_minimal:.2f}x (target >= 3)")
+    print(f"p99 batched / unbatched: {batched.p99_ms / unbatched.p99_ms:.2f} (target <= 2)")
+    print(f"iris v2 binary vs JSON: {iris_bin.requests_per_second / iris_js.requests_per_second:.2f}x (target >= 1.2)")
+
+
+if __name__ == "__main__":
+    main()
