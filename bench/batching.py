@@ -39,14 +39,16 @@ MLP_NAME, IRIS_NAME = "wide-mlp", "iris-classifier"
 
 
 def build_wide_mlp() -> bytes:
+    """256 inputs, three hidden layers of 1024, 8 outputs (class probabilities, shape [N, 8])."""
     from skl2onnx import to_onnx
-    from sklearn.neural_network import MLPRegressor
+    from sklearn.neural_network import MLPClassifier
 
     rng = np.random.default_rng(0)
-    features = rng.standard_normal((256, 256)).astype(np.float32)
-    targets = rng.standard_normal((256, 8)).astype(np.float32)
-    mlp = MLPRegressor(hidden_layer_sizes=(1024, 1024, 1024), max_iter=1).fit(features, targets)
-    return to_onnx(mlp, features[:1], target_opset=17).SerializeToString()
+    features = rng.standard_normal((512, 256)).astype(np.float32)
+    labels = np.arange(512) % 8
+    mlp = MLPClassifier(hidden_layer_sizes=(1024, 1024, 1024), max_iter=1).fit(features, labels)
+    options = {id(mlp): {"zipmap": False}}
+    return to_onnx(mlp, features[:1], options=options, target_opset={"": 17, "ai.onnx.ml": 3}).SerializeToString()
 
 
 def binary_request(name: str, row: np.ndarray, output: str | None) -> tuple[bytes, dict]:
@@ -106,7 +108,7 @@ def main() -> None:
     rng = np.random.default_rng(1)
     mlp_row = rng.standard_normal((1, 256)).astype(np.float32)
     iris_row = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
-    mlp_binary, mlp_headers = binary_request("X", mlp_row, "variable")
+    mlp_binary, mlp_headers = binary_request("X", mlp_row, "probabilities")
     iris_binary, iris_headers = binary_request("X", iris_row, None)
     iris_json = json_request("X", iris_row)
     results = []

@@ -81,6 +81,9 @@ class ModelBatcher:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self.busy = False  # the scheduler is running a batch
+        # Cleared for good once a merged run's outputs do not line up with its rows (the model
+        # mixes rows, e.g. reduces over the batch): merging it again would only cost a run.
+        self.mergeable = True
 
     def waiting(self) -> int:
         """Requests queued and not yet taken into a batch."""
@@ -187,7 +190,7 @@ class ModelBatcher:
 
     def _run_group(self, group: list[_Pending]) -> None:
         session = self.session_provider().session
-        if len(group) > 1:
+        if len(group) > 1 and self.mergeable:
             names = list(group[0].feeds)
             merged = {name: np.concatenate([p.feeds[name] for p in group], axis=0) for name in names}
             total = sum(p.rows for p in group)
@@ -197,9 +200,13 @@ class ModelBatcher:
             except Exception:
                 values = None  # one bad request must not fail the others: run them alone below
             compute_ms = (time.perf_counter() - started) * 1000
-            if values is not None and all(
+            aligned = values is not None and all(
                 isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == total for v in values
-            ):
+            )
+            if values is not None and not aligned:
+                self.mergeable = False
+                logger.warning("outputs not aligned with rows; not merging this model", extra={"model": self.key})
+            if aligned:
                 metrics.executed(self.model_label, requests=len(group), rows=total)
                 offset = 0
                 for pending in group:
