@@ -5,6 +5,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     MODEL_STORAGE_PATH=/data/models \
+    JOB_STORAGE_PATH=/data/jobs \
     STATIC_ROOT=/app/static
 
 WORKDIR /app
@@ -13,7 +14,7 @@ RUN pip install -r requirements/base.txt
 
 COPY . .
 RUN useradd --system --uid 10001 --home /app modelforge \
-    && mkdir -p /data/models /app/var \
+    && mkdir -p /data/models /data/jobs /app/var \
     && DEBUG=true python manage.py collectstatic --noinput \
     && rm -f /app/var/dev-secret-key \
     && chown -R modelforge /data /app/var

@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint migrate serve clean
+.PHONY: venv run test lint migrate serve worker beat clean
 
 $(STAMP): requirements/base.txt requirements/dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,17 @@ serve: migrate
 	$(BIN)/granian --interface wsgi --host $(HOST) --port $(PORT) --workers $(WEB_WORKERS) \
 		--blocking-threads $(WEB_THREADS) --no-access-log modelforge_site.wsgi:application
 
+# Asynchronous jobs on Celery (set CELERY_BROKER_URL; without it `make run` runs jobs in-process).
+# A worker takes the high queue first, then normal, then low (docs/jobs.md). Run one beat only.
+WORKER_CONCURRENCY ?= $(shell nproc 2>/dev/null || echo 2)
+worker: migrate
+	$(BIN)/celery -A modelforge_site worker -Q high,normal,low --concurrency $(WORKER_CONCURRENCY) --loglevel INFO
+
+beat: migrate
+	$(BIN)/celery -A modelforge_site beat --loglevel INFO --schedule var/celerybeat-schedule
+
 test: venv
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

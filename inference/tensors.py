@@ -392,7 +392,12 @@ def _numbers(name: str, datatype: str, value: Any, array: np.ndarray, *, allow_n
         raise _bools_in_numbers(name, datatype)
     elif kind not in "iuf":
         raise _fail("invalid_dtype", name, f"Input '{name}' must hold {datatype} numbers.")
-    elif array.size and ((array == 0) | (array == 1)).any() and bool in set(map(type, _leaves(value, array.ndim))):
+    elif (
+        not isinstance(value, np.ndarray)  # arrays (.npy batches, binary tensors) hold no JSON booleans
+        and array.size
+        and ((array == 0) | (array == 1)).any()
+        and bool in set(map(type, _leaves(value, array.ndim)))
+    ):
         # numpy turns true/false among numbers into 1/0 silently; only 0 and 1 can be one.
         raise _bools_in_numbers(name, datatype)
 

@@ -221,6 +221,73 @@ HISTORY_BATCH_SIZE = env.int("HISTORY_BATCH_SIZE", default=500)
 HISTORY_BUFFER_MAX = env.int("HISTORY_BUFFER_MAX", default=100_000)
 HISTORY_RETENTION_DAYS = env.int("HISTORY_RETENTION_DAYS", default=30)
 
+# --- Jobs -----------------------------------------------------------------------------------
+# Asynchronous inference (jobs/): on Celery workers with a broker, else in background threads.
+JOB_STORAGE_PATH = env.path("JOB_STORAGE_PATH", default=VAR_DIR / "jobs")
+JOB_MAX_INPUT_FILE_MB = env.int("JOB_MAX_INPUT_FILE_MB", default=100)
+JOB_CHUNK_ROWS = env.int("JOB_CHUNK_ROWS", default=10_000)
+JOB_MAX_ATTEMPTS = env.int("JOB_MAX_ATTEMPTS", default=3)
+JOB_RETRY_BACKOFF_SECONDS = env.float("JOB_RETRY_BACKOFF_SECONDS", default=2.0)
+JOB_RETRY_BACKOFF_MAX_SECONDS = env.float("JOB_RETRY_BACKOFF_MAX_SECONDS", default=300.0)
+JOB_EMBEDDED_THREADS = env.int("JOB_EMBEDDED_THREADS", default=2)
+JOB_RETENTION_DAYS = env.int("JOB_RETENTION_DAYS", default=7)
+JOB_SWEEP_INTERVAL_SECONDS = env.int("JOB_SWEEP_INTERVAL_SECONDS", default=60)
+JOB_ENQUEUE_GRACE_SECONDS = env.int("JOB_ENQUEUE_GRACE_SECONDS", default=30)
+JOB_VISIBILITY_TIMEOUT_SECONDS = env.int("JOB_VISIBILITY_TIMEOUT_SECONDS", default=CELERY_TASK_TIME_LIMIT + 600)
+# A queued job whose message is this old without starting is published again (the broker lost
+# it); a running job this old cannot be alive, nor will the broker redeliver it any more.
+JOB_REQUEUE_AFTER_SECONDS = env.int("JOB_REQUEUE_AFTER_SECONDS", default=JOB_VISIBILITY_TIMEOUT_SECONDS)
+JOB_STUCK_AFTER_SECONDS = env.int("JOB_STUCK_AFTER_SECONDS", default=JOB_VISIBILITY_TIMEOUT_SECONDS + 600)
+for _name in (
+    "JOB_MAX_INPUT_FILE_MB",
+    "JOB_CHUNK_ROWS",
+    "JOB_MAX_ATTEMPTS",
+    "JOB_EMBEDDED_THREADS",
+    "JOB_RETENTION_DAYS",
+    "JOB_SWEEP_INTERVAL_SECONDS",
+):
+    if globals()[_name] <= 0:
+        raise ImproperlyConfigured(f"{_name} must be a positive number.")
+if not 0 < CELERY_TASK_SOFT_TIME_LIMIT < CELERY_TASK_TIME_LIMIT:
+    raise ImproperlyConfigured("JOB_SOFT_TIME_LIMIT_SECONDS must be positive and below JOB_TIME_LIMIT_SECONDS.")
+if JOB_VISIBILITY_TIMEOUT_SECONDS <= CELERY_TASK_TIME_LIMIT:
+    raise ImproperlyConfigured(
+        "JOB_VISIBILITY_TIMEOUT_SECONDS must be above JOB_TIME_LIMIT_SECONDS, or Redis redelivers running jobs."
+    )
+if JOB_STUCK_AFTER_SECONDS <= JOB_VISIBILITY_TIMEOUT_SECONDS:
+    raise ImproperlyConfigured("JOB_STUCK_AFTER_SECONDS must be above JOB_VISIBILITY_TIMEOUT_SECONDS.")
+JOB_MAX_INPUT_FILE_BYTES = JOB_MAX_INPUT_FILE_MB * 1024 * 1024
+# Job input files are claimed by their own capped handler; every other upload goes on as before.
+FILE_UPLOAD_HANDLERS = ["jobs.uploads.JobInputUploadHandler", *FILE_UPLOAD_HANDLERS]
+
+# Queues by priority. Workers list them in order (-Q high,normal,low); the Redis transport
+# rotates that list after every fetch unless the order strategy is "priority", which makes it
+# always take from the first non-empty queue.
+CELERY_TASK_DEFAULT_QUEUE = "normal"
+CELERY_TASK_ROUTES = {"jobs.sweep": {"queue": "high"}, "jobs.cleanup": {"queue": "low"}}
+CELERY_BROKER_TRANSPORT_OPTIONS.update(
+    visibility_timeout=JOB_VISIBILITY_TIMEOUT_SECONDS,
+    queue_order_strategy="priority",
+    socket_connect_timeout=2,  # a broker that does not answer must not hold a create request long
+)
+# Lets deployments (or test runs) share one Redis database without sharing queues.
+if env.str("CELERY_BROKER_KEY_PREFIX", default=""):
+    CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = env.str("CELERY_BROKER_KEY_PREFIX")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A job is created even when the broker is down (the sweeper hands it over later): do not hold
+# the request for long trying to publish.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+CELERY_RESULT_EXTENDED = True
+CELERY_RESULT_EXPIRES = JOB_RETENTION_DAYS * 24 * 3600
+CELERY_BEAT_SCHEDULE = {
+    "jobs-sweep": {
+        "task": "jobs.sweep",
+        "schedule": float(JOB_SWEEP_INTERVAL_SECONDS),
+        "options": {"expires": JOB_SWEEP_INTERVAL_SECONDS},
+    },
+    "jobs-cleanup": {"task": "jobs.cleanup", "schedule": 3600.0, "options": {"expires": 3600}},
+}
+
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

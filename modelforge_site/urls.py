@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from rest_framework.routers import SimpleRouter
 
 from inference import views as inference_views
+from jobs.views import CeleryHealthView, JobViewSet
 from modelforge_site import health
 from registry.views import ModelNameViewSet, ModelViewSet
 
@@ -13,9 +14,11 @@ router = SimpleRouter()
 router.trailing_slash = "/?"
 router.register("models/by-name", ModelNameViewSet, basename="model-by-name")
 router.register("models", ModelViewSet, basename="model")
+router.register("jobs", JobViewSet, basename="job")
 
 api_v1 = [
     path("health", health.HealthView.as_view(), name="health"),
+    path("health/celery", CeleryHealthView.as_view(), name="health-celery"),
     path("ready", health.ReadyView.as_view(), name="ready"),
     path("live", health.LiveView.as_view(), name="live"),
     path("schema", SpectacularAPIView.as_view(), name="schema"),

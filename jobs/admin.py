@@ -1,0 +1,155 @@
+"""Jobs in the Django admin: read-only rows the system writes; actions go through jobs.services."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from jobs import services
+from jobs.models import Job
+from modelforge_site.exceptions import DomainError
+
+Status = Job.Status
+
+# White text on each colour passes WCAG AA contrast; the label names the status in words.
+STATUS_COLOURS = {
+    Status.PENDING: "#5f6368",
+    Status.QUEUED: "#1d4ed8",
+    Status.RUNNING: "#9a3412",
+    Status.COMPLETED: "#166534",
+    Status.FAILED: "#b91c1c",
+    Status.CANCELLED: "#374151",
+}
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ("short_id", "status_badge", "progress", "model_label", "owner", "priority", "created_at")
+    list_filter = ("status", "priority", "input_format")
+    list_select_related = ("api_key", "user")
+    search_fields = ("id", "model_name", "error_code")
+    date_hierarchy = "created_at"
+    ordering = ("-created_at",)
+    actions = ("cancel_jobs", "retry_jobs")
+    fieldsets = (
+        (None, {"fields": ("id", "status_badge", "priority", "model", "model_label", "owner")}),
+        ("Input", {"fields": ("input_format", "input_filename", "input_size", "progress")}),
+        ("Run", {"fields": ("attempts", "worker", "celery_task_id", "queue_time_ms", "inference_time_ms")}),
+        ("Result", {"fields": ("output_file", "warnings", "error_code", "error_message", "traceback_block")}),
+        ("Times", {"fields": ("created_at", "enqueued_at", "started_at", "finished_at")}),
+    )
+    readonly_fields = (
+        "id",
+        "status_badge",
+        "priority",
+        "model",
+        "model_label",
+        "owner",
+        "input_format",
+        "input_filename",
+        "input_size",
+        "progress",
+        "attempts",
+        "worker",
+        "celery_task_id",
+        "queue_time_ms",
+        "inference_time_ms",
+        "output_file",
+        "warnings",
+        "error_code",
+        "error_message",
+        "traceback_block",
+        "created_at",
+        "enqueued_at",
+        "started_at",
+        "finished_at",
+    )
+
+    # Jobs are created through the API and changed by the system only.
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def delete_model(self, request, obj: Job) -> None:
+        self._delete(request, [obj])
+
+    def delete_queryset(self, request, queryset) -> None:
+        self._delete(request, list(queryset))
+
+    def _delete(self, request, jobs: list[Job]) -> None:
+        refused = 0
+        for job in jobs:
+            try:
+                services.job_delete(job=job)
+            except DomainError:
+                refused += 1
+        if refused:
+            self.message_user(
+                request, f"{refused} job(s) not finished were kept: cancel them first.", level=messages.WARNING
+            )
+
+    @admin.display(description="id", ordering="id")
+    def short_id(self, job: Job) -> str:
+        return str(job.pk)[:8]
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, job: Job) -> SafeString:
+        return format_html(
+            '<span style="display:inline-block;padding:1px 8px;border-radius:9px;color:#fff;'
+            'background:{};font-weight:600;white-space:nowrap" class="mf-status mf-status-{}">{}</span>',
+            STATUS_COLOURS.get(job.status, "#5f6368"),
+            job.status,
+            job.get_status_display(),
+        )
+
+    @admin.display(description="progress")
+    def progress(self, job: Job) -> str:
+        if not job.progress_total:
+            return "—"
+        percent = 100 * job.progress_done / job.progress_total
+        return f"{job.progress_done:,} / {job.progress_total:,} ({percent:.0f}%)"
+
+    @admin.display(description="model", ordering="model_name")
+    def model_label(self, job: Job) -> str:
+        return f"{job.model_name}:{job.model_version}"
+
+    @admin.display(description="owner")
+    def owner(self, job: Job) -> str:
+        return job.owner_label or "—"
+
+    @admin.display(description="traceback")
+    def traceback_block(self, job: Job) -> SafeString:
+        if not job.traceback:
+            return format_html("{}", "—")
+        return format_html('<pre style="white-space:pre-wrap;max-height:30em;overflow:auto">{}</pre>', job.traceback)
+
+    @admin.action(description="Cancel selected jobs")
+    def cancel_jobs(self, request, queryset) -> None:
+        cancelled = skipped = 0
+        for job in queryset:
+            if job.status not in Job.ACTIVE:
+                skipped += 1
+                continue
+            try:
+                services.job_cancel(job=job)
+                cancelled += 1
+            except DomainError:
+                skipped += 1
+        self.message_user(request, f"Cancelled {cancelled} job(s); {skipped} had already finished.")
+
+    @admin.action(description="Retry selected jobs (as new jobs)")
+    def retry_jobs(self, request, queryset) -> None:
+        created, problems = 0, []
+        for job in queryset:
+            try:
+                services.job_resubmit(job=job)
+                created += 1
+            except DomainError as exc:
+                problems.append(f"{str(job.pk)[:8]}: {exc.detail}")
+        if created:
+            self.message_user(request, f"Queued {created} new job(s).")
+        for problem in problems:
+            self.message_user(request, problem, level=messages.WARNING)

@@ -1,0 +1,191 @@
+"""The embedded job runner: jobs without a broker.
+
+With CELERY_BROKER_URL empty (the `make run` default) jobs run in a small pool of background
+threads of the server process (JOB_EMBEDDED_THREADS), highest priority first, then oldest
+first. They go through the same services as on Celery (`job_claim`, `job_execute`,
+`job_record_failure`), so the API behaves the same; transient failures are retried after the
+same backoff, the soft time limit is checked between chunks, and a timer thread runs the
+sweeper and the retention cleanup that Celery beat runs otherwise.
+
+What a process holds in memory ends with it. The job rows name the process holding them
+(``embedded@host:pid``), so another server process on the host (or the next one after a
+restart) queues again the jobs of a process that is gone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+
+from django.conf import settings
+from django.db import connection
+
+from jobs import services
+from jobs.models import Job
+
+logger = logging.getLogger(__name__)
+
+CLEANUP_INTERVAL_SECONDS = 3600
+_STOP = ""
+
+
+class EmbeddedRunner:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._pid: int | None = None
+        self._queue: queue.PriorityQueue[tuple[int, int, str]] = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._threads: list[threading.Thread] = []
+        self._running = 0
+        self._outstanding = 0  # queued here and not yet finished
+
+    @property
+    def name(self) -> str:
+        return f"embedded@{socket.gethostname()}:{os.getpid()}"
+
+    # --- control -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the threads in this process, once (again after a fork: threads do not survive one)."""
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._queue = queue.PriorityQueue()
+            self._running = self._outstanding = 0
+            self._threads = [
+                threading.Thread(target=self._work, name=f"job-runner-{index}", daemon=True)
+                for index in range(settings.JOB_EMBEDDED_THREADS)
+            ]
+            if settings.JOB_SWEEP_INTERVAL_SECONDS > 0:
+                self._threads.append(threading.Thread(target=self._maintain, name="job-maintenance", daemon=True))
+            for thread in self._threads:
+                thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Let the worker threads finish their current job and end (tests; interpreter exit)."""
+        if self._pid != os.getpid():
+            return
+        workers = [thread for thread in self._threads if thread.name.startswith("job-runner-")]
+        for _ in workers:
+            self._queue.put((-1, next(self._order), _STOP))
+        for thread in workers:
+            thread.join(timeout)
+        self._pid = None
+
+    def submit(self, job_id, priority: str, *, delay: float | None = None) -> None:
+        """Queue a job (after ``delay`` seconds). Claiming decides whether it still runs."""
+        if delay:
+            timer = threading.Timer(delay, self.submit, args=(job_id, priority))
+            timer.daemon = True
+            timer.start()
+            return
+        self.start()
+        with self._lock:
+            self._outstanding += 1
+        self._queue.put((Job.PRIORITY_RANK.get(priority, 1), next(self._order), str(job_id)))
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until nothing is queued or running here; False if that took too long."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._outstanding:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(min(left, 0.1))
+        return True
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "threads": settings.JOB_EMBEDDED_THREADS,
+            "queued": max(self._outstanding - self._running, 0) if self._pid == os.getpid() else 0,
+            "running": self._running,
+        }
+
+    # --- threads -----------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            _, _, job_id = self._queue.get()
+            if job_id == _STOP:
+                return
+            with self._lock:
+                self._running += 1
+            try:
+                self._process(job_id)
+            except Exception:
+                logger.exception("embedded job runner error", extra={"job": job_id})
+            finally:
+                connection.close()  # this thread's connection; the next job opens a fresh one
+                with self._idle:
+                    self._running -= 1
+                    self._outstanding -= 1
+                    self._idle.notify_all()
+
+    def _process(self, job_id: str) -> None:
+        """What the Celery task does: claim, run, record a failure (and retry it later)."""
+        job = services.job_claim(job_id=job_id, worker=self.name)
+        if job is None:
+            return
+        try:
+            services.job_execute(job=job, deadline=time.monotonic() + settings.CELERY_TASK_SOFT_TIME_LIMIT)
+        except services.JobSuperseded:
+            return
+        except Exception as exc:
+            delay = services.job_record_failure(job=job, exc=exc)
+            if delay is not None:
+                self.submit(job.pk, job.priority, delay=delay)
+
+    def _maintain(self) -> None:
+        last_cleanup = 0.0
+        while True:
+            try:
+                self.recover()
+                services.jobs_sweep()
+                if time.monotonic() - last_cleanup >= CLEANUP_INTERVAL_SECONDS:
+                    services.jobs_cleanup()
+                    last_cleanup = time.monotonic()
+            except Exception:
+                logger.exception("embedded job maintenance failed")
+            finally:
+                connection.close()
+            time.sleep(settings.JOB_SWEEP_INTERVAL_SECONDS)
+
+    def recover(self) -> int:
+        """Queue here the jobs that another, ended server process on this host held."""
+        prefix = f"embedded@{socket.gethostname()}:"
+        held = (
+            Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING], worker__startswith=prefix)
+            .exclude(worker=self.name)
+            .only("pk", "status", "attempts", "worker")
+        )
+        recovered = 0
+        for job in held:
+            if _process_alive(job.worker.rpartition(":")[2]):
+                continue
+            if job.status == Job.Status.RUNNING and not services.job_requeue(job=job):
+                continue
+            recovered += services.job_enqueue(job_id=job.pk)
+        if recovered:
+            logger.info("jobs of ended server processes queued again", extra={"count": recovered})
+        return recovered
+
+
+def _process_alive(pid_text: str) -> bool:
+    try:
+        os.kill(int(pid_text), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+runner = EmbeddedRunner()

@@ -1,0 +1,114 @@
+"""Jobs in the admin: a read-only list of what the system wrote; cancel and retry go through the
+services."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.messages import get_messages
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from jobs import services
+from jobs.models import Job
+from jobs.storage import JobFiles
+from tests.jobs.factories import iris_model, iris_rows, jsonl_bytes, uploaded_input
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = reverse("admin:jobs_job_changelist")
+
+
+@pytest.fixture
+def admin_client(client, ops_user):
+    client.force_login(ops_user)
+    return client
+
+
+@pytest.fixture
+def jobs(make_model, make_key, settings):
+    iris = make_model(iris_model())
+    api_key, _ = make_key("predict", name="billing")
+
+    def _job(status: str = Job.Status.PENDING, **fields) -> Job:
+        job = services.job_create(
+            model=iris, input_file=uploaded_input(jsonl_bytes(iris_rows(10))), api_key=api_key, priority="high"
+        )
+        Job.objects.filter(pk=job.pk).update(status=status, **fields)
+        job.refresh_from_db()
+        return job
+
+    return _job
+
+
+def messages_of(response) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
+
+
+def test_changelist_shows_status_progress_model_owner_without_n_plus_one(admin_client, jobs):
+    jobs(Job.Status.RUNNING, progress_done=4)
+    admin_client.get(CHANGELIST)  # warm up sessions, content types
+    with CaptureQueriesContext(connection) as one:
+        admin_client.get(CHANGELIST)
+    for _ in range(4):
+        jobs(Job.Status.FAILED, error_code="invalid_row")
+    with CaptureQueriesContext(connection) as five:
+        response = admin_client.get(CHANGELIST)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert ">Running</span>" in html and ">Failed</span>" in html  # the status in words
+    assert "4 / 10 (40%)" in html
+    assert "iris:1.0.0" in html
+    assert "key:billing" in html
+    assert len(five) == len(one)
+
+
+def test_jobs_are_read_only_in_the_admin(admin_client, jobs):
+    job = jobs(Job.Status.FAILED, traceback="Traceback (most recent call last):\n  <boom>")
+    assert admin_client.get(reverse("admin:jobs_job_add")).status_code == 403
+    page = admin_client.get(reverse("admin:jobs_job_change", args=[job.pk]))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "&lt;boom&gt;" in html  # escaped
+    assert 'name="_save"' not in html
+
+
+def test_cancel_action_goes_through_the_service(admin_client, jobs):
+    queued, finished = jobs(Job.Status.QUEUED), jobs(Job.Status.COMPLETED, output_file="output-1.jsonl")
+    response = admin_client.post(
+        CHANGELIST, {"action": "cancel_jobs", "_selected_action": [queued.pk, finished.pk]}, follow=True
+    )
+    assert "Cancelled 1 job(s); 1 had already finished." in messages_of(response)
+    assert Job.objects.get(pk=queued.pk).status == Job.Status.CANCELLED
+    assert Job.objects.get(pk=finished.pk).status == Job.Status.COMPLETED
+
+
+def test_retry_action_creates_a_new_job_with_the_same_input(admin_client, jobs):
+    failed = jobs(Job.Status.FAILED, error_code="internal_error")
+    running = jobs(Job.Status.RUNNING)
+    response = admin_client.post(
+        CHANGELIST, {"action": "retry_jobs", "_selected_action": [failed.pk, running.pk]}, follow=True
+    )
+    shown = messages_of(response)
+    assert "Queued 1 new job(s)." in shown
+    assert any("Only failed or cancelled jobs can be retried" in message for message in shown)
+    retry = Job.objects.exclude(pk__in=[failed.pk, running.pk]).get()
+    assert (retry.api_key_id, retry.priority, retry.model_id) == (failed.api_key_id, "high", failed.model_id)
+    assert retry.progress_total == 10
+    assert Job.objects.get(pk=failed.pk).status == Job.Status.FAILED  # the old job stays as it ended
+    original = JobFiles(failed.pk).input_path("jsonl").read_bytes()
+    assert JobFiles(retry.pk).input_path("jsonl").read_bytes() == original
+
+
+def test_delete_removes_finished_jobs_only(admin_client, jobs, django_capture_on_commit_callbacks):
+    finished = jobs(Job.Status.CANCELLED)
+    running = jobs(Job.Status.RUNNING)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            CHANGELIST,
+            {"action": "delete_selected", "_selected_action": [finished.pk, running.pk], "post": "yes"},
+            follow=True,
+        )
+    assert any("not finished were kept" in message for message in messages_of(response))
+    assert list(Job.objects.values_list("pk", flat=True)) == [running.pk]
+    assert not JobFiles(finished.pk).folder.exists()
