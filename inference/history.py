@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import logging
+import multiprocessing.util
 import random
 import threading
 from collections import deque
@@ -200,7 +201,11 @@ def _write(batch: list[dict]) -> None:
 
 
 history = HistoryBuffer()
+# Flush at interpreter exit (runserver, gunicorn workers, Celery), and also when a
+# multiprocessing child ends: those end with os._exit, which skips atexit but runs
+# multiprocessing's own finalizers (granian's worker processes are such children).
 atexit.register(history.flush)
+multiprocessing.util.Finalize(None, history.flush, exitpriority=100)
 
 
 def history_cleanup(*, now: datetime | None = None) -> int:

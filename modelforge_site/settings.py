@@ -264,7 +264,11 @@ FILE_UPLOAD_HANDLERS = ["jobs.uploads.JobInputUploadHandler", *FILE_UPLOAD_HANDL
 # rotates that list after every fetch unless the order strategy is "priority", which makes it
 # always take from the first non-empty queue.
 CELERY_TASK_DEFAULT_QUEUE = "normal"
-CELERY_TASK_ROUTES = {"jobs.sweep": {"queue": "high"}, "jobs.cleanup": {"queue": "low"}}
+CELERY_TASK_ROUTES = {
+    "jobs.sweep": {"queue": "high"},
+    "jobs.cleanup": {"queue": "low"},
+    "inference.cleanup_history": {"queue": "low"},
+}
 CELERY_BROKER_TRANSPORT_OPTIONS.update(
     visibility_timeout=JOB_VISIBILITY_TIMEOUT_SECONDS,
     queue_order_strategy="priority",
@@ -286,6 +290,7 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": JOB_SWEEP_INTERVAL_SECONDS},
     },
     "jobs-cleanup": {"task": "jobs.cleanup", "schedule": 3600.0, "options": {"expires": 3600}},
+    "history-cleanup": {"task": "inference.cleanup_history", "schedule": 3600.0, "options": {"expires": 3600}},
 }
 
 # --- REST framework -------------------------------------------------------------------------

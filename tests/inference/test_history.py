@@ -231,3 +231,30 @@ def test_a_model_deleted_before_the_flush_does_not_block_the_rest_of_the_history
     later = predict_ok(predict_client, kept["id"], {"X": [[3, 4]]})
     assert history.flush() == 1
     assert history_of(predict_client, kept["id"])["results"][0]["id"] == later["id"]
+
+
+def test_cleanup_history_command_and_task_delete_old_rows(settings):
+    from datetime import timedelta
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from inference.models import Prediction
+    from inference.tasks import cleanup_history
+    from registry.models import MLModel
+
+    model = MLModel.objects.create(name="old", version="1.0.0")
+    old = timezone.now() - timedelta(days=settings.HISTORY_RETENTION_DAYS + 1)
+    for moment in (old, old, timezone.now()):
+        Prediction.objects.create(
+            model=model,
+            model_name="old",
+            model_version="1.0.0",
+            inference_time_ms=0,
+            total_time_ms=0,
+            created_at=moment,
+        )
+    call_command("cleanup_history")
+    assert Prediction.objects.count() == 1
+    Prediction.objects.update(created_at=old)
+    assert cleanup_history() == 1

@@ -1,0 +1,17 @@
+"""manage.py cleanup_history: delete prediction history older than HISTORY_RETENTION_DAYS.
+
+Celery beat runs this hourly in production; without a broker, run it from cron.
+"""
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from inference.history import history_cleanup
+
+
+class Command(BaseCommand):
+    help = "Delete prediction history older than HISTORY_RETENTION_DAYS."
+
+    def handle(self, *args, **options):
+        deleted = history_cleanup()
+        self.stdout.write(f"deleted {deleted} predictions older than {settings.HISTORY_RETENTION_DAYS} days")

@@ -1,0 +1,11 @@
+"""Periodic maintenance of the inference app (scheduled by Celery beat)."""
+
+from celery import shared_task
+
+from inference.history import history_cleanup
+
+
+@shared_task(name="inference.cleanup_history", ignore_result=True)
+def cleanup_history() -> int:
+    """Delete prediction history older than HISTORY_RETENTION_DAYS."""
+    return history_cleanup()
