@@ -16,7 +16,8 @@ flat).
     .venv/bin/python bench/jobs.py [--rows 100000] [--models iris,mlp] [--repeats 3]
 
 Needs CELERY_BROKER_URL (Redis); a key prefix keeps the bench's queues apart from anything else
-on that Redis. Uses DATABASE_URL when set, else a temporary SQLite file.
+on that Redis. Uses a fresh database next to DATABASE_URL when set (dropped at exit), else a
+temporary SQLite file.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import PYTHON, ROOT, machine  # noqa: E402
+from bench.harness import PYTHON, ROOT, fresh_database, machine  # noqa: E402
 
 MEMORY_ROWS = 10_000
 
@@ -92,7 +93,7 @@ def bench_env(workdir: Path) -> dict[str, str]:
         LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
     )
-    env.setdefault("DATABASE_URL", f"sqlite:///{workdir / 'bench.sqlite3'}")
+    env["DATABASE_URL"] = fresh_database(env.get("DATABASE_URL"), workdir)
     return env
 
 
