@@ -81,32 +81,17 @@ def predict_from_body(*, model: MLModel, body: bytes, api_key, user) -> tuple[by
     """
     started = time.perf_counter()
     timings = services.Timings()
+    caller = {"model": model, "api_key": api_key, "user": user, "input_size": len(body), "timings": timings}
     remembered = body_memo.get(model, body)
     if remembered is not None:
         cache_key, input_data = remembered
         timings.parse = (time.perf_counter() - started) * 1000
-        outcome = services.predict_cached(
-            model=model,
-            cache_key=cache_key,
-            input_data=input_data,
-            api_key=api_key,
-            user=user,
-            input_size=len(body),
-            timings=timings,
-        )
+        outcome = services.predict_cached(cache_key=cache_key, input_data=input_data, **caller)
         if outcome is not None:
             return render_prediction(outcome)
     input_data, skip_cache = parse_predict_body(body)
     timings.parse = (time.perf_counter() - started) * 1000
-    outcome = services.predict(
-        model=model,
-        input_data=input_data,
-        skip_cache=skip_cache,
-        api_key=api_key,
-        user=user,
-        input_size=len(body),
-        timings=timings,
-    )
+    outcome = services.predict(input_data=input_data, skip_cache=skip_cache, **caller)
     if outcome.cache_key is not None:
         body_memo.put(model, body, outcome.cache_key, input_data)
     return render_prediction(outcome)
