@@ -10,14 +10,14 @@ pauses, so a lost message delays an answer by a second or two, never loses it.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 
 from django.conf import settings
+
+from modelforge_site import pubsub
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,6 @@ CHANNEL = "modelforge:jobs:finished"
 
 _waiters: dict[str, set[threading.Event]] = defaultdict(set)
 _lock = threading.Lock()
-_listener: threading.Thread | None = None
 
 
 def redis_url() -> str:
@@ -37,15 +36,14 @@ def redis_url() -> str:
 
 
 def job_finished(job_id) -> None:
-    """Tell every waiter, here and in other processes, that the job reached a final status."""
+    """Tell every waiter, here and in other processes, that the job reached a final status.
+
+    If Redis cannot be reached, the waiters' own polling still finds out."""
     key = str(job_id)
     _wake(key)
     url = redis_url()
     if url:
-        try:
-            _publisher(url).publish(CHANNEL, key)
-        except Exception as exc:  # the waiters' own polling still finds out
-            logger.warning("could not publish a job notification", extra={"error": exc.__class__.__name__})
+        pubsub.publish(url, CHANNEL, key)
 
 
 @contextlib.contextmanager
@@ -75,46 +73,15 @@ def _wake(key: str) -> None:
         event.set()
 
 
-@functools.cache
-def _publisher(url: str):
-    """One client (and connection pool) per process and URL; redis-py re-creates its
-    connections after a fork."""
-    return _client(url, socket_timeout=1)
-
-
-def _client(url: str, *, socket_timeout: float | None):
-    import redis
-
-    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=socket_timeout)
+def _wake_all() -> None:
+    """Anything published while (re)connecting was missed: let every waiter look again."""
+    with _lock:
+        keys = list(_waiters)
+    for key in keys:
+        _wake(key)
 
 
 def _ensure_listener() -> None:
-    global _listener
-    if _listener is not None and _listener.is_alive():
-        return
     url = redis_url()
-    if not url:
-        return
-    with _lock:
-        if _listener is None or not _listener.is_alive():
-            _listener = threading.Thread(target=_listen, args=(url,), name="job-events", daemon=True)
-            _listener.start()
-
-
-def _listen(url: str) -> None:
-    while True:
-        try:
-            pubsub = _client(url, socket_timeout=None).pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(CHANNEL)
-            # Anything published while (re)connecting was missed: let every waiter look again.
-            with _lock:
-                keys = list(_waiters)
-            for key in keys:
-                _wake(key)
-            for message in pubsub.listen():
-                data = message.get("data")
-                if isinstance(data, bytes):
-                    _wake(data.decode())
-        except Exception as exc:
-            logger.warning("job notification listener reconnecting", extra={"error": exc.__class__.__name__})
-            time.sleep(1)
+    if url:
+        pubsub.subscribe(url, CHANNEL, on_message=_wake, on_reconnect=_wake_all)

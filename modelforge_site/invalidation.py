@@ -10,21 +10,19 @@ lost message only delays a change, never hides it.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable
 
 from django.conf import settings
 from django.db import transaction
 
+from modelforge_site import pubsub
+
 logger = logging.getLogger(__name__)
 
 CHANNEL = "modelforge:invalidate"
 
 _callbacks: dict[str, list[Callable[[], None]]] = defaultdict(list)
-_listener: threading.Thread | None = None
-_listener_lock = threading.Lock()
 
 
 def on_change(topic: str, callback: Callable[[], None]) -> None:
@@ -45,52 +43,26 @@ def notify(topic: str) -> None:
     """Drop cached state of `topic` here now, and everywhere once the transaction commits.
 
     Clearing before the commit is harmless (a reader may re-cache the old row), so it is done
-    again after the commit, when other processes are told too.
+    again after the commit, when other processes are told too (they fall back on their TTL if
+    Redis cannot be reached).
     """
     _run_local(topic)
 
     def publish() -> None:
         _run_local(topic)
         if settings.REDIS_URL:
-            try:
-                _redis().publish(CHANNEL, topic)
-            except Exception as exc:  # other processes fall back on their TTL
-                logger.warning("could not publish invalidation", extra={"error": exc.__class__.__name__})
+            pubsub.publish(settings.REDIS_URL, CHANNEL, topic)
 
     transaction.on_commit(publish)
 
 
-def _redis(*, socket_timeout: float | None = 1):
-    import redis
-
-    return redis.Redis.from_url(
-        settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=socket_timeout, health_check_interval=30
-    )
+def _run_all() -> None:
+    """After a (re)connect, messages may have been missed: drop every cached state."""
+    for topic in list(_callbacks):
+        _run_local(topic)
 
 
 def _ensure_listener() -> None:
     """One subscriber thread per process (started lazily, so after a pre-fork server forks)."""
-    global _listener
-    if _listener is not None or not settings.REDIS_URL:
-        return
-    with _listener_lock:
-        if _listener is None:
-            _listener = threading.Thread(target=_listen, name="invalidation-listener", daemon=True)
-            _listener.start()
-
-
-def _listen() -> None:
-    while True:
-        try:
-            pubsub = _redis(socket_timeout=None).pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(CHANNEL)
-            # Messages may have been missed while (re)connecting: start from a clean slate.
-            for topic in list(_callbacks):
-                _run_local(topic)
-            for message in pubsub.listen():
-                topic = message.get("data")
-                if isinstance(topic, bytes):
-                    _run_local(topic.decode())
-        except Exception as exc:
-            logger.warning("invalidation listener reconnecting", extra={"error": exc.__class__.__name__})
-            time.sleep(1)
+    if settings.REDIS_URL:
+        pubsub.subscribe(settings.REDIS_URL, CHANNEL, on_message=_run_local, on_reconnect=_run_all)
