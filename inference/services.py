@@ -107,6 +107,17 @@ def run_model(model: MLModel, feeds: dict[str, np.ndarray]) -> tuple[list[str], 
     return loaded.output_names, values, 0.0, (time.perf_counter() - started) * 1000
 
 
+def decode_model_inputs(model: MLModel, input_data: Any) -> dict[str, np.ndarray]:
+    """A request's JSON inputs as the model's feeds, under the request limits of the settings."""
+    return decode_inputs(
+        input_data,
+        model.input_schema,
+        allow_non_finite=model.allow_non_finite,
+        max_elements=settings.MAX_INPUT_ELEMENTS,
+        max_depth=settings.MAX_JSON_DEPTH,
+    )
+
+
 def predict(
     *,
     model: MLModel,
@@ -119,13 +130,7 @@ def predict(
 ) -> PredictionOutcome:
     """One prediction on a ready model, from the decoded JSON ``input_data``."""
     ensure_servable(model)
-    feeds = decode_inputs(
-        input_data,
-        model.input_schema,
-        allow_non_finite=model.allow_non_finite,
-        max_elements=settings.MAX_INPUT_ELEMENTS,
-        max_depth=settings.MAX_JSON_DEPTH,
-    )
+    feeds = decode_model_inputs(model, input_data)
     return infer(
         model=model,
         feeds=feeds,

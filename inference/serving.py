@@ -18,6 +18,7 @@ from modelforge_site import invalidation
 from registry import selectors
 from registry.errors import ModelNotFound
 from registry.models import MLModel
+from registry.services import SERVING_OPTIONS
 
 SERVING_FIELDS = (
     "id",
@@ -27,15 +28,8 @@ SERVING_FIELDS = (
     "file_sha256",
     "input_schema",
     "output_schema",
-    "allow_non_finite",
     "error_code",
-    "preload",
-    "batching_enabled",
-    "max_batch_size",
-    "max_queue_delay_microseconds",
-    "preferred_batch_size",
-    "max_queue_size",
-    "default_timeout_microseconds",
+    *SERVING_OPTIONS,
 )
 MAX_ENTRIES = 10_000
 

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.http import HttpResponse
 from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -28,22 +28,24 @@ from inference.serializers import PredictionSerializer, PredictRequestSerializer
 from inference.serving import serving_cache
 from inference.tensors import parse_json_body
 from modelforge_site.exceptions import PayloadTooLarge
-from modelforge_site.strict_input import ErrorSerializer
+from modelforge_site.strict_input import UNAUTHENTICATED, error_responses
 from registry.errors import ModelNotFound
 from registry.models import MLModel
 
 PREDICT_FIELDS = {"input_data", "skip_cache"}
 
 
+_ERRORS = {
+    400: "Invalid input: `code` names the rule (e.g. `invalid_shape`, `non_finite_value`) and the input.",
+    401: UNAUTHENTICATED,
+    403: "The key lacks the `predict` scope.",
+    404: "No such model (or no ready version of that name).",
+    409: "`model_not_ready` or `model_archived`.",
+}
+
+
 def _errors(*statuses: int) -> dict:
-    described = {
-        400: "Invalid input: `code` names the rule (e.g. `invalid_shape`, `non_finite_value`) and the input.",
-        401: "No API key or an invalid, revoked or expired one.",
-        403: "The key lacks the `predict` scope.",
-        404: "No such model (or no ready version of that name).",
-        409: "`model_not_ready` or `model_archived`.",
-    }
-    return {code: OpenApiResponse(ErrorSerializer, description=described[code]) for code in statuses}
+    return error_responses(_ERRORS, *statuses)
 
 
 def check_body_size(content_length: int) -> None:

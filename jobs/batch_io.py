@@ -36,6 +36,7 @@ import orjson
 from django.conf import settings
 
 from inference.errors import InvalidInput
+from inference.services import decode_model_inputs
 from inference.tensors import DTYPES, decode_inputs, encode_outputs, parse_json_body
 from jobs.errors import BadRow, InvalidInputFile, UnsupportedFormat, UnsupportedOutput
 from registry.models import MLModel
@@ -81,13 +82,7 @@ def detect_format(declared: str | None, filename: str) -> str:
 
 def check_inline(input_data: Any, model: MLModel) -> int:
     """Validate an inline input exactly as predict does; returns its row count (first dimension)."""
-    feeds = decode_inputs(
-        input_data,
-        model.input_schema,
-        allow_non_finite=model.allow_non_finite,
-        max_elements=settings.MAX_INPUT_ELEMENTS,
-        max_depth=settings.MAX_JSON_DEPTH,
-    )
+    feeds = decode_model_inputs(model, input_data)
     first = next(iter(feeds.values()), None)
     return int(first.shape[0]) if first is not None and first.ndim else 1
 

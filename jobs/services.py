@@ -34,8 +34,8 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from inference.errors import InferenceFailed
-from inference.services import ensure_servable, run_session
-from inference.tensors import decode_inputs, encode_outputs
+from inference.services import decode_model_inputs, ensure_servable, run_session
+from inference.tensors import encode_outputs
 from jobs import batch_io, events
 from jobs.errors import JobFinished, JobNotFinished, JobNotFound, ModelDeleted, NotRetryable
 from jobs.models import Job
@@ -283,13 +283,7 @@ def job_execute(*, job: Job, deadline: float | None = None) -> None:
 
 
 def _run_inline(job: Job, model: MLModel) -> None:
-    feeds = decode_inputs(
-        job.input_data,
-        model.input_schema,
-        allow_non_finite=model.allow_non_finite,
-        max_elements=settings.MAX_INPUT_ELEMENTS,
-        max_depth=settings.MAX_JSON_DEPTH,
-    )
+    feeds = decode_model_inputs(model, job.input_data)
     names, values, compute_ms = run_session(model, feeds)
     output_data, warnings = encode_outputs(names, values, model.output_schema)
     completed = _move(

@@ -36,7 +36,7 @@ from jobs.models import Job
 from jobs.serializers import CeleryHealthSerializer, JobCreateSerializer, JobResultSerializer, JobSerializer
 from jobs.storage import JobFiles
 from modelforge_site.exceptions import PayloadTooLarge, error_body
-from modelforge_site.strict_input import ErrorSerializer
+from modelforge_site.strict_input import UNAUTHENTICATED, ErrorSerializer, error_responses
 from registry import selectors
 from registry.errors import ModelNotFound
 from registry.models import MLModel
@@ -45,16 +45,18 @@ MAX_WAIT_SECONDS = 30
 UUID_PATTERN = "[0-9a-fA-F-]{36}"
 
 
+_ERRORS = {
+    400: "Invalid request or input; `code` names the rule (e.g. `invalid_input_file`, `invalid_shape`).",
+    401: UNAUTHENTICATED,
+    403: "The key lacks the `predict` scope.",
+    404: "No such job (or another key's), or no such model.",
+    409: "Conflict with the job's or the model's status (e.g. `job_not_finished`, `model_not_ready`).",
+    413: "The input file is over JOB_MAX_INPUT_FILE_MB (`input_file_too_large`) or the body over the limit.",
+}
+
+
 def _errors(*statuses: int) -> dict:
-    described = {
-        400: "Invalid request or input; `code` names the rule (e.g. `invalid_input_file`, `invalid_shape`).",
-        401: "No API key or an invalid, revoked or expired one.",
-        403: "The key lacks the `predict` scope.",
-        404: "No such job (or another key's), or no such model.",
-        409: "Conflict with the job's or the model's status (e.g. `job_not_finished`, `model_not_ready`).",
-        413: "The input file is over JOB_MAX_INPUT_FILE_MB (`input_file_too_large`) or the body over the limit.",
-    }
-    return {code: OpenApiResponse(ErrorSerializer, description=described[code]) for code in statuses}
+    return error_responses(_ERRORS, *statuses)
 
 
 class StrictJSONParser(parsers.BaseParser):

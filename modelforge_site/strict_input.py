@@ -29,6 +29,16 @@ class StrictInputSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+UNAUTHENTICATED = "No API key or an invalid, revoked or expired one."
+
+
+def error_responses(described: dict[int, str], *statuses: int) -> dict:
+    """OpenAPI responses for these error statuses, each with the view's own description."""
+    from drf_spectacular.utils import OpenApiResponse
+
+    return {code: OpenApiResponse(ErrorSerializer, description=described[code]) for code in statuses}
+
+
 class ErrorSerializer(serializers.Serializer):
     """The body of every error response."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.http import Http404
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, parsers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.filters import OrderingFilter, SearchFilter
@@ -13,7 +13,7 @@ from rest_framework.response import Response
 
 from access.models import Scope
 from modelforge_site.exceptions import DomainError
-from modelforge_site.strict_input import ErrorSerializer
+from modelforge_site.strict_input import UNAUTHENTICATED, error_responses
 from registry import selectors, services
 from registry.errors import ModelNotFound
 from registry.filters import MLModelFilter
@@ -25,17 +25,18 @@ from registry.serializers import (
     ModelUploadSerializer,
 )
 
+_ERRORS = {
+    400: "Invalid input; `code` says which rule failed.",
+    401: UNAUTHENTICATED,
+    403: "The key lacks the scope this route needs.",
+    404: "No such model.",
+    409: "Conflict with the model's current state (e.g. `duplicate_version`, `model_archived`).",
+    413: "The file is over MAX_MODEL_SIZE_MB (`model_too_large`).",
+}
+
 
 def _errors(*statuses: int) -> dict:
-    described = {
-        400: "Invalid input; `code` says which rule failed.",
-        401: "No API key or an invalid, revoked or expired one.",
-        403: "The key lacks the scope this route needs.",
-        404: "No such model.",
-        409: "Conflict with the model's current state (e.g. `duplicate_version`, `model_archived`).",
-        413: "The file is over MAX_MODEL_SIZE_MB (`model_too_large`).",
-    }
-    return {code: OpenApiResponse(ErrorSerializer, description=described[code]) for code in statuses}
+    return error_responses(_ERRORS, *statuses)
 
 
 class SemverOrderingFilter(OrderingFilter):
