@@ -20,14 +20,18 @@ The output is JSON Lines, one object per input row in input order: ``{"<output n
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gc
 import io
 import math
 import os
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
+from itertools import islice, repeat
+from operator import eq, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +59,7 @@ class Chunk:
 
     first_row: int  # 1-based
     values: dict[str, Any]
-    lines: list[int] | None = None  # the file line of each row, where it differs from the row
+    lines: Sequence[int] | None = None  # the file line of each row, where it differs from the row
 
     @property
     def rows(self) -> int:
@@ -304,45 +308,48 @@ def _jsonl_chunks(path: Path, schema: list[dict], chunk_rows: int) -> Iterator[C
     names = [entry["name"] for entry in schema]
     name_set = set(names)
     max_depth = settings.MAX_JSON_DEPTH
-    texts: list[bytes] = []
-    lines: list[int] = []
-    row = 0
-
-    def chunk() -> Chunk:
-        first = row - len(texts) + 1
-        documents = _jsonl_documents(texts, first, lines, name_set, max_depth)
-        return Chunk(first, {name: list(map(itemgetter(name), documents)) for name in names}, list(lines))
-
+    first_row = first_line = 1
     with open(path, "rb") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if line.isspace():
-                continue
-            row += 1
-            texts.append(line)
-            lines.append(line_number)
-            if len(texts) == chunk_rows:
-                yield chunk()
-                texts, lines = [], []
-    if texts:
-        yield chunk()
+        # Blocks of lines, read and checked by C calls; Python only loops over a block when it
+        # holds a blank line (skipped, so rows and lines part) or something to report.
+        while block := list(islice(handle, chunk_rows)):
+            lines: Sequence[int] = range(first_line, first_line + len(block))
+            first_line += len(block)
+            if any(map(bytes.isspace, block)):
+                kept = [(text, line) for text, line in zip(block, lines, strict=True) if not text.isspace()]
+                if not kept:
+                    continue
+                block, lines = [text for text, _ in kept], [line for _, line in kept]
+            documents = _jsonl_documents(block, first_row, lines, name_set, max_depth)
+            yield Chunk(first_row, {name: list(map(itemgetter(name), documents)) for name in names}, lines)
+            first_row += len(block)
 
 
-def _jsonl_documents(texts: list[bytes], first: int, lines: list[int], names: set[str], max_depth: int) -> list:
+def _jsonl_documents(
+    texts: list[bytes], first: int, lines: Sequence[int], names: set[str], max_depth: int
+) -> list[dict]:
     """Parse a chunk of lines at once, as one JSON array (a single C call, not one per row);
-    if anything is off, line by line, to name the first bad row."""
+    if anything is off, line by line, to name the first bad row.
+
+    Nesting needs no scan here: a document must be an object holding exactly the inputs, and
+    the inputs' values are held to ``max_depth`` by decoding (deeper JSON than orjson takes
+    fails to parse and is reported line by line)."""
     try:
         documents = _loads(b"[" + b",".join(texts) + b"]")
     except orjson.JSONDecodeError:
         documents = None  # e.g. one line is not JSON, or two objects share a line
-    if (
-        documents is None
-        or len(documents) != len(texts)
-        or any(text.count(b"[") + text.count(b"{") > max_depth for text in texts)
-        or not all(type(document) is dict and document.keys() == names for document in documents)
-    ):
+    if documents is None or len(documents) != len(texts) or not _all_objects_of(documents, names):
         for offset, text in enumerate(texts):
             _jsonl_row(text, first + offset, lines[offset], names, max_depth)
     return documents
+
+
+def _all_objects_of(documents: list, names: set[str]) -> bool:
+    """Every document is a JSON object with exactly the keys ``names`` (one C-level pass)."""
+    try:
+        return all(map(eq, map(dict.keys, documents), repeat(names)))
+    except TypeError:  # dict.keys of something that is not an object
+        return False
 
 
 def _csv_columns(schema: list[dict]) -> int | None:
@@ -487,6 +494,46 @@ def _decode_rows(
         except InvalidInput as exc:
             line = lines[offset] if lines else None
             raise BadRow(first_row + offset, exc.detail, line=line, rule=exc.code) from None
+
+
+# --- the garbage collector ----------------------------------------------------------------
+
+
+class _CollectorPause:
+    """Run batches with the cyclic garbage collector off; back on when the last batch of the
+    process ends (jobs may run in several threads of one process: the embedded runner).
+
+    A chunk is thousands of freshly allocated lists and dicts (parsed rows, rendered outputs).
+    Each allocation burst triggers collections, and the oldest generation's walk covers the
+    whole heap of the process (Django, NumPy, ONNX Runtime, everything loaded after the
+    start-up freeze), so a 100,000-row iris job spent about a fifth of its time in the
+    collector (measured in-process: 0.29 s with it running, 0.24 s paused). None of a chunk's
+    objects form cycles, so reference counting frees each chunk as the next one is read and
+    memory stays flat; cycles made meanwhile elsewhere in the process wait for the batch end.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._batches = 0
+        self._was_enabled = False
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            self._batches += 1
+            if self._batches == 1:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._batches -= 1
+                if self._batches == 0 and self._was_enabled:
+                    gc.enable()
+
+
+garbage_collection_paused = _CollectorPause()
 
 
 # --- writing ------------------------------------------------------------------------------------

@@ -313,19 +313,20 @@ def _run_batch(job: Job, model: MLModel, deadline: float | None) -> None:
     compute_ms = 0.0
     done = 0
     try:
-        for chunk in chunks:
-            feeds = batch_io.decode_chunk(chunk, model)
-            try:
-                names, values, milliseconds = run_session(model, feeds)
-            except InferenceFailed as exc:
-                last = chunk.first_row + chunk.rows - 1
-                raise InferenceFailed(f"Rows {chunk.first_row}-{last}: {exc.detail}") from exc
-            compute_ms += milliseconds
-            writer.write(names, values, model.output_schema, rows=chunk.rows)
-            done += chunk.rows
-            _save_progress(job, done)
-            if deadline is not None and time.monotonic() > deadline:
-                raise JobTimeLimit()
+        with batch_io.garbage_collection_paused():
+            for chunk in chunks:
+                feeds = batch_io.decode_chunk(chunk, model)
+                try:
+                    names, values, milliseconds = run_session(model, feeds)
+                except InferenceFailed as exc:
+                    last = chunk.first_row + chunk.rows - 1
+                    raise InferenceFailed(f"Rows {chunk.first_row}-{last}: {exc.detail}") from exc
+                compute_ms += milliseconds
+                writer.write(names, values, model.output_schema, rows=chunk.rows)
+                done += chunk.rows
+                _save_progress(job, done)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise JobTimeLimit()
         writer.commit()
     except BaseException:
         writer.discard()

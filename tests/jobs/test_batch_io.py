@@ -1,0 +1,103 @@
+"""Reading batch input files in chunks: rows, file lines and the first bad row named."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+from jobs import batch_io
+from jobs.errors import BadRow
+from tests.jobs.factories import iris_model, iris_rows, jsonl_bytes
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def iris(make_model):
+    return make_model(iris_model())
+
+
+def read_all(path, model, chunk_rows):
+    chunks = list(batch_io.read_chunks(path, "jsonl", model, chunk_rows))
+    return chunks, [batch_io.decode_chunk(chunk, model) for chunk in chunks]
+
+
+def test_jsonl_chunks_hold_every_row_in_order(iris, tmp_path):
+    rows = iris_rows(25)
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(jsonl_bytes(rows))
+    chunks, feeds = read_all(path, iris, chunk_rows=10)
+    assert [(chunk.first_row, chunk.rows) for chunk in chunks] == [(1, 10), (11, 10), (21, 5)]
+    np.testing.assert_array_equal(np.concatenate([feed["X"] for feed in feeds]), rows)
+
+
+def test_blank_lines_are_skipped_and_rows_keep_their_file_lines(iris, tmp_path):
+    lines = jsonl_bytes(iris_rows(6)).splitlines(keepends=True)
+    # line 1: row 1, line 2 blank, lines 3-4: rows 2-3, lines 5-6 blank, lines 7-9: rows 4-6
+    text = lines[0] + b"\n" + lines[1] + lines[2] + b"  \n\r\n" + b"".join(lines[3:])
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(text)
+    chunks, feeds = read_all(path, iris, chunk_rows=3)
+    assert [(chunk.first_row, chunk.rows, list(chunk.lines)) for chunk in chunks] == [
+        (1, 2, [1, 3]),
+        (3, 1, [4]),
+        (4, 3, [7, 8, 9]),
+    ]
+    np.testing.assert_array_equal(np.concatenate([feed["X"] for feed in feeds]), iris_rows(6))
+
+
+def test_a_chunk_of_blank_lines_only_yields_nothing(iris, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(jsonl_bytes(iris_rows(2)) + b"\n" * 5 + jsonl_bytes(iris_rows(1, seed=1)))
+    chunks, _ = read_all(path, iris, chunk_rows=2)
+    assert [(chunk.first_row, chunk.rows) for chunk in chunks] == [(1, 2), (3, 1)]
+    assert list(chunks[1].lines) == [8]
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "message"),
+    [
+        (b'{"X": [5.1, 3.5, 1.4, 0.2]} {"X": [1, 2, 3, 4]}\n', "Row 5 (line 6): "),
+        (b"[5.1, 3.5, 1.4, 0.2]\n", "Row 5 (line 6): is not a JSON object"),
+        (b'{"X": [5.1, 3.5, 1.4, 0.2], "Y": 1}\n', "Row 5 (line 6): unknown input(s) ['Y']"),
+        (b"{}\n", "Row 5 (line 6): missing input(s) ['X']"),
+        (b'{"X": [5.1, NaN, 1.4, 0.2]}\n', "Row 5 (line 6): "),
+    ],
+)
+def test_the_first_bad_row_is_named_with_its_line(iris, tmp_path, bad_line, message):
+    lines = jsonl_bytes(iris_rows(8)).splitlines(keepends=True)
+    lines.insert(2, b"\n")  # rows and lines part from line 3 on
+    lines[5] = bad_line  # line 6 = row 5
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(BadRow) as caught:
+        read_all(path, iris, chunk_rows=4)
+    assert str(caught.value.detail).startswith(message)
+    assert caught.value.row == 5
+
+
+def test_values_nested_deeper_than_the_limit_fail_their_row(iris, tmp_path, settings):
+    settings.MAX_JSON_DEPTH = 8
+    lines = jsonl_bytes(iris_rows(4)).splitlines(keepends=True)
+    lines[2] = b'{"X": ' + b"[" * 20 + b"1" + b"]" * 20 + b"}\n"
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(BadRow) as caught:
+        read_all(path, iris, chunk_rows=10)
+    assert caught.value.row == 3
+    assert caught.value.rule == "nesting_too_deep"
+
+
+def test_the_collector_is_paused_for_batches_and_restored_after_the_last(settings):
+    assert gc.isenabled()
+    with batch_io.garbage_collection_paused():
+        assert not gc.isenabled()
+        with batch_io.garbage_collection_paused():  # a second job in another thread
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the first one still runs
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), batch_io.garbage_collection_paused():
+        raise RuntimeError("a failing batch")
+    assert gc.isenabled()
