@@ -1,5 +1,6 @@
 """WSGI entry point: Django, with the predict fast path in front (inference.fastpath)."""
 
+import gc
 import os
 import threading
 
@@ -16,3 +17,10 @@ application = PredictFastPath(django_application)
 # Each server process imports this module once: load the sessions of models flagged `preload`
 # in the background, so start-up is not delayed and the first requests find them warm.
 threading.Thread(target=preload_flagged, name="preload-sessions", daemon=True).start()
+
+# Keep the start-up heap (Django, DRF, NumPy, ONNX Runtime: hundreds of thousands of objects)
+# out of the cyclic garbage collector's way: every full collection would walk it again, with
+# the GIL held, stalling every request thread of the process (the same freeze as the Celery
+# pool processes, modelforge_site.celery). Nothing frozen here is ever garbage.
+gc.collect()
+gc.freeze()
