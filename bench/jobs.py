@@ -9,6 +9,10 @@ same chunks with the same session options (one intra-op thread, as the worker ha
 write the same JSON Lines output. A compute-only figure (arrays already in memory, no output)
 is shown too.
 
+The machine may be shared: rows per CPU second of the worker's pool process (from
+/proc/PID/stat) against rows per CPU second of the baseline process are shown too, a ratio that
+other load on the machine moves much less than wall-clock rates.
+
 Memory: each job runs on a fresh worker (concurrency 1); the pool process's peak RSS (VmHWM)
 after a 10,000-row and an N-row job shows whether memory grows with the row count (target:
 flat).
@@ -61,17 +65,24 @@ class Outcome:
     compute_rows_per_second: float
     peak_rss_small_mb: float
     peak_rss_large_mb: float
+    job_cpu_rows_per_second: float
+    raw_cpu_rows_per_second: float
 
     @property
     def ratio(self) -> float:
         return self.job_rows_per_second / self.raw_rows_per_second
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.job_cpu_rows_per_second / self.raw_cpu_rows_per_second
 
     def row(self) -> str:
         c = self.case
         return (
             f"| {c.name} | {c.input_format} | {c.rows:,} | {self.job_rows_per_second:,.0f} | "
             f"{self.end_to_end_rows_per_second:,.0f} | {self.raw_rows_per_second:,.0f} | {self.ratio:.2f}x | "
-            f"{self.compute_rows_per_second:,.0f} | {self.peak_rss_small_mb:.0f} | {self.peak_rss_large_mb:.0f} |"
+            f"{self.compute_rows_per_second:,.0f} | {self.peak_rss_small_mb:.0f} | {self.peak_rss_large_mb:.0f} | "
+            f"{self.job_cpu_rows_per_second:,.0f} | {self.raw_cpu_rows_per_second:,.0f} | {self.cpu_ratio:.2f}x |"
         )
 
 
@@ -158,10 +169,21 @@ class Worker:
                 raise SystemExit(f"the worker did not start:\n{log.read_text(errors='replace')}")
             time.sleep(0.1)
 
+    def _pool(self) -> list[str]:
+        return Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+
+    def pool_cpu_seconds(self) -> float:
+        """CPU time (user + system) of the pool process so far: what a job cost, whatever else
+        the machine was running meanwhile."""
+        ticks = 0
+        for pid in self._pool():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def pool_peak_rss_mb(self) -> float:
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
         peak = 0
-        for pid in children:
+        for pid in self._pool():
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     peak = max(peak, int(line.split()[1]))
@@ -220,7 +242,7 @@ def run_job(model, path: Path, input_format: str, timeout: float = 1800.0):
 
 def raw_rows_per_second(
     model_bytes: bytes, path: Path, input_format: str, input_name: str, out: Path, chunk_rows: int
-) -> float:
+) -> tuple[float, float]:
     """The job's work without ModelForge: read, run in the same chunks, write JSON Lines."""
     import onnxruntime as ort
 
@@ -229,7 +251,7 @@ def raw_rows_per_second(
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     rows = 0
     with open(out, "wb") as sink:
 
@@ -257,7 +279,7 @@ def raw_rows_per_second(
                 if chunk:
                     run(np.asarray(chunk, dtype=np.float32))
                     rows += len(chunk)
-    return rows / (time.perf_counter() - started)
+    return rows / (time.perf_counter() - started), rows / (time.process_time() - cpu_started)
 
 
 def compute_rows_per_second(model_bytes: bytes, rows: np.ndarray, input_name: str, chunk_rows: int) -> float:
@@ -292,15 +314,20 @@ def measure(case: Case, model, model_bytes: bytes, files: dict, env: dict, workd
     small, large = files[(MEMORY_ROWS, case.input_format)], files[(case.rows, case.input_format)]
     peaks = []
     jobs = []
+    cpu_seconds = []
     for path in (small, large):
         worker = Worker(env, workdir / f"worker-{case.name}-{case.input_format}.log")
         try:
             run_job(model, files[(100, case.input_format)], case.input_format)  # loads the session
-            jobs = [run_job(model, path, case.input_format)]
-            peaks.append(worker.pool_peak_rss_mb())
-            jobs += [run_job(model, path, case.input_format) for _ in range(repeats - 1)] if path == large else []
+            for attempt in range(repeats if path == large else 1):
+                cpu_before = worker.pool_cpu_seconds()
+                jobs.append(run_job(model, path, case.input_format))
+                cpu_seconds.append(worker.pool_cpu_seconds() - cpu_before)
+                if attempt == 0:
+                    peaks.append(worker.pool_peak_rss_mb())
         finally:
             worker.stop()
+    jobs, cpu_seconds = jobs[1:], cpu_seconds[1:]  # the large ones
     run_seconds = min((job.finished_at - job.started_at).total_seconds() for job in jobs)
     total_seconds = min((job.finished_at - job.created_at).total_seconds() for job in jobs)
     from jobs.batch_io import chunk_rows_for
@@ -308,34 +335,36 @@ def measure(case: Case, model, model_bytes: bytes, files: dict, env: dict, workd
     chunk_rows = chunk_rows_for(model)  # what the worker used
     model_path = workdir / f"{case.name}.onnx"
     model_path.write_bytes(model_bytes)
-    raw, compute = raw_baseline(model_path, large, case.input_format, chunk_rows, workdir, repeats)
-    return Outcome(case, case.rows / run_seconds, case.rows / total_seconds, raw, compute, *peaks)
+    raw, raw_cpu, compute = raw_baseline(model_path, large, case.input_format, chunk_rows, workdir, repeats)
+    job_cpu = case.rows / max(min(cpu_seconds), 1 / os.sysconf("SC_CLK_TCK"))
+    return Outcome(case, case.rows / run_seconds, case.rows / total_seconds, raw, compute, *peaks, job_cpu, raw_cpu)
 
 
 def raw_baseline(
     model_path: Path, path: Path, input_format: str, chunk_rows: int, workdir: Path, repeats: int
-) -> tuple[float, float]:
-    """(rows/s with the job's I/O, rows/s of compute alone), measured in a fresh process that
+) -> tuple[float, float, float]:
+    """(rows/s with the job's I/O, the same per CPU second, rows/s of compute alone), measured in a fresh process that
     imports only numpy, orjson and onnxruntime (this one has Django loaded, whose heap would
     slow the garbage collector down and so the baseline)."""
     command = [PYTHON, __file__, "--raw", str(model_path), str(path), input_format, str(chunk_rows), str(workdir)]
     command.append(str(repeats))
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
-    raw, compute = done.stdout.split()
-    return float(raw), float(compute)
+    raw, raw_cpu, compute = done.stdout.split()
+    return float(raw), float(raw_cpu), float(compute)
 
 
 def raw_main(model_path: str, path: str, input_format: str, chunk_rows: str, workdir: str, repeats: str) -> None:
     model_bytes = Path(model_path).read_bytes()
     out = Path(workdir) / "raw-output.jsonl"
     chunk = int(chunk_rows)
-    raw = max(raw_rows_per_second(model_bytes, Path(path), input_format, "X", out, chunk) for _ in range(int(repeats)))
+    runs = [raw_rows_per_second(model_bytes, Path(path), input_format, "X", out, chunk) for _ in range(int(repeats))]
+    raw, raw_cpu = max(wall for wall, _ in runs), max(cpu for _, cpu in runs)
     if input_format == "npy":
         rows = np.load(path)
     else:
         rows = np.asarray([orjson.loads(line)["X"] for line in Path(path).read_bytes().splitlines()], dtype=np.float32)
     compute = max(compute_rows_per_second(model_bytes, rows, "X", chunk) for _ in range(int(repeats)))
-    print(raw, compute)
+    print(raw, raw_cpu, compute)
 
 
 def main() -> None:
@@ -393,16 +422,18 @@ def main() -> None:
     )
     print(
         "| model | input | rows | job rows/s (run) | job rows/s (created to done) | raw rows/s (same I/O) | "
-        f"job/raw | raw compute only rows/s | peak RSS MB at {MEMORY_ROWS:,} | peak RSS MB at {args.rows:,} |"
+        f"job/raw | raw compute only rows/s | peak RSS MB at {MEMORY_ROWS:,} | peak RSS MB at {args.rows:,} | "
+        "job rows per CPU s | raw rows per CPU s | job/raw (CPU) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for outcome in outcomes:
         print(outcome.row())
     for outcome in outcomes:
         c = outcome.case
         growth = outcome.peak_rss_large_mb - outcome.peak_rss_small_mb
         print(
-            f"[{c.name}/{c.input_format}] job vs raw: {outcome.ratio:.2f}x (target >= 0.7); "
+            f"[{c.name}/{c.input_format}] job vs raw: {outcome.ratio:.2f}x (target >= 0.7), per CPU second "
+            f"{outcome.cpu_ratio:.2f}x; "
             f"peak RSS {outcome.peak_rss_small_mb:.0f} -> {outcome.peak_rss_large_mb:.0f} MB "
             f"({growth:+.0f} MB, target: flat)"
         )
