@@ -199,7 +199,7 @@ MODEL_STORAGE_BACKEND = env.str(
     "MODEL_STORAGE_BACKEND", default="s3" if env.str("S3_BUCKET", default="") else "filesystem"
 )
 MODEL_CACHE_PATH = env.path("MODEL_CACHE_PATH", default=VAR_DIR / "model-cache")
-MODEL_CACHE_MAX_MB = env.int("MODEL_CACHE_MAX_MB", default=10240)
+MODEL_CACHE_MAX_MB = env.float("MODEL_CACHE_MAX_MB", default=10240.0)
 if MODEL_STORAGE_BACKEND == "filesystem":
     STORAGES["models"] = {"BACKEND": "registry.storage.ModelFileStorage"}
 elif MODEL_STORAGE_BACKEND == "s3":
