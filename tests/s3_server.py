@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -49,7 +50,11 @@ class MotoServer:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and self.process.poll() is None:
                 if self._answers():
-                    return self
+                    # Another run's server may have answered on a port ours failed to bind.
+                    time.sleep(0.5)
+                    if self.process.poll() is None:
+                        return self
+                    break
                 time.sleep(0.1)
             self.stop()
         raise RuntimeError(f"moto_server did not start:\n{self.log_path.read_text(errors='replace')[-2000:]}")
@@ -130,7 +135,8 @@ def s3_environment(server: MotoServer, bucket: str, cache: Path) -> dict[str, st
 
 
 def _free_ports():
-    for port in PORTS:
+    """Ports of the range that are free now, in random order (parallel runs probe at once)."""
+    for port in random.sample(PORTS, len(PORTS)):
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
