@@ -210,6 +210,18 @@ class ModelStore:
             self.storage.delete(self.name_for(sha256))
         self.forget_local(sha256)
 
+    def check(self) -> tuple[bool, str]:
+        """For /api/v1/health: can the storage be listed (at most 256 prefixes, no object read)?
+        Listing, not a HEAD of some key, so that a missing bucket counts as down."""
+        try:
+            with _storage_call("health check"):
+                self.storage.listdir("")
+        except FileNotFoundError:
+            return False, "missing: the storage folder or bucket does not exist"
+        except StorageUnavailable as exc:
+            return False, f"unreachable: {exc.__cause__.__class__.__name__}"
+        return True, "ok" if not self.is_local else "ok: local filesystem"
+
     def forget_local(self, sha256: str) -> None:
         if not self.is_local:
             self.path_for(sha256).unlink(missing_ok=True)

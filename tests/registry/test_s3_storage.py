@@ -233,6 +233,25 @@ def test_storage_down_when_a_node_needs_the_file_is_503_and_the_model_stays_read
     assert MLModel.objects.get(pk=body["id"]).status == MLModel.Status.READY  # not the file's fault
 
 
+def test_health_names_the_storage_when_the_bucket_is_down(settings, tmp_path, own_moto, api_client):
+    use_bucket(settings, tmp_path, own_moto)
+    response = api_client.get("/api/v1/health")
+    assert response.json()["components"]["storage"] == {"ok": True, "detail": "ok"}
+    own_moto.stop()
+
+    response = api_client.get("/api/v1/health")
+    assert response.status_code == 503
+    assert "storage" in response.json()["degraded"]
+    assert response.json()["components"]["storage"]["ok"] is False
+
+
+def test_health_names_the_storage_when_the_bucket_does_not_exist(settings, moto, api_client):
+    settings.STORAGES = {**settings.STORAGES, "models": storage_options(moto, "no-such-bucket")}
+    response = api_client.get("/api/v1/health")
+    assert response.status_code == 503
+    assert response.json()["components"]["storage"]["ok"] is False
+
+
 def test_storage_down_on_validate_ends_with_a_code_that_says_so(settings, tmp_path, own_moto, manage_client):
     use_bucket(settings, tmp_path, own_moto)
     body = register(manage_client, make_scaled_model(11.0)).json()
