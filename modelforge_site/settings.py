@@ -219,6 +219,8 @@ elif MODEL_STORAGE_BACKEND == "s3":
             "secret_key": env.str("S3_SECRET_ACCESS_KEY", default="") or None,
             "addressing_style": env.str("S3_ADDRESSING_STYLE", default="") or None,
             "file_overwrite": True,  # names are content hashes: the same name is the same bytes
+            # A download spools to disk past this instead of holding a whole model in memory.
+            "max_memory_size": 16 * 1024 * 1024,
             "default_acl": None,
             "client_config": _BotoConfig(
                 connect_timeout=env.float("S3_CONNECT_TIMEOUT_SECONDS", default=2.0),
