@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK_SIZE = 1024 * 1024
+PRUNE_GRACE_SECONDS = 60
 
 
 class ModelFileStorage(FileSystemStorage):
@@ -167,17 +169,30 @@ class ModelStore:
         A cached copy that went bad is local damage, not the object's: it is dropped and
         fetched once more before the object is declared corrupt.
         """
-        data = self.fetch(sha256).read_bytes()
+        data = self._read_local(sha256)
         if hashlib.sha256(data).hexdigest() == sha256:
             return data
         if self.is_local:
             raise StoredFileMismatch(sha256)
         logger.warning("cached model copy did not match its sha256; fetching again", extra={"sha256": sha256})
         self.forget_local(sha256)
-        data = self.fetch(sha256).read_bytes()
+        data = self._read_local(sha256)
         if hashlib.sha256(data).hexdigest() != sha256:
             raise StoredFileMismatch(sha256)
         return data
+
+    def _read_local(self, sha256: str) -> bytes:
+        """fetch() then read. A cached copy can be pruned by another thread or process between
+        the two: that is no missing object, so fetch again (a FileNotFoundError from fetch
+        itself is the object missing)."""
+        for _ in range(2):
+            path = self.fetch(sha256)
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                if self.is_local:
+                    raise
+        return self.fetch(sha256).read_bytes()
 
     def write_stream(self, stream: BinaryIO, *, max_bytes: int) -> tuple[str, int, Path]:
         """Copy a stream into a temporary file while hashing it.
@@ -229,11 +244,14 @@ class ModelStore:
     def prune_cache(self, *, keep: str = "") -> int:
         """Delete the least recently used cached copies until the cache fits MODEL_CACHE_MAX_MB.
 
-        Returns how many went. Loaded sessions do not need their file, so any copy may go; the
-        one just fetched (``keep``) stays even if it alone is larger than the bound.
+        Returns how many went. Loaded sessions do not need their file, so any copy may go but
+        the one just fetched (``keep``) and those used in the last PRUNE_GRACE_SECONDS, which a
+        reader (a session load, the validation sandbox) may be opening right now: the bound is
+        exceeded for that long rather than a file pulled from under a reader.
         """
         if self.is_local:
             return 0
+        recent = time.time() - PRUNE_GRACE_SECONDS
         files = []
         for path in self.cache_root.glob("??/??/*.onnx"):
             with contextlib.suppress(FileNotFoundError):
@@ -242,10 +260,10 @@ class ModelStore:
         total = sum(size for _, size, _ in files)
         limit = settings.MODEL_CACHE_MAX_MB * 1024 * 1024
         removed = 0
-        for _, size, path in sorted(files):
+        for mtime, size, path in sorted(files):
             if total <= limit:
                 break
-            if path.stem == keep:
+            if path.stem == keep or mtime > recent:
                 continue
             path.unlink(missing_ok=True)
             total -= size
