@@ -10,7 +10,6 @@ most every SESSION_RECHECK_SECONDS, which evicts sessions no ready model uses an
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -22,7 +21,7 @@ from django.conf import settings
 
 from inference.errors import ModelIntegrityError
 from registry.models import MLModel
-from registry.storage import ModelStore
+from registry.storage import ModelStore, StoredFileMismatch
 
 logger = logging.getLogger(__name__)
 
@@ -150,13 +149,13 @@ class SessionPool:
         return options
 
     def _load(self, model: MLModel) -> LoadedSession:
-        path = ModelStore().path_for(model.file_sha256)
+        # The file was validated as these exact bytes; anything else is never served. A storage
+        # that is down (StorageUnavailable, 503) says nothing about the file: the model stays.
         try:
-            data = path.read_bytes()
+            data = ModelStore().read_verified(model.file_sha256)
         except FileNotFoundError:
             self._refuse(model, ModelIntegrityError.missing(model))
-        # The file was validated as these exact bytes; anything else on disk is never served.
-        if hashlib.sha256(data).hexdigest() != model.file_sha256:
+        except StoredFileMismatch:
             self._refuse(model, ModelIntegrityError.mismatch(model))
         session = ort.InferenceSession(data, self._options(), providers=["CPUExecutionProvider"])
         entry = LoadedSession(

@@ -2,7 +2,7 @@
 
 - /api/v1/live: the process answers.
 - /api/v1/ready: the database answers and every migration is applied (503 until then).
-- /api/v1/health: database, cache and broker, each named; 503 when any is down.
+- /api/v1/health: database, cache, broker and model storage, each named; 503 when any is down.
 """
 
 from __future__ import annotations
@@ -54,6 +54,12 @@ def check_cache() -> tuple[bool, str]:
         return False, f"unreachable: {exc.__class__.__name__}"
 
 
+def check_storage() -> tuple[bool, str]:
+    from registry.storage import ModelStore
+
+    return ModelStore().check()
+
+
 def check_broker() -> tuple[bool, str]:
     if not settings.CELERY_BROKER_URL:
         return True, "not configured: jobs run in-process"
@@ -86,11 +92,17 @@ class ProbeView(APIView):
 
 
 class HealthView(ProbeView):
-    @extend_schema(summary="Health of the database, cache and broker", responses={200: _health, 503: _health}, auth=[])
+    @extend_schema(
+        summary="Health of the database, cache, broker and model storage",
+        responses={200: _health, 503: _health},
+        auth=[],
+    )
     def get(self, request):
         started = time.perf_counter()
         components = {}
-        for name, check in (("database", check_database), ("cache", check_cache), ("broker", check_broker)):
+        checks = (("database", check_database), ("cache", check_cache), ("broker", check_broker))
+        checks += (("storage", check_storage),)  # the model storage (a folder, or the S3 bucket)
+        for name, check in checks:
             ok, detail = check()
             components[name] = {"ok": ok, "detail": detail}
         degraded = [name for name, part in components.items() if not part["ok"]]

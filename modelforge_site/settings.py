@@ -190,6 +190,51 @@ VALIDATION_MAX_DIMENSION = env.int("VALIDATION_MAX_DIMENSION", default=2**31 - 1
 FILE_UPLOAD_HANDLERS = ["registry.uploads.HashingUploadHandler"]
 FILE_UPLOAD_TEMP_DIR = str(Path(MODEL_STORAGE_PATH) / "tmp")
 Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+
+# --- Model storage backend (docs/operations.md, "Scaling out") -------------------------------
+# The filesystem under MODEL_STORAGE_PATH by default; an S3-compatible bucket (django-storages)
+# with MODEL_STORAGE_BACKEND=s3. Every node then reads models through its own verified local
+# cache (MODEL_CACHE_PATH), and uploads are staged next to that cache.
+MODEL_STORAGE_BACKEND = env.str(
+    "MODEL_STORAGE_BACKEND", default="s3" if env.str("S3_BUCKET", default="") else "filesystem"
+)
+MODEL_CACHE_PATH = env.path("MODEL_CACHE_PATH", default=VAR_DIR / "model-cache")
+MODEL_CACHE_MAX_MB = env.float("MODEL_CACHE_MAX_MB", default=10240.0)
+if MODEL_STORAGE_BACKEND == "filesystem":
+    STORAGES["models"] = {"BACKEND": "registry.storage.ModelFileStorage"}
+elif MODEL_STORAGE_BACKEND == "s3":
+    from botocore.config import Config as _BotoConfig
+
+    if not env.str("S3_BUCKET", default=""):
+        raise ImproperlyConfigured("S3_BUCKET must be set when MODEL_STORAGE_BACKEND=s3.")
+    STORAGES["models"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": env.str("S3_BUCKET"),
+            "location": env.str("S3_PREFIX", default="models"),
+            # Empty means boto3's own chain: AWS_* variables, a profile, an instance or pod role.
+            "endpoint_url": env.str("S3_ENDPOINT_URL", default="") or None,
+            "region_name": env.str("S3_REGION", default="") or None,
+            "access_key": env.str("S3_ACCESS_KEY_ID", default="") or None,
+            "secret_key": env.str("S3_SECRET_ACCESS_KEY", default="") or None,
+            "addressing_style": env.str("S3_ADDRESSING_STYLE", default="") or None,
+            "file_overwrite": True,  # names are content hashes: the same name is the same bytes
+            # A download spools to disk past this instead of holding a whole model in memory.
+            "max_memory_size": 16 * 1024 * 1024,
+            "default_acl": None,
+            "client_config": _BotoConfig(
+                connect_timeout=env.float("S3_CONNECT_TIMEOUT_SECONDS", default=2.0),
+                read_timeout=env.float("S3_READ_TIMEOUT_SECONDS", default=30.0),
+                retries={"max_attempts": env.int("S3_MAX_ATTEMPTS", default=3), "mode": "standard"},
+            ),
+        },
+    }
+    FILE_UPLOAD_TEMP_DIR = str(Path(MODEL_CACHE_PATH) / "tmp")
+    Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+else:
+    raise ImproperlyConfigured("MODEL_STORAGE_BACKEND must be filesystem or s3.")
+if MODEL_CACHE_MAX_MB <= 0:
+    raise ImproperlyConfigured("MODEL_CACHE_MAX_MB must be a positive number of megabytes.")
 MAX_REQUEST_BODY_BYTES = env.int("MAX_REQUEST_BODY_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 

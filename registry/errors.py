@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modelforge_site.exceptions import Conflict, DomainError, NotFound, PayloadTooLarge
+from modelforge_site.exceptions import Conflict, DomainError, NotFound, PayloadTooLarge, ServiceUnavailable
 
 
 class ModelNotFound(NotFound):
@@ -36,3 +36,10 @@ class ModelTooLarge(PayloadTooLarge):
 
 class ImportSourceError(DomainError):
     code = "invalid_source"
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """The model storage (a filesystem or an S3-compatible bucket) cannot be reached or refused
+    the call: nothing was registered, retry when it is back."""
+
+    code = "storage_unavailable"

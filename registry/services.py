@@ -20,9 +20,16 @@ from django.utils import timezone
 
 from modelforge_site import invalidation
 from registry import sandbox
-from registry.errors import DuplicateVersion, InvalidTransition, ModelArchived, ModelTooLarge, NoFile
+from registry.errors import (
+    DuplicateVersion,
+    InvalidTransition,
+    ModelArchived,
+    ModelTooLarge,
+    NoFile,
+    StorageUnavailable,
+)
 from registry.models import MLModel, Tag
-from registry.storage import FileTooLarge, ModelStore, sha256_of_file
+from registry.storage import FileTooLarge, ModelStore, StoredFileMismatch, sha256_of_file
 
 logger = logging.getLogger(__name__)
 Status = MLModel.Status
@@ -140,8 +147,19 @@ def model_update(
 
 
 def _discard_if_unreferenced(sha256: str) -> None:
+    """Delete a stored object no row uses any more. Runs after the row is gone; if the storage
+    is down then, the object stays behind (an orphan costs space, never correctness)."""
     if sha256 and not MLModel.objects.filter(file_sha256=sha256).exists():
-        ModelStore().delete(sha256)
+        try:
+            ModelStore().delete(sha256)
+        except StorageUnavailable:
+            logger.warning("stored model object left behind", extra={"sha256": sha256})
+
+
+def _store(staged: StagedFile) -> None:
+    """Put a staged file in the model storage (StorageUnavailable, and the staged file gone, if
+    the storage cannot take it). Rows are written only after this succeeded."""
+    ModelStore().put_file(staged.path, staged.sha256)
 
 
 def model_upload(*, model: MLModel, staged: StagedFile) -> MLModel:
@@ -154,9 +172,13 @@ def model_upload(*, model: MLModel, staged: StagedFile) -> MLModel:
         raise ModelArchived(f"{model} is archived; register a new version instead.")
     if model.status not in UPLOADABLE:
         raise InvalidTransition(f"{model} is {model.status}; wait until validation ends, then upload again.")
+    _store(staged)
+    return _point_at(model=model, staged=staged)
 
+
+def _point_at(*, model: MLModel, staged: StagedFile) -> MLModel:
+    """Point the row at a stored file (status uploaded), or undo the store if it cannot move."""
     previous_sha = model.file_sha256
-    ModelStore().put_file(staged.path, staged.sha256)
     now = timezone.now()
     changed = MLModel.objects.filter(pk=model.pk, status__in=UPLOADABLE).update(
         file_sha256=staged.sha256,
@@ -228,10 +250,15 @@ def model_validate(*, model: MLModel) -> MLModel:
 
 
 def _check_file(sha256: str) -> sandbox.SandboxResult:
-    path = ModelStore().path_for(sha256)
-    if not path.is_file():
+    try:
+        path = ModelStore().fetch(sha256)
+    except FileNotFoundError:
         return sandbox.SandboxResult(False, None, "file_missing", "The stored model file is missing; upload it again.")
-    if sha256_of_file(path) != sha256:
+    except StoredFileMismatch:
+        path = None
+    except StorageUnavailable as exc:
+        return sandbox.SandboxResult(False, None, exc.code, f"{exc.detail} Validate again then.")
+    if path is None or sha256_of_file(path) != sha256:
         logger.error("checksum mismatch on stored model file", extra={"sha256": sha256})
         return sandbox.SandboxResult(
             False, None, "checksum_mismatch", "The stored file no longer matches its sha256; upload it again."
@@ -252,17 +279,23 @@ def model_register(
     tags: Iterable[str] = (),
     actor=None,
 ) -> MLModel:
-    """Create, upload and validate in one step (multipart create, the admin, import_models)."""
+    """Create, upload and validate in one step (multipart create, the admin, import_models).
+
+    The file goes to the storage before any row is written: if the storage is down, the call
+    fails with 503 storage_unavailable and there is no model to clean up.
+    """
+    _store(staged)
     try:
         model = model_create(name=name, version=version, description=description, tags=tags, actor=actor)
     except BaseException:
-        staged_cleanup(staged)
+        _discard_if_unreferenced(staged.sha256)
         raise
     try:
-        model = model_upload(model=model, staged=staged)
+        model = _point_at(model=model, staged=staged)
     except BaseException:
         # The create and the upload are one user action: do not leave a half-registered row.
         MLModel.objects.filter(pk=model.pk).delete()
+        _discard_if_unreferenced(staged.sha256)
         raise
     return model_validate(model=model)
 

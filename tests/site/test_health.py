@@ -15,7 +15,7 @@ def test_health_reports_each_component(api_client):
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "healthy"
-    assert set(body["components"]) == {"database", "cache", "broker"}
+    assert set(body["components"]) == {"database", "cache", "broker", "storage"}
     assert body["version"]
 
 
