@@ -30,7 +30,7 @@ from registry.errors import (
     ModelTooLarge,
     NoFile,
 )
-from registry.models import AliasEvent, MLModel, ModelAlias, Tag, validate_alias
+from registry.models import ALIAS_RULE, AliasEvent, MLModel, ModelAlias, Tag, validate_alias
 from registry.storage import FileTooLarge, ModelStore, sha256_of_file
 
 logger = logging.getLogger(__name__)
@@ -347,7 +347,9 @@ def check_alias_name(alias: str) -> None:
     try:
         validate_alias(alias)
     except ValidationError as exc:
-        raise InvalidAlias(exc.messages[0], code=exc.error_list[0].code) from None
+        code = exc.error_list[0].code
+        detail = exc.messages[0] if code == "alias_is_version" else f"'{alias}' is not a valid alias. {ALIAS_RULE}"
+        raise InvalidAlias(detail, code=code) from None
 
 
 def _actor_of_event(actor) -> dict:

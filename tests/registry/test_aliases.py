@@ -356,7 +356,10 @@ def test_admin_moves_an_alias_through_the_service_and_shows_the_audit_row(admin_
     assert (event.actor_user.username, event.actor_label) == ("ops", "ops")
 
     page = admin_client.get(url).content.decode()
-    assert "Moved" in page and "1.0.0" in page and "2.0.0" in page and "ops" in page
+    trail = page.split("Audit trail (newest first)", 1)[1].split("</table>", 1)[0]
+    rows = trail.split("<tr>")[2:]  # after the header row, newest first
+    assert "<td>Moved</td><td>1.0.0</td><td>2.0.0</td><td>ops</td>" in rows[0]
+    assert "<td>Created</td><td>—</td><td>1.0.0</td><td>—</td>" in rows[1]  # set by a service call, no actor
 
 
 def test_admin_creates_and_deletes_aliases_through_the_services(admin_client, iris):
