@@ -43,3 +43,25 @@ class StorageUnavailable(ServiceUnavailable):
     the call: nothing was registered, retry when it is back."""
 
     code = "storage_unavailable"
+
+
+class AliasNotFound(NotFound):
+    code = "alias_not_found"
+
+
+class InvalidAlias(DomainError):
+    code = "invalid_alias"
+
+
+class ModelNotReady(Conflict):
+    """An alias may only be pointed at a ready version."""
+
+    code = "model_not_ready"
+
+
+class ModelAliased(Conflict):
+    code = "model_aliased"
+
+
+class ConflictingParameters(DomainError):
+    code = "conflicting_parameters"
