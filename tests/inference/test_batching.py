@@ -11,11 +11,11 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from onnx import TensorProto, helper, numpy_helper
+from prometheus_client import REGISTRY
 from rest_framework.test import APIClient
 
 from inference.batching import BatchConfig, ModelBatcher
 from inference.errors import QueueFull
-from prometheus_client import REGISTRY
 
 MODELS = "/api/v1/models"
 RNG = np.random.default_rng(7)
