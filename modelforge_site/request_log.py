@@ -2,8 +2,9 @@
 
 Every response carries ``X-Request-ID``: the client's own when it sent a sane one (1-128
 characters of letters, digits and ``._:+=/-``), else a new random id. While a request is
-handled, the id sits in a context variable, and ``RequestIdFilter`` (on the log handler) puts
-it on every log record emitted meanwhile, from any logger; outside requests it is ``-``.
+handled (and until the thread's next request), the id sits in a context variable, and
+``RequestIdFilter`` (on the log handler) puts it on every log record emitted meanwhile, from
+any logger; outside requests it is ``-``.
 
 When the response is ready, ``finish`` writes one line to the ``modelforge.request`` logger:
 method, path, status, duration, the key's name, and for predict and /v2 infer requests the
@@ -41,6 +42,7 @@ class RequestContext:
     cached: bool | None = None  # True a cache hit, False a miss, None no cache lookup
     queue_ms: float | None = None
     compute_ms: float | None = None
+    finished: bool = False
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("modelforge_request", default=None)
@@ -77,26 +79,28 @@ def begin_inference(environ) -> RequestContext:
 
 
 def current() -> RequestContext | None:
-    return _current.get()
+    """The request being handled in this context, if any."""
+    context = _current.get()
+    return None if context is None or context.finished else context
 
 
 def bind_key(api_key) -> None:
     """The request is made with this (verified) API key."""
-    context = _current.get()
+    context = current()
     if context is not None:
         context.key_name = api_key.name
 
 
 def bind_model(model) -> None:
     """The request is served by this model version."""
-    context = _current.get()
+    context = current()
     if context is not None:
         context.model = model
 
 
 def bind_outcome(outcome) -> None:
     """The prediction's outcome (inference.services.PredictionOutcome): cache and timings."""
-    context = _current.get()
+    context = current()
     if context is None:
         return
     context.model = outcome.model
@@ -110,10 +114,12 @@ def bind_outcome(outcome) -> None:
 
 def finish(status: int, *, retry_after: bool = False) -> str:
     """Record the answered request (log line, metrics) and end its context; returns its id."""
-    context = _current.get()
+    context = current()
     if context is None:  # not begun (cannot happen on our paths): still answer with an id
         return uuid.uuid4().hex
-    _current.set(None)
+    # The id stays current until the next request of this thread: Django logs a 4xx or 5xx
+    # response ("Not Found: ...") after the middleware returns, and that line is this request's.
+    context.finished = True
     duration_ms = (time.perf_counter() - context.started) * 1000
     if context.inference:
         from inference.metrics import request_finished
