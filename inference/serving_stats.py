@@ -7,8 +7,12 @@ adds to the same rows. As with the prediction history (inference.history), what 
 is written at interpreter exit and when a multiprocessing child (a granian worker) ends, and a
 failed write keeps the counters for the next attempt.
 
+The writer is a thread of its own rather than the history's: that one runs only while
+predictions are sampled into the history (HISTORY_SAMPLE_RATE), these counts are always kept.
 Rows are keyed here by (model name, version), the labels the batching scheduler knows; the
 flush maps them to model ids with one query (versions deleted since are dropped).
+``inferences`` and ``executions`` count every session run of the version in the process,
+those of jobs run in it included (inference.metrics.executed).
 """
 
 from __future__ import annotations
@@ -131,7 +135,7 @@ class ServingStats:
 
     def _run(self) -> None:
         while True:
-            time.sleep(settings.SERVING_STATS_FLUSH_SECONDS)
+            time.sleep(max(settings.SERVING_STATS_FLUSH_SECONDS, 0.1))
             try:
                 close_old_connections()
                 self.flush()
