@@ -6,6 +6,7 @@ from rest_framework.routers import SimpleRouter
 from inference import views as inference_views
 from jobs.views import CeleryHealthView, JobViewSet
 from modelforge_site import health
+from modelforge_site.metrics import MetricsView
 from registry.views import ModelNameViewSet, ModelViewSet
 
 # One API router. Trailing slashes are optional: the constructor only knows "/" or "", so the
@@ -38,6 +39,8 @@ api_v1 = [
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    # Prometheus scrapes (a key with `read`); not under /api/v1, where scrapers do not look.
+    path("metrics", MetricsView.as_view(), name="metrics"),
     # Open Inference Protocol v2 (KServe / Triton clients); plain Django views, not in the OpenAPI schema.
     path("", include("inference.v2.urls")),
 ]
