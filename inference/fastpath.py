@@ -92,8 +92,9 @@ class PredictFastPath:
             if "model_id" in params:
                 model = serving_cache.by_id(params["model_id"])
             else:
-                version = parse_qs(environ.get("QUERY_STRING", "")).get("version", [None])[0]
-                model = serving_cache.by_name(params["name"], version or None)
+                query = parse_qs(environ.get("QUERY_STRING", ""))
+                version, alias = query.get("version", [None])[0], query.get("alias", [None])[0]
+                model = serving_cache.by_name(params["name"], version or None, alias or None)
             length = int(environ["CONTENT_LENGTH"])
             check_body_size(length)
             body = environ["wsgi.input"].read(length) if length else b""

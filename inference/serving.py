@@ -1,9 +1,11 @@
 """Which model row a predict request means, cached per process so the hot path makes no query.
 
-Rows are cached by id, by (name, version) and by name for "the latest ready version", for up to
-SERVING_CACHE_SECONDS. Every registry write notifies all processes (modelforge_site.invalidation),
-which clear this cache at once: an archive or a re-upload is seen by every process within
-milliseconds, and within the TTL even if a notification were lost.
+Rows are cached by id and by (name, version or alias; neither: the default version) for up to
+SERVING_CACHE_SECONDS. Every registry write, alias moves included, notifies all processes
+(modelforge_site.invalidation), which clear this cache at once: an archive, a re-upload or an
+alias move is seen by every process within milliseconds, and within the TTL even if a
+notification were lost. A row loaded while the cache was cleared is used once, not kept: it may
+predate the change that cleared it.
 """
 
 from __future__ import annotations
@@ -38,17 +40,22 @@ class ServingCache:
     def __init__(self) -> None:
         self._entries: dict[tuple, tuple[MLModel, float]] = {}
         self._lock = threading.Lock()
+        self._generation = 0  # bumped by every clear
 
     def clear(self) -> None:
         with self._lock:
+            self._generation += 1
             self._entries.clear()
 
     def _get(self, key: tuple, load) -> MLModel:
         entry = self._entries.get(key)
         if entry is not None and time.monotonic() - entry[1] <= settings.SERVING_CACHE_SECONDS:
             return entry[0]
+        generation = self._generation
         model = load()
         with self._lock:
+            if generation != self._generation:
+                return model
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()
             self._entries[key] = (model, time.monotonic())
@@ -63,14 +70,13 @@ class ServingCache:
 
         return self._get(("id", str(model_id)), load)
 
-    def by_name(self, name: str, version: str | None = None) -> MLModel:
-        """A given version of a name, or its latest ready version."""
-        if version:
-            return self._get(
-                ("version", name, version),
-                lambda: selectors.model_by_name_version(name=name, version=version, fields=SERVING_FIELDS),
-            )
-        return self._get(("latest", name), lambda: selectors.model_latest_ready(name=name, fields=SERVING_FIELDS))
+    def by_name(self, name: str, version: str | None = None, alias: str | None = None) -> MLModel:
+        """What "name [+ version or alias]" means (registry.selectors.model_resolve): a version,
+        an alias's version, or by default the `production` alias's or the latest ready one."""
+        return self._get(
+            ("name", name, version, alias),
+            lambda: selectors.model_resolve(name=name, version=version, alias=alias, fields=SERVING_FIELDS),
+        )
 
 
 serving_cache = ServingCache()

@@ -39,7 +39,7 @@ _ERRORS = {
     400: "Invalid input: `code` names the rule (e.g. `invalid_shape`, `non_finite_value`) and the input.",
     401: UNAUTHENTICATED,
     403: "The key lacks the `predict` scope.",
-    404: "No such model (or no ready version of that name).",
+    404: "No such model, version or alias (or no ready version of that name).",
     409: "`model_not_ready` or `model_archived`.",
 }
 
@@ -170,8 +170,11 @@ class ModelPredictView(PredictView):
 
 class NamedPredictView(PredictView):
     @extend_schema(
-        summary="Predict with the latest ready version of a model (or ?version=)",
-        parameters=[OpenApiParameter("version", OpenApiTypes.STR, description="A version, e.g. 1.2.0.")],
+        summary="Predict with a model's production alias or latest ready version (or ?version=, ?alias=)",
+        parameters=[
+            OpenApiParameter("version", OpenApiTypes.STR, description="A version, e.g. 1.2.0."),
+            OpenApiParameter("alias", OpenApiTypes.STR, description="An alias, e.g. staging (not with version)."),
+        ],
         request=PredictRequestSerializer,
         responses={200: PredictResponseSerializer, **_errors(400, 401, 403, 404, 409)},
         examples=_predict_examples,
@@ -180,7 +183,8 @@ class NamedPredictView(PredictView):
         return super().post(request, **kwargs)
 
     def model_for(self, request, *, name) -> MLModel:
-        return serving_cache.by_name(name, request.query_params.get("version") or None)
+        query = request.query_params
+        return serving_cache.by_name(name, query.get("version") or None, query.get("alias") or None)
 
 
 class PredictionFilter(filters.FilterSet):

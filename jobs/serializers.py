@@ -18,9 +18,11 @@ class JobCreateSerializer(StrictInputSerializer):
         max_length=100,
         required=False,
         error_messages={"invalid": NAME_RULE},
-        help_text="Instead of model_id: a model name; its latest ready version unless `version` is given.",
+        help_text="Instead of model_id: a model name; its production alias's version, else its latest ready "
+        "version, unless `version` or `alias` is given.",
     )
     version = serializers.CharField(max_length=MAX_VERSION_LENGTH, required=False)
+    alias = serializers.CharField(max_length=50, required=False, help_text="With model_name: an alias, e.g. staging.")
     priority = serializers.ChoiceField(choices=Job.Priority.choices, default=Job.Priority.NORMAL)
     input_data = serializers.JSONField(
         required=False,
@@ -40,8 +42,9 @@ class JobCreateSerializer(StrictInputSerializer):
             raise serializers.ValidationError(
                 "Name the model: model_id, or model_name (with an optional version).", code="model_required"
             )
-        if "version" in attrs and "model_name" not in attrs:
-            raise serializers.ValidationError({"version": ["version goes with model_name."]})
+        for field in ("version", "alias"):
+            if field in attrs and "model_name" not in attrs:
+                raise serializers.ValidationError({field: [f"{field} goes with model_name."]})
         if ("input_data" in attrs) == ("input_file" in attrs):
             raise serializers.ValidationError(
                 "Send exactly one input: input_data (a JSON body) or input_file (multipart).", code="input_required"

@@ -95,9 +95,8 @@ def _model_for(data: dict) -> MLModel:
         if model is None:
             raise ModelNotFound("No model with this id. List models with GET /api/v1/models.")
         return model
-    if data.get("version"):
-        return selectors.model_by_name_version(name=data["model_name"], version=data["version"])
-    return selectors.model_latest(name=data["model_name"], ready_only=True)
+    # The rule predict uses: a version, an alias, or by default the production alias's version.
+    return selectors.model_resolve(name=data["model_name"], version=data.get("version"), alias=data.get("alias"))
 
 
 def _int_parameter(request, name: str, *, maximum: int) -> int:

@@ -20,9 +20,9 @@ from django.utils.safestring import SafeString
 
 from modelforge_site.exceptions import DomainError
 from registry import services
-from registry.forms import MLModelAddForm, MLModelChangeForm
+from registry.forms import MLModelAddForm, MLModelChangeForm, ModelAliasAddForm, ModelAliasChangeForm
 from registry.model_page import ModelPageMixin
-from registry.models import MLModel, Tag
+from registry.models import AliasEvent, MLModel, ModelAlias, Tag
 
 Status = MLModel.Status
 
@@ -452,3 +452,118 @@ class TagAdmin(admin.ModelAdmin):
     @admin.display(description="models", ordering="model_count")
     def model_count(self, obj: Tag) -> int:
         return obj.model_count
+
+
+# --- aliases ---------------------------------------------------------------------------------------
+
+
+def _event_actor(event: AliasEvent) -> str:
+    return event.actor_label or EMPTY
+
+
+def alias_history_table(events: Iterable[AliasEvent]) -> SafeString:
+    """An alias's audit rows, newest first, as a table."""
+    rows = [
+        [event.created_at, event.get_action_display(), event.from_version, event.to_version, _event_actor(event)]
+        for event in events
+    ]
+    if not rows:
+        return format_html("{}", EMPTY)
+    return _table(["When", "Action", "From", "To", "By"], rows)
+
+
+@admin.register(ModelAlias)
+class ModelAliasAdmin(admin.ModelAdmin):
+    """Aliases are created, moved and deleted through registry.services, so each change is
+    audited (with the admin user as the actor) and every server process sees it at once."""
+
+    list_display = ("name", "alias", "version_display", "target_status", "updated_at", "updated_by_display")
+    list_display_links = ("name", "alias")
+    list_filter = ("alias", "name")
+    search_fields = ("name", "alias")
+    list_select_related = ("model", "updated_by", "updated_by_key")
+    ordering = ("name", "alias")
+    readonly_fields = ("name", "alias", "target_status", "updated_at", "updated_by_display", "history")
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        kwargs["form"] = ModelAliasAddForm if obj is None else ModelAliasChangeForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("alias", "model")
+        return ("name", "alias", "model", "target_status", "updated_at", "updated_by_display", "history")
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else self.readonly_fields
+
+    @admin.display(description="version", ordering="model__version_key")
+    def version_display(self, obj: ModelAlias) -> str:
+        return obj.model.version
+
+    @admin.display(description="version status")
+    def target_status(self, obj: ModelAlias) -> SafeString:
+        return status_badge(obj.model)
+
+    @admin.display(description="updated by")
+    def updated_by_display(self, obj: ModelAlias) -> str:
+        if obj.updated_by_id:
+            return obj.updated_by.get_username()
+        if obj.updated_by_key_id:
+            return f"key:{obj.updated_by_key.name}"
+        return EMPTY
+
+    @admin.display(description="history (newest first)")
+    def history(self, obj: ModelAlias) -> SafeString:
+        events = AliasEvent.objects.filter(name=obj.name, alias=obj.alias).newest_first()[:200]
+        return alias_history_table(events)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except DomainError as exc:
+            # The service refused after the form was valid (the version stopped being ready
+            # meanwhile). Nothing was saved; say why on the same page.
+            messages.error(request, exc.detail)
+            return HttpResponseRedirect(request.get_full_path())
+
+    def save_model(self, request, obj: ModelAlias, form, change: bool) -> None:
+        target = form.cleaned_data["model"]
+        name = obj.name if change else target.name
+        result = services.alias_set(name=name, alias=obj.alias, version=target.version, actor=request.user)
+        # The admin goes on with the form's instance (change message, redirect): make it the row.
+        obj.pk = result.alias.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request, obj: ModelAlias) -> None:
+        services.alias_delete(name=obj.name, alias=obj.alias, actor=request.user)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for alias in queryset:
+            services.alias_delete(name=alias.name, alias=alias.alias, actor=request.user)
+
+
+@admin.register(AliasEvent)
+class AliasEventAdmin(admin.ModelAdmin):
+    """The audit trail: written by the alias services only, never edited or deleted here."""
+
+    list_display = ("created_at", "name", "alias", "action", "from_version", "to_version", "actor_display")
+    list_filter = ("action", "alias", "name")
+    search_fields = ("name", "alias", "actor_label", "from_version", "to_version")
+    date_hierarchy = "created_at"
+    ordering = ("-created_at", "-id")
+    fields = ("created_at", "name", "alias", "action", "from_version", "to_version", "actor_display")
+    readonly_fields = fields
+
+    @admin.display(description="by", ordering="actor_label")
+    def actor_display(self, obj: AliasEvent) -> str:
+        return _event_actor(obj)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

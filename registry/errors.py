@@ -36,3 +36,25 @@ class ModelTooLarge(PayloadTooLarge):
 
 class ImportSourceError(DomainError):
     code = "invalid_source"
+
+
+class AliasNotFound(NotFound):
+    code = "alias_not_found"
+
+
+class InvalidAlias(DomainError):
+    code = "invalid_alias"
+
+
+class ModelNotReady(Conflict):
+    """An alias may only be pointed at a ready version."""
+
+    code = "model_not_ready"
+
+
+class ModelAliased(Conflict):
+    code = "model_aliased"
+
+
+class ConflictingParameters(DomainError):
+    code = "conflicting_parameters"

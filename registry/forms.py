@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.validators import FileExtensionValidator
 
-from registry.models import MLModel, tag_validator
+from registry.models import ALIAS_RULE, MLModel, ModelAlias, tag_validator
 from registry.services import SERVING_OPTIONS
 
 MAX_TAGS = 50  # the API's limit too (registry.serializers.TagListField)
@@ -122,3 +122,54 @@ class MLModelChangeForm(forms.ModelForm):
                 "This version is being validated; upload again once validation ends.", code="invalid_status"
             )
         return upload
+
+
+class ReadyVersionField(forms.ModelChoiceField):
+    """A ready version, labelled "name version" (or just "version" within one name)."""
+
+    def __init__(self, *, with_name: bool, **kwargs):
+        self.with_name = with_name
+        super().__init__(queryset=MLModel.objects.none(), **kwargs)
+
+    def label_from_instance(self, obj: MLModel) -> str:
+        return f"{obj.name} {obj.version}" if self.with_name else obj.version
+
+
+class ModelAliasAddForm(forms.ModelForm):
+    """Create an alias: its name and a ready version (the model name comes from the version)."""
+
+    model = ReadyVersionField(with_name=True, label="Version", help_text="Only ready versions can be aliased.")
+
+    class Meta:
+        model = ModelAlias
+        fields = ("alias", "model")
+        help_texts = {"alias": ALIAS_RULE}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["model"].queryset = MLModel.objects.ready().order_by("name", "-version_key")
+
+    def clean(self):
+        cleaned = super().clean()
+        model, alias = cleaned.get("model"), cleaned.get("alias")
+        if model is not None and alias and ModelAlias.objects.filter(name=model.name, alias=alias).exists():
+            raise ValidationError(
+                f"{model.name} already has the alias {alias}; move it from its own page instead.", code="alias_exists"
+            )
+        return cleaned
+
+
+class ModelAliasChangeForm(forms.ModelForm):
+    """Move an alias: choose another ready version of the same name."""
+
+    model = ReadyVersionField(with_name=False, label="Version", help_text="Only ready versions can be aliased.")
+
+    class Meta:
+        model = ModelAlias
+        fields = ("model",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The current target stays listed even if it was archived since (saving it changes nothing).
+        versions = MLModel.objects.named(self.instance.name)
+        self.fields["model"].queryset = (versions.ready() | versions.filter(pk=self.instance.model_id)).newest_first()

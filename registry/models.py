@@ -157,3 +157,116 @@ class MLModel(models.Model):
         if self.created_by_key_id:
             return f"key:{self.created_by_key.name}"
         return ""
+
+
+# --- aliases: named pointers to one version of a name ---------------------------------------
+
+# A label that can never be read as a version: it starts with a letter and has no '.', while
+# every semantic version starts with a digit and has two dots. So `/versions/production` and
+# `/versions/1.2.0` are never ambiguous, and neither is Triton's habit of integer versions.
+ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,49}$"
+ALIAS_RULE = "An alias is 1-50 characters: letters, digits, '-' and '_', starting with a letter (e.g. production)."
+alias_validator = RegexValidator(ALIAS_PATTERN, ALIAS_RULE, code="invalid_alias")
+
+
+def validate_alias(value: str) -> None:
+    """An alias name: a label (ALIAS_RULE) that is not a version, each refusal with its own code."""
+    from django.core.exceptions import ValidationError
+
+    try:
+        parse_version(value)
+    except ValueError:
+        alias_validator(value)
+    else:
+        raise ValidationError(
+            f"'{value}' is a version, not an alias name. An alias is a label such as production or staging.",
+            code="alias_is_version",
+        )
+
+
+# Requests that name no version use this alias when the name has it (else the latest ready version).
+DEFAULT_ALIAS = "production"
+
+
+class ModelAliasQuerySet(models.QuerySet):
+    def named(self, name: str):
+        return self.filter(name=name)
+
+    def with_target(self):
+        return self.select_related("model", "updated_by", "updated_by_key")
+
+
+class ModelAlias(models.Model):
+    """`name:alias` points at one version of `name`; moved only by registry.aliases.alias_set."""
+
+    name = models.CharField(max_length=100, validators=[name_validator], db_index=True)
+    alias = models.CharField(max_length=50, validators=[validate_alias])
+    # PROTECT: a version an alias points at cannot be deleted (move or delete the alias first).
+    model = models.ForeignKey(MLModel, on_delete=models.PROTECT, related_name="aliases")
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_by_key = models.ForeignKey(
+        "access.APIKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ModelAliasQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "alias"
+        verbose_name_plural = "aliases"
+        ordering = ("name", "alias")
+        constraints = [models.UniqueConstraint(fields=("name", "alias"), name="registry_unique_name_alias")]
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.alias}"
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+
+class AliasEventQuerySet(models.QuerySet):
+    def named(self, name: str):
+        return self.filter(name=name)
+
+    def newest_first(self):
+        return self.order_by("-created_at", "-id")
+
+
+class AliasEvent(models.Model):
+    """One change of an alias (the audit trail). Written by the alias services in the same
+    transaction as the change; never edited. Versions are kept as text, so the trail outlives
+    the versions it names."""
+
+    class Action(models.TextChoices):
+        CREATED = "created", "Created"
+        MOVED = "moved", "Moved"
+        DELETED = "deleted", "Deleted"
+
+    name = models.CharField(max_length=100, db_index=True)
+    alias = models.CharField(max_length=50)
+    action = models.CharField(max_length=10, choices=Action.choices)
+    from_model = models.ForeignKey(MLModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    from_version = models.CharField(max_length=MAX_VERSION_LENGTH, blank=True)
+    to_model = models.ForeignKey(MLModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    to_version = models.CharField(max_length=MAX_VERSION_LENGTH, blank=True)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_key = models.ForeignKey("access.APIKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Who, as text at the time ("ops" or "key:deploy-bot"): still readable once the user or key is gone.
+    actor_label = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    objects = AliasEventQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "alias event"
+        ordering = ("-created_at", "-id")
+        indexes = [models.Index(fields=("name", "alias", "-created_at"), name="registry_aliasevent_trail")]
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.alias} {self.action} {self.from_version or '-'} -> {self.to_version or '-'}"

@@ -6,7 +6,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from modelforge_site.strict_input import StrictInputSerializer
-from registry.models import NAME_PATTERN, NAME_RULE, MLModel, tag_validator, validate_version
+from registry.models import NAME_PATTERN, NAME_RULE, AliasEvent, MLModel, ModelAlias, tag_validator, validate_version
 from registry.versioning import MAX_VERSION_LENGTH
 
 
@@ -134,3 +134,79 @@ class ModelSerializer(serializers.ModelSerializer):
 
     def get_tags(self, obj: MLModel) -> list[str]:
         return [tag.name for tag in obj.tags.all()]
+
+
+# --- aliases ---------------------------------------------------------------------------------
+
+
+class AliasSetSerializer(StrictInputSerializer):
+    version = serializers.CharField(
+        max_length=MAX_VERSION_LENGTH,
+        validators=[_version],
+        help_text="The version to point the alias at: a ready version of this name, e.g. 1.2.0.",
+    )
+
+
+def _actor_type(user_id, key_id) -> str | None:
+    if user_id:
+        return "user"
+    if key_id:
+        return "key"
+    return None
+
+
+class AliasSerializer(serializers.ModelSerializer):
+    version = serializers.CharField(source="model.version", read_only=True)
+    model_id = serializers.UUIDField(read_only=True)
+    status = serializers.CharField(
+        source="model.status", read_only=True, help_text="The status of the version it points at."
+    )
+    updated_by = serializers.SerializerMethodField(help_text='Who moved it last: a user name or "key:<key name>".')
+
+    class Meta:
+        model = ModelAlias
+        fields = ("name", "alias", "version", "model_id", "status", "created_at", "updated_at", "updated_by")
+        read_only_fields = fields
+
+    def get_updated_by(self, obj: ModelAlias) -> str | None:
+        if obj.updated_by_id:
+            return obj.updated_by.get_username()
+        if obj.updated_by_key_id:
+            return f"key:{obj.updated_by_key.name}"
+        return None
+
+
+class AliasEventSerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(
+        source="actor_label", read_only=True, help_text='A user name or "key:<key name>", as it was at the time.'
+    )
+    actor_type = serializers.SerializerMethodField(help_text="user, key, or null (a command-line change).")
+
+    class Meta:
+        model = AliasEvent
+        fields = (
+            "id",
+            "alias",
+            "action",
+            "from_version",
+            "to_version",
+            "from_model_id",
+            "to_model_id",
+            "actor",
+            "actor_type",
+            "created_at",
+        )
+        read_only_fields = fields
+
+    def get_actor_type(self, obj: AliasEvent) -> str | None:
+        return _actor_type(obj.actor_user_id, obj.actor_key_id)
+
+
+class AliasesSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    default_version = serializers.CharField(
+        allow_null=True,
+        help_text="What requests without a version get: the production alias's version, else the latest ready one.",
+    )
+    aliases = AliasSerializer(many=True)
+    events = AliasEventSerializer(many=True, help_text="The audit trail of this name's aliases, newest first.")

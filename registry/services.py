@@ -19,9 +19,18 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from modelforge_site import invalidation
-from registry import sandbox
-from registry.errors import DuplicateVersion, InvalidTransition, ModelArchived, ModelTooLarge, NoFile
-from registry.models import MLModel, Tag
+from registry import sandbox, selectors
+from registry.errors import (
+    DuplicateVersion,
+    InvalidAlias,
+    InvalidTransition,
+    ModelAliased,
+    ModelArchived,
+    ModelNotReady,
+    ModelTooLarge,
+    NoFile,
+)
+from registry.models import AliasEvent, MLModel, ModelAlias, Tag, validate_alias
 from registry.storage import FileTooLarge, ModelStore, sha256_of_file
 
 logger = logging.getLogger(__name__)
@@ -280,9 +289,21 @@ def model_archive(*, model: MLModel) -> MLModel:
 
 
 def model_delete(*, model: MLModel) -> None:
-    """Delete the row; the file goes too unless another version has the same bytes."""
+    """Delete the row; the file goes too unless another version has the same bytes.
+
+    A version an alias points at is not deleted (409 `model_aliased`): move or delete the alias
+    first. The row lock orders this with `alias_set`, which locks its target too, so an alias
+    cannot be pointed at a version while it is being deleted.
+    """
     sha256 = model.file_sha256
     with transaction.atomic():
+        MLModel.objects.select_for_update().filter(pk=model.pk).first()
+        aliases = sorted(ModelAlias.objects.filter(model_id=model.pk).values_list("alias", flat=True))
+        if aliases:
+            raise ModelAliased(
+                f"{model} is the target of the alias(es) {', '.join(aliases)}. Move them to another version "
+                f"(PUT /api/v1/models/by-name/{model.name}/aliases/<alias>) or delete them first."
+            )
         model.delete()
         transaction.on_commit(lambda: _discard_if_unreferenced(sha256))
         invalidation.notify("models")
@@ -301,3 +322,137 @@ def staged_cleanup(staged: StagedFile) -> None:
     """Remove a staged file that was not put in place (e.g. a rejected import)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(staged.path)
+
+
+# --- aliases ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AliasChange:
+    """What alias_set did: the alias as it is now, and the audit row (None when it already
+    pointed at that version, which changes nothing and records nothing)."""
+
+    alias: ModelAlias
+    event: AliasEvent | None
+
+    @property
+    def created(self) -> bool:
+        return self.event is not None and self.event.action == AliasEvent.Action.CREATED
+
+
+def check_alias_name(alias: str) -> None:
+    """400 `invalid_alias` or `alias_is_version` unless `alias` can name an alias."""
+    from django.core.exceptions import ValidationError
+
+    try:
+        validate_alias(alias)
+    except ValidationError as exc:
+        raise InvalidAlias(exc.messages[0], code=exc.error_list[0].code) from None
+
+
+def _actor_of_event(actor) -> dict:
+    from access.models import APIKey
+
+    if isinstance(actor, APIKey):
+        return {"actor_key": actor, "actor_label": f"key:{actor.name}"[:200]}
+    if actor is not None and getattr(actor, "is_authenticated", False) and getattr(actor, "pk", None):
+        return {"actor_user": actor, "actor_label": actor.get_username()[:200]}
+    return {"actor_label": ""}
+
+
+def _updated_by(actor) -> dict:
+    fields = _actor_of_event(actor)
+    return {"updated_by": fields.get("actor_user"), "updated_by_key": fields.get("actor_key")}
+
+
+def alias_set(*, name: str, alias: str, version: str, actor=None) -> AliasChange:
+    """Point the alias `name`@`alias` at `version` of `name`, creating the alias if needed.
+
+    The target must be a ready version of the same name (404 `model_not_found` if there is none,
+    409 `model_not_ready` otherwise). The move and its AliasEvent are one transaction; moving to
+    the version the alias already has is a no-op without an event. Concurrent moves of one alias
+    queue on its row lock, so each is applied and audited in turn and `from_version` is always
+    the version the alias really left. Every server process drops its cached resolution once
+    the transaction commits.
+    """
+    check_alias_name(alias)
+    with transaction.atomic():
+        # The target's row lock keeps it ready (no re-upload, no delete) until this commits.
+        target = MLModel.objects.select_for_update().filter(name=name, version=version).first()
+        if target is None:
+            raise selectors.version_not_found(name=name, version=version)
+        if target.status != Status.READY:
+            raise ModelNotReady(
+                f"{target} is {target.status}; an alias can only point at a ready version. "
+                "Validate it first, or choose another version."
+            )
+        current = ModelAlias.objects.select_for_update().select_related("model").filter(name=name, alias=alias).first()
+        if current is None:
+            try:
+                # A savepoint: a concurrent create of the same alias wins the unique constraint,
+                # and this call then moves the alias that one created.
+                with transaction.atomic():
+                    current = ModelAlias(name=name, alias=alias, model=target, **_updated_by(actor))
+                    current.full_clean(validate_unique=False, validate_constraints=False)
+                    current.save()
+            except IntegrityError:
+                current = ModelAlias.objects.select_for_update().select_related("model").get(name=name, alias=alias)
+            else:
+                event = AliasEvent.objects.create(
+                    name=name,
+                    alias=alias,
+                    action=AliasEvent.Action.CREATED,
+                    to_model=target,
+                    to_version=target.version,
+                    **_actor_of_event(actor),
+                )
+                invalidation.notify("models")
+                logger.info("alias created", extra={"alias": str(current), "version": target.version})
+                return AliasChange(current, event)
+        if current.model_id == target.pk:
+            return AliasChange(current, None)
+        previous = current.model
+        current.model = target
+        for field, value in _updated_by(actor).items():
+            setattr(current, field, value)
+        current.save(update_fields=["model", "updated_by", "updated_by_key", "updated_at"])
+        event = AliasEvent.objects.create(
+            name=name,
+            alias=alias,
+            action=AliasEvent.Action.MOVED,
+            from_model=previous,
+            from_version=previous.version,
+            to_model=target,
+            to_version=target.version,
+            **_actor_of_event(actor),
+        )
+        invalidation.notify("models")
+    logger.info(
+        "alias moved", extra={"alias": str(current), "from_version": previous.version, "to_version": target.version}
+    )
+    return AliasChange(current, event)
+
+
+def alias_delete(*, name: str, alias: str, actor=None) -> AliasEvent:
+    """Remove an alias (404 `alias_not_found` if there is none), recording who did it.
+
+    Requests that named it get 404 from then on; without a `production` alias, requests
+    without a version go back to the latest ready version.
+    """
+    with transaction.atomic():
+        current = ModelAlias.objects.select_for_update().select_related("model").filter(name=name, alias=alias).first()
+        if current is None:
+            raise selectors.alias_not_found(name=name, alias=alias)
+        event = AliasEvent(
+            name=name,
+            alias=alias,
+            action=AliasEvent.Action.DELETED,
+            from_model=current.model,
+            from_version=current.model.version,
+            **_actor_of_event(actor),
+        )
+        current.delete()
+        event.save()
+        invalidation.notify("models")
+    logger.info("alias deleted", extra={"alias": f"{name}@{alias}", "version": event.from_version})
+    return event

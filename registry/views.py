@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.http import Http404
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, parsers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.filters import OrderingFilter, SearchFilter
@@ -19,6 +19,9 @@ from registry.errors import ModelNotFound
 from registry.filters import MLModelFilter
 from registry.models import NAME_PATTERN, MLModel
 from registry.serializers import (
+    AliasesSerializer,
+    AliasSerializer,
+    AliasSetSerializer,
     ModelCreateSerializer,
     ModelSerializer,
     ModelUpdateSerializer,
@@ -30,13 +33,24 @@ _ERRORS = {
     401: UNAUTHENTICATED,
     403: "The key lacks the scope this route needs.",
     404: "No such model.",
-    409: "Conflict with the model's current state (e.g. `duplicate_version`, `model_archived`).",
+    409: "Conflict with the model's current state (e.g. `duplicate_version`, `model_archived`, `model_aliased`).",
     413: "The file is over MAX_MODEL_SIZE_MB (`model_too_large`).",
 }
 
 
 def _errors(*statuses: int) -> dict:
     return error_responses(_ERRORS, *statuses)
+
+
+_ALIAS_ERRORS = {
+    **_ERRORS,
+    400: "`invalid_alias` or `alias_is_version` (the alias name), or an invalid body.",
+    404: "No such model name or version (`model_not_found`), or no such alias (`alias_not_found`).",
+    409: "`model_not_ready`: an alias can only point at a ready version.",
+}
+_ALIAS_PARAMETER = OpenApiParameter(
+    "alias", OpenApiTypes.STR, OpenApiParameter.PATH, description="The alias, e.g. production or staging."
+)
 
 
 class SemverOrderingFilter(OrderingFilter):
@@ -158,7 +172,13 @@ class ModelNameViewSet(viewsets.GenericViewSet):
     queryset = MLModel.objects.none()
     lookup_field = "name"
     lookup_value_regex = NAME_PATTERN.strip("^$")
-    required_scopes = {"versions": Scope.READ, "latest": Scope.READ}
+    required_scopes = {
+        "versions": Scope.READ,
+        "latest": Scope.READ,
+        "aliases": Scope.READ,
+        "alias_set": Scope.MANAGE,
+        "alias_delete": Scope.MANAGE,
+    }
 
     @extend_schema(
         summary="All versions of a model, newest semver first",
@@ -188,3 +208,56 @@ class ModelNameViewSet(viewsets.GenericViewSet):
             raise DomainError("ready_only must be true or false.", code="invalid_parameter")
         model = selectors.model_latest(name=name, ready_only=raw in {"true", "1"})
         return Response(ModelSerializer(model).data)
+
+    # --- aliases -------------------------------------------------------------------------------
+
+    @extend_schema(
+        summary="A model's aliases, their versions, and the audit trail of every alias change (newest first)",
+        responses={200: AliasesSerializer, **_errors(401, 403, 404)},
+    )
+    @action(detail=True, methods=["get"])
+    def aliases(self, request, name=None):
+        aliases = list(selectors.alias_list(name=name))
+        events = list(selectors.alias_events(name=name))
+        if not aliases and not events and not MLModel.objects.named(name).exists():
+            raise ModelNotFound(f"No model named '{name}'.")
+        try:
+            default_version = selectors.model_resolve(name=name, fields=("id", "version")).version
+        except ModelNotFound:
+            default_version = None
+        document = {"name": name, "default_version": default_version, "aliases": aliases, "events": events}
+        return Response(AliasesSerializer(document).data)
+
+    @extend_schema(
+        summary="Create an alias, or move it to another ready version (audited)",
+        parameters=[_ALIAS_PARAMETER],
+        request=AliasSetSerializer,
+        responses={
+            200: OpenApiResponse(AliasSerializer, description="Moved (or already there: nothing changed)."),
+            201: OpenApiResponse(AliasSerializer, description="Created."),
+            **error_responses(_ALIAS_ERRORS, 400, 401, 403, 404, 409),
+        },
+    )
+    @action(detail=True, methods=["put"], url_path=r"aliases/(?P<alias>[^/]+)")
+    def alias_set(self, request, name=None, alias=None):
+        services.check_alias_name(alias)
+        serializer = AliasSetSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        change = services.alias_set(
+            name=name, alias=alias, version=serializer.validated_data["version"], actor=actor_of(request)
+        )
+        return Response(
+            AliasSerializer(change.alias).data, status=status.HTTP_201_CREATED if change.created else status.HTTP_200_OK
+        )
+
+    @extend_schema(
+        summary="Delete an alias (audited)",
+        parameters=[_ALIAS_PARAMETER],
+        request=None,
+        responses={204: None, **error_responses(_ALIAS_ERRORS, 400, 401, 403, 404)},
+    )
+    @alias_set.mapping.delete
+    def alias_delete(self, request, name=None, alias=None):
+        services.check_alias_name(alias)
+        services.alias_delete(name=name, alias=alias, actor=actor_of(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
