@@ -26,13 +26,14 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from modelforge_site.exceptions import DomainError
-from registry import services
-from registry.models import MLModel
+from registry import selectors, services
+from registry.models import DEFAULT_ALIAS, MLModel
 from registry.versioning import parse_version
 
 Status = MLModel.Status
 EMPTY = "—"
 RECENT_PREDICTIONS = 10
+ALIAS_EVENTS = 20
 # The serving actions of the model page: name -> (label, what it does, in words).
 SERVING_ACTIONS = {
     "validate": ("Validate", "Run the checks again in the sandbox."),
@@ -91,23 +92,21 @@ def recent_predictions_html(model: MLModel) -> SafeString:
     rows = list(
         Prediction.objects.filter(model=model)
         .select_related("api_key", "user")
-        .only(
-            "id", "created_at", "cached", "inference_time_ms", "total_time_ms", "api_key__name", "user__username"
-        )
+        .defer("input_data", "output_data")
         .order_by("-created_at")[:RECENT_PREDICTIONS]
     )
     if not rows:
         return format_html("{}", "No predictions recorded yet.")
     body = format_html_join(
         "",
-        '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{:.3f}</td><td>{:.3f}</td><td>{}</td></tr>',
+        '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
         (
             (
                 reverse("admin:inference_prediction_change", args=[row.pk]),
                 f"{row.created_at:%Y-%m-%d %H:%M:%S}",
                 "cached" if row.cached else "computed",
-                row.inference_time_ms,
-                row.total_time_ms,
+                f"{row.inference_time_ms:.3f}",
+                f"{row.total_time_ms:.3f}",
                 f"key:{row.api_key.name}" if row.api_key_id else (row.user.get_username() if row.user_id else EMPTY),
             )
             for row in rows
@@ -201,6 +200,7 @@ class ModelPageMixin:
         info = self.opts.app_label, self.opts.model_name
         own = [
             path("<path:object_id>/try/", self.admin_site.admin_view(self.try_view), name="%s_%s_try" % info),
+            path("<path:object_id>/alias/", self.admin_site.admin_view(self.alias_view), name="%s_%s_alias" % info),
             path(
                 "<path:object_id>/serving/<str:action>/",
                 self.admin_site.admin_view(self.serving_action_view),
@@ -241,6 +241,10 @@ class ModelPageMixin:
             "mf_next_version": next_version(model),
             "mf_tags": ", ".join(tag.name for tag in model.tags.all()),
             "mf_timeline": timeline_html(model),
+            "mf_alias_url": reverse("admin:registry_mlmodel_alias", args=[model.pk]),
+            "mf_aliases": list(selectors.alias_list(name=model.name)),
+            "mf_alias_events": list(selectors.alias_events(name=model.name)[:ALIAS_EVENTS]),
+            "mf_default_alias": DEFAULT_ALIAS,
             "mf_recent_predictions": recent_predictions_html(model),
         }
 
@@ -273,6 +277,28 @@ class ModelPageMixin:
         }
         status = result["status"] if result else 200
         return TemplateResponse(request, "admin/registry/mlmodel/try.html", context, status=status)
+
+    # --- aliases ------------------------------------------------------------------------------
+
+    def alias_view(self, request, object_id):
+        """Point an alias of this name (production by default) at this version, audited."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        model = self._model_or_404(request, object_id)
+        if not self.has_change_permission(request, model):
+            raise PermissionDenied
+        alias = request.POST.get("alias", "").strip() or DEFAULT_ALIAS
+        try:
+            change = services.alias_set(name=model.name, alias=alias, version=model.version, actor=request.user)
+        except DomainError as exc:
+            messages.error(request, f"Alias not moved ({exc.code}): {exc.detail}")
+        else:
+            if change.event is None:
+                messages.info(request, f"{model.name}@{alias} already points at {model.version}.")
+            else:
+                was = f" (was {change.event.from_version})" if change.event.from_version else ""
+                messages.success(request, f"{model.name}@{alias} now points at {model.version}{was}.")
+        return HttpResponseRedirect(reverse("admin:registry_mlmodel_change", args=[model.pk]) + "#mf-aliases")
 
     # --- serving actions ----------------------------------------------------------------------
 
