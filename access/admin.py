@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
@@ -119,7 +119,9 @@ class ScopedAPIKeyAdmin(APIKeyModelAdmin):
     # --- revoke from the key's page ---------------------------------------------------------------
 
     def get_urls(self):
-        revoke = path("<path:object_id>/revoke/", self.admin_site.admin_view(self.revoke_view), name="access_apikey_revoke")
+        revoke = path(
+            "<path:object_id>/revoke/", self.admin_site.admin_view(self.revoke_view), name="access_apikey_revoke"
+        )
         return [revoke, *super().get_urls()]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):

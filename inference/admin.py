@@ -57,7 +57,9 @@ class DateRangeFilter(admin.FieldListFilter):
                     self.values[name] = value
                     self.used_parameters[name] = value
         self.other_params = [
-            (key, value) for key, values in request.GET.lists() if key not in self.expected_parameters()
+            (key, value)
+            for key, values in request.GET.lists()
+            if key not in self.expected_parameters()
             for value in values
         ]
 
@@ -170,9 +172,7 @@ class PredictionAdmin(admin.ModelAdmin):
         return False
 
     def get_urls(self):
-        export = path(
-            "export.csv", self.admin_site.admin_view(self.export_view), name="inference_prediction_export"
-        )
+        export = path("export.csv", self.admin_site.admin_view(self.export_view), name="inference_prediction_export")
         return [export, *super().get_urls()]
 
     def changelist_view(self, request, extra_context=None):

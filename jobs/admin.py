@@ -36,6 +36,7 @@ class JobAdmin(admin.ModelAdmin):
     ordering = ("-created_at",)
     actions = ("cancel_jobs", "retry_jobs")
     change_form_template = "admin/jobs/job/job_page.html"
+
     class Media:
         css = {"all": ("console/console.css",)}
 

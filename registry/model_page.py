@@ -56,7 +56,9 @@ def timeline(model: MLModel) -> list[TimelineEvent]:
     The registry keeps the time of the last upload and the last validation (a re-upload moves
     both); archiving keeps no time of its own, so an archived model shows its last change.
     """
-    events = [TimelineEvent(model.created_at, "Registered", f"by {model.created_by_label}" if model.created_by_label else "")]
+    events = [
+        TimelineEvent(model.created_at, "Registered", f"by {model.created_by_label}" if model.created_by_label else "")
+    ]
     if model.uploaded_at:
         size = f"{model.file_size:,} bytes" if model.file_size is not None else ""
         events.append(TimelineEvent(model.uploaded_at, "File uploaded", f"{size}, sha256 {model.file_sha256[:12]}…"))
@@ -70,7 +72,9 @@ def timeline(model: MLModel) -> list[TimelineEvent]:
     content_type = ContentType.objects.get_for_model(MLModel)
     entries = LogEntry.objects.filter(content_type=content_type, object_id=str(model.pk)).select_related("user")
     for entry in entries.order_by("-action_time")[:50]:
-        events.append(TimelineEvent(entry.action_time, f"Admin: {entry.get_change_message() or 'changed'}", f"by {entry.user}"))
+        events.append(
+            TimelineEvent(entry.action_time, f"Admin: {entry.get_change_message() or 'changed'}", f"by {entry.user}")
+        )
     return sorted(events, key=lambda event: event.at)
 
 
@@ -197,14 +201,13 @@ class ModelPageMixin:
     change_form_template = "admin/registry/mlmodel/model_page.html"
 
     def get_urls(self):
-        info = self.opts.app_label, self.opts.model_name
         own = [
-            path("<path:object_id>/try/", self.admin_site.admin_view(self.try_view), name="%s_%s_try" % info),
-            path("<path:object_id>/alias/", self.admin_site.admin_view(self.alias_view), name="%s_%s_alias" % info),
+            path("<path:object_id>/try/", self.admin_site.admin_view(self.try_view), name="registry_mlmodel_try"),
+            path("<path:object_id>/alias/", self.admin_site.admin_view(self.alias_view), name="registry_mlmodel_alias"),
             path(
                 "<path:object_id>/serving/<str:action>/",
                 self.admin_site.admin_view(self.serving_action_view),
-                name="%s_%s_serving" % info,
+                name="registry_mlmodel_serving",
             ),
         ]
         return own + super().get_urls()
@@ -233,8 +236,12 @@ class ModelPageMixin:
             "mf_servable": model.status == Status.READY,
             "mf_session_loaded": session_loaded(model),
             "mf_actions": [
-                {"name": name, "label": label, "help": help_text,
-                 "url": reverse("admin:registry_mlmodel_serving", args=[model.pk, name])}
+                {
+                    "name": name,
+                    "label": label,
+                    "help": help_text,
+                    "url": reverse("admin:registry_mlmodel_serving", args=[model.pk, name]),
+                }
                 for name, (label, help_text) in SERVING_ACTIONS.items()
             ],
             "mf_add_url": reverse("admin:registry_mlmodel_add"),
