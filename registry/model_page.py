@@ -301,10 +301,10 @@ class ModelPageMixin:
             messages.error(request, f"Alias not moved ({exc.code}): {exc.detail}")
         else:
             if change.event is None:
-                messages.info(request, f"{model.name}@{alias} already points at {model.version}.")
+                messages.info(request, f"Alias {model.name}@{alias} already points at {model.version}.")
             else:
                 was = f" (was {change.event.from_version})" if change.event.from_version else ""
-                messages.success(request, f"{model.name}@{alias} now points at {model.version}{was}.")
+                messages.success(request, f"Alias {model.name}@{alias} now points at {model.version}{was}.")
         return HttpResponseRedirect(reverse("admin:registry_mlmodel_change", args=[model.pk]) + "#mf-aliases")
 
     # --- serving actions ----------------------------------------------------------------------
@@ -334,7 +334,7 @@ class ModelPageMixin:
 
     def _serving_archive(self, request, model: MLModel) -> str:
         services.model_archive(model=model)
-        messages.success(request, f"{model.name} {model.version} is archived: kept and listed, never served.")
+        messages.success(request, f"Archived {model.name} {model.version}: kept and listed, never served.")
         return "Archived"
 
     def _serving_preload(self, request, model: MLModel) -> str:
@@ -360,6 +360,6 @@ class ModelPageMixin:
             request,
             f"The session of {model.name} {model.version} was evicted from this server process."
             if evicted
-            else f"{model.name} {model.version} had no session loaded in this server process.",
+            else f"No session of {model.name} {model.version} was loaded in this server process.",
         )
         return "Session evicted"
