@@ -28,8 +28,12 @@ run: migrate
 # serving the WSGI app, one worker per core. WEB_WORKERS and WEB_THREADS override.
 WEB_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 WEB_THREADS ?= 4
+# Prometheus multiprocess mode: every worker writes its metrics here, /metrics adds them up;
+# emptied at each start (prometheus_client's rule), so counters start from zero with the server.
+PROMETHEUS_MULTIPROC_DIR ?= var/prometheus
 serve: migrate
-	$(BIN)/granian --interface wsgi --host $(HOST) --port $(PORT) --workers $(WEB_WORKERS) \
+	mkdir -p $(PROMETHEUS_MULTIPROC_DIR) && rm -f $(PROMETHEUS_MULTIPROC_DIR)/*.db
+	PROMETHEUS_MULTIPROC_DIR=$(abspath $(PROMETHEUS_MULTIPROC_DIR)) $(BIN)/granian --interface wsgi --host $(HOST) --port $(PORT) --workers $(WEB_WORKERS) \
 		--blocking-threads $(WEB_THREADS) --no-access-log modelforge_site.wsgi:application
 
 # Asynchronous jobs on Celery (set CELERY_BROKER_URL; without it `make run` runs jobs in-process).

@@ -18,7 +18,7 @@ from django.utils import timezone
 from rest_framework import exceptions
 
 from access.models import APIKey
-from modelforge_site import invalidation
+from modelforge_site import invalidation, request_log
 
 MAX_CACHED_KEYS = 10_000
 
@@ -86,4 +86,5 @@ def authenticate_key(raw: str) -> APIKey:
             f"This API key expired at {api_key.expiry_date.isoformat()}. Ask an operator for a new key.",
             code="api_key_expired",
         )
+    request_log.bind_key(api_key)
     return api_key

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from inference import metrics
 from inference.errors import InferenceFailed, QueueFull, QueueTimeout
-from inference.metrics import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,6 @@ class ModelBatcher:
         pending = _Pending(feeds, rows, _signature(feeds), now, now + timeout if timeout else None)
         with self._cond:
             if len(self._queue) >= self.config.max_queue_size:
-                metrics.rejected(self.model_label)
                 raise QueueFull(
                     f"The queue of {self.model_label[0]} {self.model_label[1]} is full "
                     f"({self.config.max_queue_size} requests waiting). Retry shortly.",

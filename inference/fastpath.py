@@ -30,6 +30,7 @@ from inference.serving import serving_cache
 from inference.v2.fastpath import INFER_PATH as V2_INFER_PATH
 from inference.v2.fastpath import infer_from_environ as v2_infer_from_environ
 from inference.views import check_body_size, predict_from_body
+from modelforge_site import request_log
 from modelforge_site.exceptions import DomainError, error_body
 
 logger = logging.getLogger(__name__)
@@ -56,11 +57,13 @@ class PredictFastPath:
             if path.startswith("/api/v1/models/") and path.endswith(("/predict", "/predict/")):
                 match = _BY_ID.match(path) or _BY_NAME.match(path)
                 if match is not None and self._eligible(environ):
+                    request_log.begin_inference(environ)
                     return self._predict(environ, start_response, match.groupdict())
             elif path.startswith("/v2/models/") and path.endswith(("/infer", "/infer/")):
                 # /v2 infer: the same eligibility, the same exchange as its Django view.
                 match = V2_INFER_PATH.match(path)
                 if match is not None and self._eligible(environ):
+                    request_log.begin_inference(environ)
                     reply = v2_infer_from_environ(environ, match.groupdict())
                     return self._respond(start_response, reply.status, reply.content, reply.headers, environ)
         return self.django_app(environ, start_response)
@@ -133,6 +136,8 @@ class PredictFastPath:
                 hsts += "; preload"
             headers.setdefault("Strict-Transport-Security", hsts)
         headers["Content-Length"] = str(len(content))
+        # The request's id, its log line and its metrics (RequestLogMiddleware's work in Django).
+        headers[request_log.HEADER] = request_log.finish(status, retry_after="Retry-After" in headers)
         start_response(_STATUS_LINES.get(status, f"{status} Error"), list(headers.items()))
         return [content]
 

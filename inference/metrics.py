@@ -1,41 +1,162 @@
-"""In-process counters of the inference path, per model name and version.
+"""The inference path's metrics, per model name and version, as Prometheus instruments.
 
-`inferences` counts requests served by running the model and `executions` the session.run
-calls that served them: their ratio is the mean batch size. Counters are per process; the
-Prometheus endpoint (ops console) exports them with the process as a label.
+One source for every consumer: the counters below are what `GET /metrics` exports
+(modelforge_site.metrics), and the same calls add to the per-minute statistics the admin
+dashboard reads (inference.serving_stats). Nothing else counts these events.
+
+- ``executed`` is called once per session run, by the predict service and the batching
+  scheduler: ``modelforge_inferences_total`` counts the requests it answered and
+  ``modelforge_executions_total`` the runs; their ratio is the mean batch size.
+- ``request_finished`` is called once per answered predict or /v2 infer request, by
+  modelforge_site.request_log: requests by outcome, the request, queue and compute duration
+  histograms, and cache hits and misses.
+
+Under a server with several worker processes (granian, `make serve`), set
+PROMETHEUS_MULTIPROC_DIR to an empty directory before start: prometheus_client then keeps
+each process's values in files there, and a scrape of any process adds them up.
 """
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing.util
+import os
 import threading
-from collections import defaultdict
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from inference.models import LATENCY_BOUNDS_MS
+from inference.serving_stats import serving_stats
+
+# prometheus_client reads the variable when it is imported; so does this.
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+LABELS = ("model", "version")
+OUTCOMES = ("ok", "cached", "client_error", "server_error", "rejected")
+# The buckets of the per-minute statistics, in seconds: one set of bounds everywhere.
+_SECONDS = tuple(bound / 1000 for bound in LATENCY_BOUNDS_MS if bound is not None)
+
+REQUESTS = Counter(
+    "modelforge_requests",
+    "Predict and /v2 infer requests answered, by outcome: ok (the model ran), cached, client_error "
+    "(4xx), server_error (5xx), rejected (429, or 503 with Retry-After: a full queue or a limit).",
+    [*LABELS, "outcome"],
+)
+INFERENCES = Counter("modelforge_inferences", "Requests answered by running the model.", LABELS)
+EXECUTIONS = Counter(
+    "modelforge_executions", "Session runs (one per batch); inferences / executions = mean batch size.", LABELS
+)
+ROWS = Counter("modelforge_rows", "Input rows (first dimension) run through the model.", LABELS)
+CACHE_HITS = Counter("modelforge_cache_hits", "Requests answered from the prediction cache.", LABELS)
+CACHE_MISSES = Counter("modelforge_cache_misses", "Requests that looked up the cache and ran the model.", LABELS)
+REQUEST_SECONDS = Histogram(
+    "modelforge_request_duration_seconds", "Time in the server per request.", LABELS, buckets=_SECONDS
+)
+QUEUE_SECONDS = Histogram(
+    "modelforge_queue_duration_seconds", "Time waiting in the batching queue, per request that ran.", LABELS,
+    buckets=_SECONDS,
+)  # fmt: skip
+COMPUTE_SECONDS = Histogram(
+    "modelforge_compute_duration_seconds", "ONNX Runtime time, per request that ran.", LABELS, buckets=_SECONDS
+)
 
 
-class InferenceMetrics:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counters: dict[tuple[str, str], dict[str, int]] = defaultdict(
-            lambda: {"inferences": 0, "executions": 0, "rows": 0, "rejected": 0}
-        )
+class _Instruments:
+    """The children of one (model, version): `labels()` looked up once, not per request."""
 
-    def executed(self, label: tuple[str, str], *, requests: int, rows: int) -> None:
-        with self._lock:
-            counters = self._counters[label]
-            counters["inferences"] += requests
-            counters["executions"] += 1
-            counters["rows"] += rows
+    __slots__ = ("compute", "executions", "hits", "inferences", "misses", "outcomes", "queue", "request", "rows")
 
-    def rejected(self, label: tuple[str, str]) -> None:
-        with self._lock:
-            self._counters[label]["rejected"] += 1
-
-    def snapshot(self) -> dict[tuple[str, str], dict[str, int]]:
-        with self._lock:
-            return {label: dict(values) for label, values in self._counters.items()}
-
-    def reset(self) -> None:
-        with self._lock:
-            self._counters.clear()
+    def __init__(self, label: tuple[str, str]) -> None:
+        self.outcomes = {outcome: REQUESTS.labels(*label, outcome) for outcome in OUTCOMES}
+        self.inferences = INFERENCES.labels(*label)
+        self.executions = EXECUTIONS.labels(*label)
+        self.rows = ROWS.labels(*label)
+        self.hits = CACHE_HITS.labels(*label)
+        self.misses = CACHE_MISSES.labels(*label)
+        self.request = REQUEST_SECONDS.labels(*label)
+        self.queue = QUEUE_SECONDS.labels(*label)
+        self.compute = COMPUTE_SECONDS.labels(*label)
 
 
-metrics = InferenceMetrics()
+_instruments: dict[tuple[str, str], _Instruments] = {}
+_lock = threading.Lock()
+
+
+def instruments(label: tuple[str, str]) -> _Instruments:
+    found = _instruments.get(label)
+    if found is None:
+        with _lock:
+            found = _instruments.get(label)
+            if found is None:
+                found = _instruments[label] = _Instruments(label)
+    return found
+
+
+def outcome_of(status: int, *, cached: bool | None, retry_after: bool) -> str:
+    if status == 429 or (status == 503 and retry_after):
+        return "rejected"
+    if status >= 500:
+        return "server_error"
+    if status >= 400:
+        return "client_error"
+    return "cached" if cached else "ok"
+
+
+def executed(label: tuple[str, str], *, requests: int, rows: int) -> None:
+    """One session run of this (model name, version) that answered ``requests`` requests."""
+    found = instruments(label)
+    found.inferences.inc(requests)
+    found.executions.inc()
+    found.rows.inc(rows)
+    serving_stats.executed(label, requests=requests)
+
+
+def request_finished(context, status: int, *, duration_ms: float, retry_after: bool) -> None:
+    """One answered predict or infer request (a modelforge_site.request_log.RequestContext).
+
+    A request that failed before its model was known (no key, an unknown model) is counted
+    with empty model and version labels, and not in the per-minute statistics.
+    """
+    model = context.model
+    label = (model.name, model.version) if model is not None else ("", "")
+    found = instruments(label)
+    outcome = outcome_of(status, cached=context.cached, retry_after=retry_after)
+    found.outcomes[outcome].inc()
+    found.request.observe(duration_ms / 1000)
+    if context.cached is True:
+        found.hits.inc()
+    elif context.cached is False:
+        found.misses.inc()
+    if context.compute_ms is not None:
+        found.queue.observe(context.queue_ms / 1000)
+        found.compute.observe(context.compute_ms / 1000)
+    if model is not None:
+        serving_stats.request(label, error=status >= 300, cached=context.cached, duration_ms=duration_ms)
+
+
+# The session pool of each process (inference.sessions `stats()`): set by the serving
+# statistics writer every few seconds and by a scrape, summed over the live processes.
+POOL_SESSIONS = Gauge("modelforge_session_pool_sessions", "ONNX Runtime sessions loaded.", multiprocess_mode="livesum")
+POOL_BYTES = Gauge(
+    "modelforge_session_pool_bytes", "Estimated memory of the loaded sessions (2 x file size).",
+    multiprocess_mode="livesum",
+)  # fmt: skip
+
+
+def refresh_pool() -> None:
+    from inference.sessions import get_pool
+
+    stats = get_pool().stats()
+    POOL_SESSIONS.set(stats["sessions"])
+    POOL_BYTES.set(stats["estimated_bytes"])
+
+
+def _forget_process() -> None:
+    """A process that ends takes its live gauges (the pool) with it; its counters stay."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(os.getpid())
+
+
+if MULTIPROCESS:
+    atexit.register(_forget_process)
+    multiprocessing.util.Finalize(None, _forget_process, exitpriority=50)

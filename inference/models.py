@@ -53,3 +53,66 @@ class Prediction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_name}:{self.model_version} at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+# Upper bounds (milliseconds) of the latency buckets of ServingMinute, and the column of each;
+# the last bucket has no bound. Fixed, so rows of every process and every minute add up.
+LATENCY_BOUNDS_MS = (0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, None)
+LATENCY_FIELDS = tuple(
+    "le_inf" if bound is None else "le_" + f"{bound:g}".replace(".", "_") for bound in LATENCY_BOUNDS_MS
+)
+
+
+class ServingMinuteQuerySet(models.QuerySet):
+    def since(self, moment):
+        return self.filter(minute__gte=moment)
+
+    def older_than(self, moment):
+        return self.filter(minute__lt=moment)
+
+
+class ServingMinute(models.Model):
+    """What one model version served in one minute, summed over every server process.
+
+    Written by inference.serving_stats (in-process counters upserted with increments every
+    few seconds), read by inference.stats. ``errors`` counts every answer that was not a 2xx
+    (bad input, auth, rejected for load, server errors). Latency is the time in the server,
+    counted per bucket: ``le_<bound>`` is the requests that took more than the previous bound
+    and at most this many milliseconds (``le_inf``: longer than the last bound).
+    """
+
+    model = models.ForeignKey("registry.MLModel", on_delete=models.CASCADE, related_name="serving_minutes")
+    minute = models.DateTimeField(help_text="The start of the minute (UTC).")
+    requests = models.PositiveBigIntegerField(default=0)
+    errors = models.PositiveBigIntegerField(default=0)
+    cache_hits = models.PositiveBigIntegerField(default=0)
+    cache_misses = models.PositiveBigIntegerField(default=0)
+    inferences = models.PositiveBigIntegerField(default=0, help_text="Requests answered by running the model.")
+    executions = models.PositiveBigIntegerField(default=0, help_text="Session runs that answered them.")
+    latency_sum_ms = models.FloatField(default=0.0)
+    le_0_25 = models.PositiveBigIntegerField(default=0)
+    le_0_5 = models.PositiveBigIntegerField(default=0)
+    le_1 = models.PositiveBigIntegerField(default=0)
+    le_2_5 = models.PositiveBigIntegerField(default=0)
+    le_5 = models.PositiveBigIntegerField(default=0)
+    le_10 = models.PositiveBigIntegerField(default=0)
+    le_25 = models.PositiveBigIntegerField(default=0)
+    le_50 = models.PositiveBigIntegerField(default=0)
+    le_100 = models.PositiveBigIntegerField(default=0)
+    le_250 = models.PositiveBigIntegerField(default=0)
+    le_500 = models.PositiveBigIntegerField(default=0)
+    le_1000 = models.PositiveBigIntegerField(default=0)
+    le_2500 = models.PositiveBigIntegerField(default=0)
+    le_5000 = models.PositiveBigIntegerField(default=0)
+    le_10000 = models.PositiveBigIntegerField(default=0)
+    le_inf = models.PositiveBigIntegerField(default=0)
+
+    objects = ServingMinuteQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("-minute",)
+        constraints = [models.UniqueConstraint(fields=("model", "minute"), name="serving_minute_unique")]
+        indexes = [models.Index(fields=("minute",), name="serving_minute_minute")]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} at {self.minute:%Y-%m-%d %H:%M}"

@@ -3,9 +3,11 @@
 from celery import shared_task
 
 from inference.history import history_cleanup
+from inference.serving_stats import serving_stats_cleanup
 
 
 @shared_task(name="inference.cleanup_history", ignore_result=True)
 def cleanup_history() -> int:
-    """Delete prediction history older than HISTORY_RETENTION_DAYS."""
-    return history_cleanup()
+    """Delete prediction history older than HISTORY_RETENTION_DAYS and serving statistics
+    older than SERVING_STATS_RETENTION_DAYS; returns the rows deleted."""
+    return history_cleanup() + serving_stats_cleanup()

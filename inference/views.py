@@ -27,6 +27,7 @@ from inference.models import Prediction
 from inference.serializers import PredictionSerializer, PredictRequestSerializer, PredictResponseSerializer
 from inference.serving import serving_cache
 from inference.tensors import parse_json_body
+from modelforge_site import request_log
 from modelforge_site.exceptions import PayloadTooLarge
 from modelforge_site.strict_input import UNAUTHENTICATED, error_responses
 from registry.errors import ModelNotFound
@@ -82,6 +83,7 @@ def predict_from_body(*, model: MLModel, body: bytes, api_key, user) -> tuple[by
     Shared by the DRF view and the WSGI fast path (inference.fastpath), so both behave alike.
     """
     started = time.perf_counter()
+    request_log.bind_model(model)
     timings = services.Timings()
     caller = {"model": model, "api_key": api_key, "user": user, "input_size": len(body), "timings": timings}
     remembered = body_memo.get(model, body)
@@ -101,6 +103,7 @@ def predict_from_body(*, model: MLModel, body: bytes, api_key, user) -> tuple[by
 
 def render_prediction(outcome: services.PredictionOutcome) -> tuple[bytes, dict[str, str]]:
     started = time.perf_counter()
+    request_log.bind_outcome(outcome)
     model = outcome.model
     body = {
         "id": outcome.id,

@@ -31,16 +31,31 @@ def celery_report() -> tuple[dict[str, Any], bool]:
     return report, healthy
 
 
+def queue_lengths() -> dict[str, int]:
+    """Messages waiting per queue (high, normal, low): the broker's lists, or without a broker
+    the queued jobs by priority. Raises when the broker cannot be reached."""
+    if not settings.CELERY_BROKER_URL:
+        queued = Job.objects.filter(status=Job.Status.QUEUED).order_by().values("priority").annotate(n=Count("pk"))
+        queued = {row["priority"]: row["n"] for row in queued}
+        return {name: queued.get(name, 0) for name in QUEUES}
+    from modelforge_site.celery import app
+
+    with app.connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+        client = conn.default_channel.client  # honours the transport's key prefix
+        # Jobs are sent without message priorities, so each queue is one Redis list.
+        return {name: int(client.llen(name)) for name in QUEUES}
+
+
 def _embedded() -> tuple[dict[str, Any], bool]:
     from jobs.runner import runner
 
-    queued = Job.objects.filter(status=Job.Status.QUEUED).order_by().values("priority").annotate(n=Count("pk"))
-    queued = {row["priority"]: row["n"] for row in queued}
+    queued = queue_lengths()
     return {
         "mode": "embedded",
         "broker": {"ok": True, "detail": "not configured: jobs run in background threads of the server"},
         "workers": [{"name": runner.name, **runner.stats()}],
-        "queues": [{"name": name, "length": queued.get(name, 0)} for name in QUEUES],
+        "queues": [{"name": name, "length": length} for name, length in queued.items()],
     }, True
 
 
@@ -51,11 +66,7 @@ def _broker() -> tuple[dict[str, Any], bool]:
 
     report: dict[str, Any] = {"mode": "celery", "workers": [], "queues": []}
     try:
-        with app.connection_for_read() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-            client = conn.default_channel.client  # honours the transport's key prefix
-            # Jobs are sent without message priorities, so each queue is one Redis list.
-            report["queues"] = [{"name": name, "length": int(client.llen(name))} for name in QUEUES]
+        report["queues"] = [{"name": name, "length": length} for name, length in queue_lengths().items()]
         report["broker"] = {"ok": True, "detail": maybe_sanitize_url(settings.CELERY_BROKER_URL)}
     except Exception as exc:
         report["broker"] = {"ok": False, "detail": f"unreachable: {exc.__class__.__name__}"}

@@ -24,7 +24,9 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    """Write buffered prediction history before the worker goes."""
+    """Write buffered prediction history and serving statistics before the worker goes."""
     from inference.history import history
+    from inference.serving_stats import serving_stats
 
     history.flush()
+    serving_stats.flush()

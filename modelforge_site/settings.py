@@ -76,6 +76,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "modelforge_site.request_log.RequestLogMiddleware",  # first: every response gets an id and a log line
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -222,6 +223,14 @@ HISTORY_BATCH_SIZE = env.int("HISTORY_BATCH_SIZE", default=500)
 HISTORY_BUFFER_MAX = env.int("HISTORY_BUFFER_MAX", default=100_000)
 HISTORY_RETENTION_DAYS = env.int("HISTORY_RETENTION_DAYS", default=30)
 
+# --- Observability (inference.metrics, inference.serving_stats, modelforge_site.request_log) ---
+# Per-minute serving statistics: how often each process adds its counters to the database,
+# and how long the rows are kept (deleted by the hourly cleanup with the history).
+SERVING_STATS_FLUSH_SECONDS = env.float("SERVING_STATS_FLUSH_SECONDS", default=5.0)
+SERVING_STATS_RETENTION_DAYS = env.int("SERVING_STATS_RETENTION_DAYS", default=30)
+if SERVING_STATS_RETENTION_DAYS <= 0:
+    raise ImproperlyConfigured("SERVING_STATS_RETENTION_DAYS must be a positive number of days.")
+
 # --- Jobs -----------------------------------------------------------------------------------
 # Asynchronous inference (jobs/): on Celery workers with a broker, else in background threads.
 JOB_STORAGE_PATH = env.path("JOB_STORAGE_PATH", default=VAR_DIR / "jobs")
@@ -344,11 +353,24 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_REDIRECT_EXEMPT = [r"^api/v1/(health|ready|live)$", r"^v2/health/(live|ready)$"]
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+# One JSON object per line in production, plain text in development; every line carries the
+# id of the request being handled (modelforge_site.request_log), "-" outside requests.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain" if DEBUG else "json")
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured("LOG_FORMAT must be plain or json.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "modelforge_site.request_log.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.orjson.OrjsonFormatter",
+            "fmt": "%(levelname)s %(name)s %(message)s %(request_id)s",
+            "timestamp": True,
+        },
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }

@@ -7,6 +7,7 @@ from console.views import dashboard_view
 from inference import views as inference_views
 from jobs.views import CeleryHealthView, JobViewSet
 from modelforge_site import health
+from modelforge_site.metrics import MetricsView
 from registry.views import ModelNameViewSet, ModelViewSet
 
 # One API router. Trailing slashes are optional: the constructor only knows "/" or "", so the
@@ -41,6 +42,8 @@ urlpatterns = [
     path("admin/dashboard/", admin.site.admin_view(dashboard_view), name="console-dashboard"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    # Prometheus scrapes (a key with `read`); not under /api/v1, where scrapers do not look.
+    path("metrics", MetricsView.as_view(), name="metrics"),
     # Open Inference Protocol v2 (KServe / Triton clients); plain Django views, not in the OpenAPI schema.
     path("", include("inference.v2.urls")),
 ]

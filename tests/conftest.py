@@ -23,15 +23,19 @@ def model_storage(settings, tmp_path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _inference_state(settings):
-    """No background history writer in tests (it could not see the test's transaction);
-    tests flush the buffer themselves. Every test starts with an empty session pool."""
+    """No background history or serving statistics writer in tests (it could not see the
+    test's transaction); tests flush the buffers themselves. Every test starts with an empty session pool."""
     from inference.history import history
+    from inference.serving_stats import serving_stats
     from inference.sessions import get_pool
 
     settings.HISTORY_FLUSH_INTERVAL_SECONDS = 0
+    settings.SERVING_STATS_FLUSH_SECONDS = 0
     get_pool().clear()
+    serving_stats.discard()
     yield
     history.discard()
+    serving_stats.discard()
 
 
 @pytest.fixture(autouse=True)

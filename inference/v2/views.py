@@ -41,7 +41,7 @@ from inference.serving import serving_cache
 from inference.sessions import get_pool
 from inference.v2 import codec
 from inference.views import check_body_size
-from modelforge_site import health
+from modelforge_site import health, request_log
 from modelforge_site.exceptions import DomainError, NotFound
 from registry.errors import ModelNotFound
 from registry.models import MLModel
@@ -159,6 +159,7 @@ def infer_reply(
     try:
         api_key = authenticate(authorization, Scope.PREDICT)
         model = resolve_model(name, version)
+        request_log.bind_model(model)
         check_body_size(content_length)
         body = codec.read_body(read_body(), content_encoding, limit=settings.MAX_REQUEST_BODY_BYTES)
         request = codec.parse_infer_request(
@@ -184,6 +185,7 @@ def infer_reply(
             exact=request.wants_binary,
             timings=timings,
         )
+        request_log.bind_outcome(outcome)
 
         serialize_started = time.perf_counter()
         values = outcome.values if outcome.values is not None else outcome.output_data

@@ -11,11 +11,11 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from onnx import TensorProto, helper, numpy_helper
+from prometheus_client import REGISTRY
 from rest_framework.test import APIClient
 
 from inference.batching import BatchConfig, ModelBatcher
 from inference.errors import QueueFull
-from inference.metrics import metrics
 
 MODELS = "/api/v1/models"
 RNG = np.random.default_rng(7)
@@ -115,6 +115,11 @@ def batched_model(make_key):
     return register
 
 
+def counter(name: str, model: str) -> float:
+    """The process's Prometheus counter modelforge_<name>_total of this model's 1.0.0."""
+    return REGISTRY.get_sample_value(f"modelforge_{name}_total", {"model": model, "version": "1.0.0"}) or 0.0
+
+
 def concurrent_predicts(model_id: str, key: str, inputs: list[dict]) -> list:
     """POST every input at once from its own thread; returns the responses in input order."""
     barrier = threading.Barrier(len(inputs))
@@ -142,7 +147,7 @@ def concurrent_predicts(model_id: str, key: str, inputs: list[dict]) -> list:
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_requests_are_merged_and_split_back_exactly(batched_model):
     model_id, key = batched_model(dense_model(), "dense", max_batch_size=64, max_queue_delay_microseconds=200_000)
-    metrics.reset()
+    before = {name: counter(name, "dense") for name in ("inferences", "rows", "executions")}
     sizes = [1, 3, 2, 5, 1, 4, 1, 2, 3, 1, 6, 2]
     rows = [RNG.standard_normal((n, 8)).astype(np.float32) for n in sizes]
     responses = concurrent_predicts(model_id, key, [{"X": r.tolist()} for r in rows])
@@ -154,7 +159,7 @@ def test_concurrent_requests_are_merged_and_split_back_exactly(batched_model):
         alone = session.run(None, {"X": X})[0]
         assert got.shape == alone.shape
         np.testing.assert_allclose(got, alone, rtol=1e-6, atol=1e-6)
-    (counters,) = metrics.snapshot().values()
+    counters = {name: counter(name, "dense") - before[name] for name in before}
     assert counters["inferences"] == len(sizes)
     assert counters["rows"] == sum(sizes)
     assert counters["executions"] < len(sizes)  # some requests shared a run
