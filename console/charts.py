@@ -43,6 +43,11 @@ def _nice_max(value: float) -> float:
     return 10 * magnitude
 
 
+def _px(value: float) -> str:
+    # format_html escapes its arguments into strings first: numbers are formatted here.
+    return f"{value:.1f}"
+
+
 def _number(value: float) -> str:
     return f"{value:,.0f}" if value >= 10 or value == int(value) else f"{value:.2g}"
 
@@ -65,11 +70,11 @@ def bar_chart(
         width = max(slot - gap, 1)
         shapes.append(
             format_html(
-                '<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}" fill="{}"><title>{}</title></rect>',
-                x,
-                y(bar.value),
-                width,
-                TOP + plot_height - y(bar.value),
+                '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{}</title></rect>',
+                _px(x),
+                _px(y(bar.value)),
+                _px(width),
+                _px(TOP + plot_height - y(bar.value)),
                 BAR_COLOUR if not legend else REQUESTS_COLOUR,
                 bar.title or f"{bar.label}: {_number(bar.value)}",
             )
@@ -77,19 +82,19 @@ def bar_chart(
         if bar.overlay:
             shapes.append(
                 format_html(
-                    '<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}" fill="{}"></rect>',
-                    x,
-                    y(bar.overlay),
-                    width,
-                    TOP + plot_height - y(bar.overlay),
+                    '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"></rect>',
+                    _px(x),
+                    _px(y(bar.overlay)),
+                    _px(width),
+                    _px(TOP + plot_height - y(bar.overlay)),
                     ERRORS_COLOUR,
                 )
             )
         if bar.label:
             shapes.append(
                 format_html(
-                    '<text x="{:.1f}" y="{}" font-size="11" text-anchor="middle" fill="{}">{}</text>',
-                    x + width / 2,
+                    '<text x="{}" y="{}" font-size="11" text-anchor="middle" fill="{}">{}</text>',
+                    _px(x + width / 2),
                     HEIGHT - BOTTOM + 14,
                     AXIS_COLOUR,
                     bar.label,
