@@ -48,14 +48,13 @@ class DateRangeFilter(admin.FieldListFilter):
         self.parameter_from = f"{field_path}__from"
         self.parameter_to = f"{field_path}__to"
         super().__init__(field, request, params, model, model_admin, field_path)
+        # FieldListFilter took our parameters out of `params` into used_parameters (as lists).
         self.values = {}
         for name in (self.parameter_from, self.parameter_to):
-            if name in params:
-                value = params.pop(name)
-                value = value[-1] if isinstance(value, list) else value
-                if value:
-                    self.values[name] = value
-                    self.used_parameters[name] = value
+            value = self.used_parameters.get(name)
+            value = value[-1] if isinstance(value, list | tuple) else value
+            if value:
+                self.values[name] = value
         self.other_params = [
             (key, value)
             for key, values in request.GET.lists()
