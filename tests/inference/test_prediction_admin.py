@@ -82,7 +82,9 @@ def test_date_range_filter_is_inclusive_and_checked(admin_client, recorded):
     old = Prediction.objects.order_by("created_at").first()
     Prediction.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=3))
     yesterday, two_days_ago = today - timedelta(days=1), today - timedelta(days=2)
-    assert len(export_rows(admin_client.get(EXPORT, {"created_at__from": str(today), "created_at__to": str(today)}))) == 4
+    assert (
+        len(export_rows(admin_client.get(EXPORT, {"created_at__from": str(today), "created_at__to": str(today)}))) == 4
+    )
     assert len(export_rows(admin_client.get(EXPORT, {"created_at__to": str(two_days_ago)}))) == 1
     assert len(export_rows(admin_client.get(EXPORT, {"created_at__from": str(yesterday)}))) == 4
     listed = admin_client.get(CHANGELIST, {"created_at__from": str(today)})

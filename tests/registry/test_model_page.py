@@ -168,7 +168,9 @@ def test_upload_a_new_version_from_the_page_goes_through_the_add_form(admin_clie
     assert newer.status == Status.READY
     assert sorted(newer.tags.values_list("name", flat=True)) == ["a", "b"]
     duplicate = SimpleUploadedFile("model.onnx", make_iris_model(zipmap=False), content_type="application/octet-stream")
-    again = admin_client.post(reverse("admin:registry_mlmodel_add"), {"name": "iris", "version": "1.0.1", "file": duplicate})
+    again = admin_client.post(
+        reverse("admin:registry_mlmodel_add"), {"name": "iris", "version": "1.0.1", "file": duplicate}
+    )
     assert again.status_code == 200 and "already registered" in again.content.decode()
 
 
