@@ -98,6 +98,7 @@ def server(tmp_path_factory):
         "CELERY_BROKER_URL": "",  # jobs on the embedded runner, in the server process
         "JOB_CHUNK_ROWS": "200",  # many progress updates for the job the browser watches
         "HISTORY_FLUSH_INTERVAL_SECONDS": "0.2",
+        "SERVING_STATS_FLUSH_SECONDS": "0.5",
         "LOG_LEVEL": "WARNING",
         "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD,
     }
@@ -343,3 +344,30 @@ def test_export_predictions_as_csv_with_the_current_filters(page, server):
     assert {row["cached"] for row in rows} == {"False"}
     assert sorted(json.loads(row["input_data"])["X"] for row in rows) == sorted(inputs)
     assert all(json.loads(row["output_data"])["label"] == [0] for row in rows)
+
+
+def dashboard_requests(page, model_id: str) -> int:
+    page.goto("/admin/dashboard/")
+    row = page.locator(f'#mf-serving-table tr[data-model-id="{model_id}"]')
+    return int(row.locator("td").nth(2).inner_text()) if row.count() else 0
+
+
+def test_the_dashboard_shows_what_was_served(page, server):
+    from playwright.sync_api import expect
+
+    body = {"input_data": {"X": [[5.0, 3.1, 1.5, 0.2]]}}
+    model_id = api(server, "GET", "/api/v1/models?name=csv-iris")["results"][0]["id"]
+    time.sleep(1)  # let the server write what it counted so far (every SERVING_STATS_FLUSH_SECONDS)
+    before = dashboard_requests(page, model_id)
+    for _ in range(2):
+        api(server, "POST", "/api/v1/models/by-name/csv-iris/predict", body)
+    deadline = time.monotonic() + 30
+    while dashboard_requests(page, model_id) != before + 2:
+        assert time.monotonic() < deadline, "the dashboard did not show the two requests"
+        time.sleep(0.5)
+    expect(page.locator("svg.mf-chart")).to_have_count(2)
+    expect(page.locator("#mf-workers")).to_contain_text("embedded")
+    shot(page, "12-dashboard")
+    page.locator(f'#mf-serving-table tr[data-model-id="{model_id}"]').get_by_role("link", name="show").click()
+    expect(page.locator("#mf-charts h2")).to_contain_text("csv-iris 1.0.0")
+    shot(page, "13-dashboard-one-model")
