@@ -157,10 +157,17 @@ def requests_chart(series: Sequence[dict], *, label_every: int = 3) -> SafeStrin
     )
 
 
+def _short(value: float) -> str:
+    """1000 -> 1k, 2500 -> 2.5k: axis labels that fit under narrow bars."""
+    if value >= 1000:
+        return f"{value / 1000:g}k"
+    return f"{value:g}"
+
+
 def bucket_label(le_ms: float | None, previous: float | None) -> str:
     if le_ms is None:
-        return f">{_number(previous or 0)}"
-    return f"≤{_number(le_ms)}"
+        return f">{_short(previous or 0)}"
+    return f"≤{_short(le_ms)}"
 
 
 def latency_chart(histogram: Sequence[dict]) -> SafeString:
