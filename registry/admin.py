@@ -15,6 +15,7 @@ from django.contrib import admin, messages
 from django.db.models import Count
 from django.http import HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
+from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
@@ -464,7 +465,13 @@ def _event_actor(event: AliasEvent) -> str:
 def alias_history_table(events: Iterable[AliasEvent]) -> SafeString:
     """An alias's audit rows, newest first, as a table."""
     rows = [
-        [event.created_at, event.get_action_display(), event.from_version, event.to_version, _event_actor(event)]
+        [
+            formats.date_format(timezone.localtime(event.created_at), "DATETIME_FORMAT"),
+            event.get_action_display(),
+            event.from_version,
+            event.to_version,
+            _event_actor(event),
+        ]
         for event in events
     ]
     if not rows:
@@ -483,7 +490,7 @@ class ModelAliasAdmin(admin.ModelAdmin):
     search_fields = ("name", "alias")
     list_select_related = ("model", "updated_by", "updated_by_key")
     ordering = ("name", "alias")
-    readonly_fields = ("name", "alias", "target_status", "updated_at", "updated_by_display", "history")
+    readonly_fields = ("name", "alias", "target_status", "updated_at", "updated_by_display", "audit_trail")
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         kwargs["form"] = ModelAliasAddForm if obj is None else ModelAliasChangeForm
@@ -492,7 +499,7 @@ class ModelAliasAdmin(admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:
             return ("alias", "model")
-        return ("name", "alias", "model", "target_status", "updated_at", "updated_by_display", "history")
+        return ("name", "alias", "model", "target_status", "updated_at", "updated_by_display", "audit_trail")
 
     def get_readonly_fields(self, request, obj=None):
         return () if obj is None else self.readonly_fields
@@ -513,8 +520,8 @@ class ModelAliasAdmin(admin.ModelAdmin):
             return f"key:{obj.updated_by_key.name}"
         return EMPTY
 
-    @admin.display(description="history (newest first)")
-    def history(self, obj: ModelAlias) -> SafeString:
+    @admin.display(description="audit trail (newest first)")
+    def audit_trail(self, obj: ModelAlias) -> SafeString:
         events = AliasEvent.objects.filter(name=obj.name, alias=obj.alias).newest_first()[:200]
         return alias_history_table(events)
 

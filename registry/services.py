@@ -30,7 +30,7 @@ from registry.errors import (
     ModelTooLarge,
     NoFile,
 )
-from registry.models import AliasEvent, MLModel, ModelAlias, Tag, validate_alias
+from registry.models import ALIAS_RULE, AliasEvent, MLModel, ModelAlias, Tag, validate_alias
 from registry.storage import FileTooLarge, ModelStore, sha256_of_file
 
 logger = logging.getLogger(__name__)
@@ -347,7 +347,9 @@ def check_alias_name(alias: str) -> None:
     try:
         validate_alias(alias)
     except ValidationError as exc:
-        raise InvalidAlias(exc.messages[0], code=exc.error_list[0].code) from None
+        code = exc.error_list[0].code
+        detail = exc.messages[0] if code == "alias_is_version" else f"'{alias}' is not a valid alias. {ALIAS_RULE}"
+        raise InvalidAlias(detail, code=code) from None
 
 
 def _actor_of_event(actor) -> dict:
@@ -365,6 +367,11 @@ def _updated_by(actor) -> dict:
     return {"updated_by": fields.get("actor_user"), "updated_by_key": fields.get("actor_key")}
 
 
+def _locked_alias(name: str, alias: str):
+    """The alias row, locked on its own (`of`: not the version it points at)."""
+    return ModelAlias.objects.select_for_update(of=("self",)).select_related("model").filter(name=name, alias=alias)
+
+
 def alias_set(*, name: str, alias: str, version: str, actor=None) -> AliasChange:
     """Point the alias `name`@`alias` at `version` of `name`, creating the alias if needed.
 
@@ -377,8 +384,10 @@ def alias_set(*, name: str, alias: str, version: str, actor=None) -> AliasChange
     """
     check_alias_name(alias)
     with transaction.atomic():
-        # The target's row lock keeps it ready (no re-upload, no delete) until this commits.
-        target = MLModel.objects.select_for_update().filter(name=name, version=version).first()
+        # Locks, always in this order (target version, then alias row), so no two calls deadlock:
+        # the target's lock keeps it ready (no re-upload, archive or delete) until this commits;
+        # NO KEY, so history and job rows that reference the version are not held up.
+        target = MLModel.objects.select_for_update(no_key=True).filter(name=name, version=version).first()
         if target is None:
             raise selectors.version_not_found(name=name, version=version)
         if target.status != Status.READY:
@@ -386,7 +395,12 @@ def alias_set(*, name: str, alias: str, version: str, actor=None) -> AliasChange
                 f"{target} is {target.status}; an alias can only point at a ready version. "
                 "Validate it first, or choose another version."
             )
-        current = ModelAlias.objects.select_for_update().select_related("model").filter(name=name, alias=alias).first()
+        current = (
+            ModelAlias.objects.select_for_update(of=("self",))
+            .select_related("model")
+            .filter(name=name, alias=alias)
+            .first()
+        )
         if current is None:
             try:
                 # A savepoint: a concurrent create of the same alias wins the unique constraint,
@@ -396,7 +410,11 @@ def alias_set(*, name: str, alias: str, version: str, actor=None) -> AliasChange
                     current.full_clean(validate_unique=False, validate_constraints=False)
                     current.save()
             except IntegrityError:
-                current = ModelAlias.objects.select_for_update().select_related("model").get(name=name, alias=alias)
+                current = (
+                    ModelAlias.objects.select_for_update(of=("self",))
+                    .select_related("model")
+                    .get(name=name, alias=alias)
+                )
             else:
                 event = AliasEvent.objects.create(
                     name=name,
@@ -440,7 +458,12 @@ def alias_delete(*, name: str, alias: str, actor=None) -> AliasEvent:
     without a version go back to the latest ready version.
     """
     with transaction.atomic():
-        current = ModelAlias.objects.select_for_update().select_related("model").filter(name=name, alias=alias).first()
+        current = (
+            ModelAlias.objects.select_for_update(of=("self",))
+            .select_related("model")
+            .filter(name=name, alias=alias)
+            .first()
+        )
         if current is None:
             raise selectors.alias_not_found(name=name, alias=alias)
         event = AliasEvent(

@@ -166,7 +166,7 @@ class ModelViewSet(
 
 
 class ModelNameViewSet(viewsets.GenericViewSet):
-    """Reads by model name across its versions."""
+    """Reads by model name across its versions, and the name's aliases (read, create, move, delete)."""
 
     serializer_class = ModelSerializer
     queryset = MLModel.objects.none()

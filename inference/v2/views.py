@@ -117,7 +117,8 @@ def authenticate(authorization: str | None, scope: str) -> APIKey:
 
 
 def resolve_model(name: str, version: str | None) -> MLModel:
-    """A ready model version: the given one, or the name's highest ready version.
+    """A ready model version: the given one (a semver, or an alias such as `production`), or by
+    default the `production` alias's version, else the name's highest ready version.
 
     Unknown names and versions are 404; a version that exists but is not served, or a name
     without any ready version, is 503 (not ready).
