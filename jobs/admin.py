@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
+from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
@@ -32,6 +35,13 @@ class JobAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     actions = ("cancel_jobs", "retry_jobs")
+    change_form_template = "admin/jobs/job/job_page.html"
+
+    class Media:
+        css = {"all": ("console/console.css",)}
+
+    # The change page reloads itself this often while the job is pending, queued or running.
+    REFRESH_SECONDS = 2
     fieldsets = (
         (None, {"fields": ("id", "status_badge", "priority", "model", "model_label", "owner")}),
         ("Input", {"fields": ("input_format", "input_filename", "input_size", "progress")}),
@@ -73,6 +83,70 @@ class JobAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
+    def has_cancel_permission(self, request, obj=None) -> bool:
+        """Cancel and retry act on jobs (the rows stay read-only): staff allowed to change jobs."""
+        return request.user.has_perm("jobs.change_job")
+
+    # --- the job page: cancel and retry buttons, refreshed while the job is active ----------------
+
+    def get_urls(self):
+        own = [
+            path("<path:object_id>/cancel/", self.admin_site.admin_view(self.cancel_view), name="jobs_job_cancel"),
+            path("<path:object_id>/retry/", self.admin_site.admin_view(self.retry_view), name="jobs_job_retry"),
+        ]
+        return own + super().get_urls()
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = self.get_object(request, object_id)
+        context = dict(extra_context or {})
+        if job is not None:
+            may_act = self.has_cancel_permission(request, job)
+            context.update(
+                mf_job=job,
+                mf_refresh_seconds=self.REFRESH_SECONDS if job.status in Job.ACTIVE else None,
+                mf_cancel_url=reverse("admin:jobs_job_cancel", args=[job.pk])
+                if may_act and job.status in Job.ACTIVE
+                else None,
+                mf_retry_url=reverse("admin:jobs_job_retry", args=[job.pk])
+                if may_act and job.status in (Status.FAILED, Status.CANCELLED)
+                else None,
+            )
+        return super().change_view(request, object_id, form_url, extra_context=context)
+
+    def _job_for_action(self, request, object_id) -> Job:
+        if request.method != "POST":
+            raise PermissionDenied
+        job = self.get_object(request, object_id)
+        if job is None:
+            raise Http404("No job with this id.")
+        if not self.has_cancel_permission(request, job):
+            raise PermissionDenied
+        return job
+
+    def cancel_view(self, request, object_id):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        job = self._job_for_action(request, object_id)
+        try:
+            services.job_cancel(job=job)
+        except DomainError as exc:
+            self.message_user(request, f"Not cancelled: {exc.detail}", level=messages.WARNING)
+        else:
+            self.message_user(request, f"Job {str(job.pk)[:8]} is cancelled.")
+        return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.pk]))
+
+    def retry_view(self, request, object_id):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        job = self._job_for_action(request, object_id)
+        try:
+            copy = services.job_resubmit(job=job)
+        except DomainError as exc:
+            self.message_user(request, f"Not retried: {exc.detail}", level=messages.WARNING)
+            return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.pk]))
+        self.message_user(request, f"Queued job {str(copy.pk)[:8]}, a new run of job {str(job.pk)[:8]}.")
+        return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[copy.pk]))
+
     def delete_model(self, request, obj: Job) -> None:
         self._delete(request, [obj])
 
@@ -106,11 +180,22 @@ class JobAdmin(admin.ModelAdmin):
         )
 
     @admin.display(description="progress")
-    def progress(self, job: Job) -> str:
+    def progress(self, job: Job) -> SafeString:
+        """A bar with the numbers beside it in words (the bar alone says nothing to a screen reader
+        that the label does not)."""
         if not job.progress_total:
-            return "—"
+            return format_html("{}", "—")
         percent = 100 * job.progress_done / job.progress_total
-        return f"{job.progress_done:,} / {job.progress_total:,} ({percent:.0f}%)"
+        text = f"{job.progress_done:,} / {job.progress_total:,} ({percent:.0f}%)"
+        return format_html(
+            '<span class="mf-progress"><progress max="{}" value="{}" aria-label="{} rows done">{}</progress>'
+            "<span>{}</span></span>",
+            job.progress_total,
+            job.progress_done,
+            text,
+            text,
+            text,
+        )
 
     @admin.display(description="model", ordering="model_name")
     def model_label(self, job: Job) -> str:
@@ -126,7 +211,7 @@ class JobAdmin(admin.ModelAdmin):
             return format_html("{}", "—")
         return format_html('<pre style="white-space:pre-wrap;max-height:30em;overflow:auto">{}</pre>', job.traceback)
 
-    @admin.action(description="Cancel selected jobs")
+    @admin.action(description="Cancel selected jobs", permissions=["cancel"])
     def cancel_jobs(self, request, queryset) -> None:
         cancelled = skipped = 0
         for job in queryset:
@@ -140,7 +225,7 @@ class JobAdmin(admin.ModelAdmin):
                 skipped += 1
         self.message_user(request, f"Cancelled {cancelled} job(s); {skipped} had already finished.")
 
-    @admin.action(description="Retry selected jobs (as new jobs)")
+    @admin.action(description="Retry selected jobs (as new jobs)", permissions=["cancel"])
     def retry_jobs(self, request, queryset) -> None:
         created, problems = 0, []
         for job in queryset:

@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "registry",
     "inference",
     "jobs",
+    "console",  # the ops console in the admin (dashboard, shared admin styles)
 ]
 
 MIDDLEWARE = [

@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from console.views import dashboard_view
 from inference import views as inference_views
 from jobs.views import CeleryHealthView, JobViewSet
 from modelforge_site import health
@@ -37,6 +38,8 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    # The ops console's dashboard (staff only), before the admin's own catch-all routes.
+    path("admin/dashboard/", admin.site.admin_view(dashboard_view), name="console-dashboard"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     # Prometheus scrapes (a key with `read`); not under /api/v1, where scrapers do not look.

@@ -22,6 +22,7 @@ from django.utils.safestring import SafeString
 from modelforge_site.exceptions import DomainError
 from registry import services
 from registry.forms import MLModelAddForm, MLModelChangeForm, ModelAliasAddForm, ModelAliasChangeForm
+from registry.model_page import ModelPageMixin
 from registry.models import AliasEvent, MLModel, ModelAlias, Tag
 
 Status = MLModel.Status
@@ -195,7 +196,7 @@ def _report_result(request, model: MLModel) -> None:
 
 
 @admin.register(MLModel)
-class MLModelAdmin(admin.ModelAdmin):
+class MLModelAdmin(ModelPageMixin, admin.ModelAdmin):
     list_display = (
         "name",
         "version_display",
@@ -407,6 +408,7 @@ class MLModelAdmin(admin.ModelAdmin):
                 refused.append(f"{_model_label(model)}: {exc.detail}")
                 continue
             outcomes.setdefault(model.status, []).append(model)
+            self.log_change(request, model, f"Validated: {model.get_status_display().lower()}")
         ready, failed = outcomes[Status.READY], outcomes[Status.ERROR]
         summary = (
             f"Validated {len(ready) + len(failed)}: {len(ready)} ready, {len(failed)} error, {len(refused)} refused."
@@ -428,6 +430,7 @@ class MLModelAdmin(admin.ModelAdmin):
             except DomainError as exc:
                 refused.append(f"{_model_label(model)}: {exc.detail}")
                 continue
+            self.log_change(request, model, "Archived")
             archived += 1
         self.message_user(
             request,

@@ -112,3 +112,51 @@ def test_delete_removes_finished_jobs_only(admin_client, jobs, django_capture_on
     assert any("not finished were kept" in message for message in messages_of(response))
     assert list(Job.objects.values_list("pk", flat=True)) == [running.pk]
     assert not JobFiles(finished.pk).folder.exists()
+
+
+def job_page(admin_client, job: Job):
+    return admin_client.get(reverse("admin:jobs_job_change", args=[job.pk]))
+
+
+def test_job_page_refreshes_while_active_with_a_progress_bar_and_a_cancel_button(admin_client, jobs):
+    running = jobs(Job.Status.RUNNING, progress_done=4)
+    html = job_page(admin_client, running).content.decode()
+    assert '<meta http-equiv="refresh" content="2">' in html
+    assert "Job running" in html and '<progress max="10" value="4"' in html and "4 / 10 (40%)" in html
+    assert ">Cancel job</button>" in html and "Retry as a new job" not in html
+
+    response = admin_client.post(reverse("admin:jobs_job_cancel", args=[running.pk]), follow=True)
+    assert Job.objects.get(pk=running.pk).status == Job.Status.CANCELLED
+    html = response.content.decode()
+    assert f"Job {str(running.pk)[:8]} is cancelled." in html
+    assert 'http-equiv="refresh"' not in html  # finished: no more reloading
+    assert ">Retry as a new job</button>" in html
+
+
+def test_job_page_retry_queues_a_new_job_and_shows_it(admin_client, jobs):
+    failed = jobs(Job.Status.FAILED, error_code="invalid_row", error_message="Row 3 is bad.")
+    html = job_page(admin_client, failed).content.decode()
+    assert "Error <code>invalid_row</code>: Row 3 is bad." in html
+    response = admin_client.post(reverse("admin:jobs_job_retry", args=[failed.pk]))
+    retry = Job.objects.exclude(pk=failed.pk).get()
+    assert response["Location"] == reverse("admin:jobs_job_change", args=[retry.pk])
+    assert Job.objects.get(pk=failed.pk).status == Job.Status.FAILED
+    completed = jobs(Job.Status.COMPLETED, output_file="output-1.jsonl")
+    refused = admin_client.post(reverse("admin:jobs_job_retry", args=[completed.pk]), follow=True)
+    assert any("Only failed or cancelled jobs can be retried" in text for text in messages_of(refused))
+    assert admin_client.get(reverse("admin:jobs_job_retry", args=[failed.pk])).status_code == 405
+
+
+def test_job_buttons_need_the_change_permission(client, jobs, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user(username="viewer", password="viewer-password-1", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_job"))
+    client.force_login(viewer)
+    queued = jobs(Job.Status.QUEUED)
+    html = job_page(client, queued).content.decode()
+    assert "Cancel job" not in html
+    assert client.post(reverse("admin:jobs_job_cancel", args=[queued.pk])).status_code == 403
+    assert Job.objects.get(pk=queued.pk).status == Job.Status.QUEUED
+    actions = client.get(CHANGELIST).content.decode()
+    assert "cancel_jobs" not in actions

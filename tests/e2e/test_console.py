@@ -1,0 +1,373 @@
+"""The ops console in a real browser: Playwright driving Debian's chromium (headless) against a
+real server process (granian, DEBUG off, static files collected and served by WhiteNoise, jobs
+on the embedded runner), its own SQLite database and model store.
+
+Screenshots of each step go to tests/e2e/artifacts/ (git-ignored). Without /usr/bin/chromium
+the tests fail under CI (which installs it: .ci/run) and are skipped elsewhere, saying why.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from registry.demo import build_iris_onnx
+from tests.jobs.factories import iris_rows, jsonl_bytes
+
+pytestmark = pytest.mark.e2e
+
+BASE_DIR = Path(settings.BASE_DIR)
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+ADMIN_USER, ADMIN_PASSWORD = "ops", "console-e2e-password-1"
+TIMEOUT_MS = 60_000
+
+
+@dataclass
+class ConsoleServer:
+    base: str
+    key: str
+    env: dict
+    workdir: Path
+
+    def manage(self, *args: str) -> str:
+        return manage(self.env, *args)
+
+
+def manage(env: dict, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (our own loopback server)
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A production-like server with an admin user, an API key and three iris versions."""
+    workdir = tmp_path_factory.mktemp("console")
+    port = free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "modelforge_site.settings",
+        "DEBUG": "false",
+        "SECRET_KEY": "console-e2e-tests-only-" + "x" * 40,
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "CSRF_TRUSTED_ORIGINS": f"http://127.0.0.1:{port}",
+        "SECURE_SSL_REDIRECT": "false",
+        "SECURE_HSTS_SECONDS": "0",
+        "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
+        "MODEL_STORAGE_PATH": str(workdir / "models"),
+        "JOB_STORAGE_PATH": str(workdir / "jobs"),
+        "STATIC_ROOT": str(workdir / "static"),
+        "REDIS_URL": "",
+        "CELERY_BROKER_URL": "",  # jobs on the embedded runner, in the server process
+        "JOB_CHUNK_ROWS": "200",  # many progress updates for the job the browser watches
+        "HISTORY_FLUSH_INTERVAL_SECONDS": "0.2",
+        "SERVING_STATS_FLUSH_SECONDS": "0.5",
+        "LOG_LEVEL": "WARNING",
+        "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD,
+    }
+    manage(env, "migrate", "--noinput", "-v0")
+    manage(env, "collectstatic", "--noinput", "-v0")
+    manage(env, "createsuperuser", "--noinput", "--username", ADMIN_USER, "--email", "ops@example.com")
+    source = workdir / "source"
+    for name, version in (("iris", "1.0.0"), ("iris", "1.1.0"), ("csv-iris", "1.0.0")):
+        folder = source / name / version
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(build_iris_onnx())
+    manage(env, "import_models", str(source))
+    key = manage(env, "create_api_key", "--name", "console-e2e", "--scopes", "read,predict,manage").strip()
+
+    log = open(workdir / "server.log", "wb")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "wsgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--blocking-threads",
+            "4",
+            "--no-access-log",
+            "modelforge_site.wsgi:application",
+        ],  # fmt: skip
+        cwd=BASE_DIR,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not answers(f"{base}/api/v1/live"):
+            assert process.poll() is None, (workdir / "server.log").read_text()
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        yield ConsoleServer(base=base, key=key, env=env, workdir=workdir)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A signed-in admin page (a new browser context per test)."""
+    context = browser.new_context(base_url=server.base, viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.goto("/admin/login/")
+    page.get_by_label("Username").fill(ADMIN_USER)
+    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url("**/admin/")
+    yield page
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def api(server, method: str, path: str, body: dict | None = None) -> dict:
+    request = urllib.request.Request(  # noqa: S310 (our own loopback server)
+        server.base + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {server.key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        return json.loads(response.read())
+
+
+def wait_for_history(server, model_id: str, count: int) -> None:
+    """History is written in the background (within HISTORY_FLUSH_INTERVAL_SECONDS)."""
+    deadline = time.monotonic() + 30
+    while len(api(server, "GET", f"/api/v1/models/{model_id}/predictions")["results"]) < count:
+        assert time.monotonic() < deadline, "the predictions were not recorded"
+        time.sleep(0.2)
+
+
+def model_page(page, name: str, version: str) -> None:
+    page.goto(f"/admin/registry/mlmodel/?name__exact={name}")
+    page.locator("#result_list").get_by_role("link", name=version, exact=True).click()
+    page.wait_for_selector("#mf-status")
+
+
+def test_sign_in_and_upload_a_model_through_the_form(page, server, tmp_path):
+    from playwright.sync_api import expect
+
+    shot(page, "01-admin-index")
+    expect(page.get_by_role("link", name="Dashboard")).to_be_visible()
+    model_file = tmp_path / "uploaded.onnx"
+    model_file.write_bytes(build_iris_onnx())
+    page.goto("/admin/registry/mlmodel/add/")
+    page.get_by_label("Name").fill("uploaded-iris")
+    page.get_by_label("Version").fill("2.0.0")
+    page.get_by_label("Tags").fill("e2e, browser")
+    page.get_by_label("ONNX model file").set_input_files(str(model_file))
+    shot(page, "02-add-form")
+    page.get_by_role("button", name="Save", exact=True).click()
+    # The admin capitalises the first letter of each message.
+    expect(page.locator(".messagelist")).to_contain_text("Uploaded-iris 2.0.0 is ready: 1 input, 2 outputs.")
+    expect(page.locator("#result_list")).to_contain_text("uploaded-iris")
+    row = page.locator("#result_list tbody tr", has_text="uploaded-iris")
+    expect(row.locator(".mf-status")).to_have_text("Ready")
+    shot(page, "03-uploaded-ready")
+
+
+def test_try_it_shows_the_output_and_timings(page, server):
+    from playwright.sync_api import expect
+
+    model_page(page, "iris", "1.0.0")
+    textarea = page.get_by_label("Input data (JSON, the input_data of a predict request)")
+    assert json.loads(textarea.input_value()) == {"X": [[0.0, 0.0, 0.0, 0.0]]}  # one row from the schema
+    shot(page, "04-model-page")
+    textarea.fill('{"X": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}')
+    page.get_by_role("button", name="Predict").click()
+    output = page.locator("#mf-output")
+    expect(output).to_be_visible()
+    answer = json.loads(output.inner_text())
+    assert answer["model_name"] == "iris" and answer["model_version"] == "1.0.0"
+    assert answer["output_data"]["label"] == [0, 2]
+    expect(page.get_by_role("cell", name="compute")).to_be_visible()
+    shot(page, "05-try-it-output")
+
+    page.get_by_label("Input data (JSON, the input_data of a predict request)").fill('{"X": [[5.1, 3.5]]}')
+    page.get_by_role("button", name="Predict").click()
+    expect(page.locator("#mf-error-code")).to_have_text("invalid_shape")
+    shot(page, "06-try-it-error")
+
+
+def test_upload_a_new_version_and_move_the_production_alias(page, server, tmp_path):
+    from playwright.sync_api import expect
+
+    model_page(page, "iris", "1.1.0")
+    page.get_by_role("button", name="Move alias here").click()  # production -> 1.1.0 (created)
+    expect(page.locator(".messagelist")).to_contain_text("Alias iris@production now points at 1.1.0")
+
+    # A new version from the page: the name is fixed, the version suggested (the next patch).
+    model_file = tmp_path / "next.onnx"
+    model_file.write_bytes(build_iris_onnx())
+    panel = page.locator("#mf-new-version")
+    expect(panel.get_by_label("Version")).to_have_value("1.1.1")
+    panel.get_by_label("ONNX model file").set_input_files(str(model_file))
+    panel.get_by_role("button", name="Upload and validate").click()
+    expect(page.locator(".messagelist")).to_contain_text("Iris 1.1.1 is ready")
+    expect(page.locator("#mf-status h2")).to_have_text("Status: Ready")
+
+    page.get_by_role("button", name="Move alias here").click()  # production 1.1.0 -> 1.1.1
+    expect(page.locator(".messagelist")).to_contain_text("Alias iris@production now points at 1.1.1 (was 1.1.0)")
+    history = page.locator("#mf-alias-history tbody tr").first
+    expect(history).to_contain_text("Moved")
+    expect(history).to_contain_text("1.1.0")
+    expect(history).to_contain_text("1.1.1")
+    expect(history).to_contain_text(ADMIN_USER)
+    shot(page, "07-alias-moved")
+    # Requests without a version now get the alias's version.
+    answer = api(server, "POST", "/api/v1/models/by-name/iris/predict", {"input_data": {"X": [[5.1, 3.5, 1.4, 0.2]]}})
+    assert answer["model_version"] == "1.1.1"
+
+
+def test_a_batch_job_page_follows_the_job_until_completed(page, server, browser):
+    from playwright.sync_api import expect
+
+    rows = 20_000
+    batch = {"name": "rows.jsonl", "mimeType": "application/jsonl", "buffer": jsonl_bytes(iris_rows(rows))}
+    request = page.context.request
+    response = request.post(
+        "/api/v1/jobs",
+        headers={"Authorization": f"Bearer {server.key}"},
+        multipart={
+            "model_name": "csv-iris",
+            "input_file": batch,
+        },
+    )
+    assert response.status == 202, response.text()
+    job = response.json()
+    page.goto(f"/admin/jobs/job/{job['id']}/change/")
+    shot(page, "08-job-page")
+    # The page reloads itself while the job is active, until it shows the job completed.
+    expect(page.locator("#mf-job-state h2")).to_have_text("Job completed", timeout=120_000)
+    expect(page.locator("#mf-refreshing")).to_have_count(0)
+    progress = page.locator("progress")
+    assert progress.get_attribute("value") == progress.get_attribute("max") == str(rows)
+    expect(page.locator(".mf-progress")).to_contain_text(f"{rows:,} / {rows:,} (100%)")
+    shot(page, "09-job-completed")
+    page.goto("/admin/jobs/job/")
+    expect(page.locator("#result_list .mf-status").first).to_have_text("Completed")
+
+
+def test_export_predictions_as_csv_with_the_current_filters(page, server):
+    from playwright.sync_api import expect
+
+    inputs = [[[4.9 + index / 10, 3.0, 1.4, 0.2]] for index in range(5)]
+    for x in inputs:
+        answer = api(server, "POST", "/api/v1/models/by-name/csv-iris/predict", {"input_data": {"X": x}})
+    api(server, "POST", "/api/v1/models/by-name/csv-iris/predict", {"input_data": {"X": inputs[0]}})  # cached
+    wait_for_history(server, answer["model_id"], 6)
+    # The model filter's own link (it lists models only once two have predictions).
+    page.goto(f"/admin/inference/prediction/?model__id__exact={answer['model_id']}")
+    shot(page, "10-predictions")
+    page.locator("#changelist-filter").get_by_role("link", name="No").click()  # cached: no
+    expect(page.locator("#result_list tbody tr")).to_have_count(5, timeout=10_000)
+    shot(page, "11-predictions-filtered")
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="Export these predictions as CSV").click()
+    download = download_info.value
+    text = Path(download.path()).read_text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 5
+    assert {row["model_name"] for row in rows} == {"csv-iris"}
+    assert {row["cached"] for row in rows} == {"False"}
+    assert sorted(json.loads(row["input_data"])["X"] for row in rows) == sorted(inputs)
+    assert all(json.loads(row["output_data"])["label"] == [0] for row in rows)
+
+
+def dashboard_requests(page, model_id: str) -> int:
+    page.goto("/admin/dashboard/")
+    row = page.locator(f'#mf-serving-table tr[data-model-id="{model_id}"]')
+    return int(row.locator("td").nth(2).inner_text()) if row.count() else 0
+
+
+def test_the_dashboard_shows_what_was_served(page, server):
+    from playwright.sync_api import expect
+
+    body = {"input_data": {"X": [[5.0, 3.1, 1.5, 0.2]]}}
+    model_id = api(server, "GET", "/api/v1/models?name=csv-iris")["results"][0]["id"]
+    time.sleep(1)  # let the server write what it counted so far (every SERVING_STATS_FLUSH_SECONDS)
+    before = dashboard_requests(page, model_id)
+    for _ in range(2):
+        api(server, "POST", "/api/v1/models/by-name/csv-iris/predict", body)
+    deadline = time.monotonic() + 30
+    while dashboard_requests(page, model_id) != before + 2:
+        assert time.monotonic() < deadline, "the dashboard did not show the two requests"
+        time.sleep(0.5)
+    expect(page.locator("svg.mf-chart")).to_have_count(2)
+    expect(page.locator("#mf-workers")).to_contain_text("embedded")
+    shot(page, "12-dashboard")
+    page.locator(f'#mf-serving-table tr[data-model-id="{model_id}"]').get_by_role("link", name="show").click()
+    expect(page.locator("#mf-charts h2")).to_contain_text("csv-iris 1.0.0")
+    shot(page, "13-dashboard-one-model")
