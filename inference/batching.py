@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from inference import metrics
 from inference.errors import InferenceFailed, QueueFull, QueueTimeout
+from inference.metrics import metrics
 
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,8 @@ format, adding the headers Django's security middleware would. It answers /v2 in
 inference.v2.fastpath and the /v2 view's own exchange. Anything it is not sure to
 handle exactly as Django would (no Bearer key, a host not allowed, an HTTP request that must
 be redirected to HTTPS, no Content-Length) goes to Django, whose views do the same work.
+Requests it answers get their X-Request-ID, log line and metrics from modelforge_site.request_log
+(begin_inference here, finish in _respond), as RequestLogMiddleware gives Django's.
 """
 
 from __future__ import annotations

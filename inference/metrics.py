@@ -110,6 +110,15 @@ def executed(label: tuple[str, str], *, requests: int, rows: int) -> None:
     serving_stats.executed(label, requests=requests)
 
 
+class InferenceMetrics:
+    """What the predict service and the batching scheduler call: ``metrics.executed(...)``."""
+
+    executed = staticmethod(executed)
+
+
+metrics = InferenceMetrics()
+
+
 def request_finished(context, status: int, *, duration_ms: float, retry_after: bool) -> None:
     """One answered predict or infer request (a modelforge_site.request_log.RequestContext).
 

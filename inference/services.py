@@ -17,11 +17,11 @@ import onnxruntime as ort
 from django.conf import settings
 from django.utils import timezone
 
-from inference import metrics
 from inference.batching import batchable_schema, batchers
 from inference.cache import prediction_cache
 from inference.errors import InferenceFailed, ModelArchived, ModelNotReady
 from inference.history import history
+from inference.metrics import metrics
 from inference.sessions import get_pool
 from inference.tensors import DTYPES, decode_inputs, encode_outputs, tensor_digest
 from registry.models import MLModel

@@ -200,8 +200,15 @@ def test_plain_text_in_development_json_in_production(tmp_path):
     assert re.search(r"INFO modelforge\.request \[from-test\] GET /api/v1/live 200 [0-9.]+ms", done.stderr)
 
 
-def test_a_bad_log_format_fails_at_start(tmp_path):
-    env = {**os.environ, "LOG_FORMAT": "xml", "DJANGO_SETTINGS_MODULE": "modelforge_site.settings"}
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("LOG_FORMAT", "xml", "LOG_FORMAT must be plain or json"),
+        ("SERVING_STATS_RETENTION_DAYS", "0", "SERVING_STATS_RETENTION_DAYS must be a positive number"),
+    ],
+)
+def test_a_bad_setting_fails_at_start(name, value, message):
+    env = {**os.environ, name: value, "DJANGO_SETTINGS_MODULE": "modelforge_site.settings"}
     done = subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
         cwd=Path(settings.BASE_DIR),
@@ -210,4 +217,4 @@ def test_a_bad_log_format_fails_at_start(tmp_path):
         text=True,
     )
     assert done.returncode != 0
-    assert "LOG_FORMAT must be plain or json" in done.stderr
+    assert message in done.stderr
