@@ -89,7 +89,8 @@ def test_dashboard_shows_jobs_by_status_and_the_embedded_workers(admin_client, s
     workers = response.context["workers"]
     assert workers["mode"] == "embedded" and workers["healthy"]
     html = response.content.decode()
-    assert "Workers and queues (embedded)" in html and ">answering<" in html
+    assert "Workers and queues (embedded)" in html and "Broker: <strong>none</strong>" in html
+    assert "answering, 2 threads" in html
 
 
 def test_dashboard_is_for_staff_only(client, django_user_model):
