@@ -209,6 +209,11 @@ if ORT_GRAPH_OPTIMIZATION not in {"disabled", "basic", "extended", "all"}:
     raise ImproperlyConfigured("ORT_GRAPH_OPTIMIZATION must be one of disabled, basic, extended, all.")
 MAX_INPUT_ELEMENTS = env.int("MAX_INPUT_ELEMENTS", default=1_000_000)
 MAX_JSON_DEPTH = env.int("MAX_JSON_DEPTH", default=32)
+# Hardening (inference/limits.py, inference/deadlines.py): rows per request, runs in flight per
+# model and process, and the deadline of every session run (0 turns each off).
+MAX_BATCH_ROWS = env.int("MAX_BATCH_ROWS", default=100_000)
+MAX_INFLIGHT_PER_MODEL = env.int("MAX_INFLIGHT_PER_MODEL", default=64)
+INFERENCE_TIMEOUT_SECONDS = env.float("INFERENCE_TIMEOUT_SECONDS", default=30.0)
 PREDICTION_CACHE_TTL_SECONDS = env.int("PREDICTION_CACHE_TTL_SECONDS", default=3600)
 PREDICTION_CACHE_LOCAL_MB = env.int("PREDICTION_CACHE_LOCAL_MB", default=64)
 PREDICTION_CACHE_RETRY_SECONDS = env.float("PREDICTION_CACHE_RETRY_SECONDS", default=5.0)
