@@ -9,6 +9,7 @@ every secret must come from the environment and start-up fails naming what is mi
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -319,7 +320,19 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # X-Forwarded-For is trusted (for throttling by address) only behind this many proxies.
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
 }
+
+# Throttles per API key (access/throttling.py), counted in Redis; an empty rate is no limit.
+THROTTLE_RATES = {
+    "predict": env.str("THROTTLE_RATE_PREDICT", default=""),
+    "upload": env.str("THROTTLE_RATE_UPLOAD", default=""),
+    "jobs": env.str("THROTTLE_RATE_JOBS", default=""),
+}
+for _scope, _rate in THROTTLE_RATES.items():
+    if _rate and not re.fullmatch(r"\d+/(s|sec|second|m|min|minute|h|hour|d|day)", _rate.strip()):
+        raise ImproperlyConfigured(f"THROTTLE_RATE_{_scope.upper()} must look like 6000/min (or /s, /hour, /day).")
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "ModelForge API",
