@@ -185,3 +185,40 @@ def test_rates_use_drf_syntax(rate, parsed):
 def test_a_bad_rate_is_refused(rate):
     with pytest.raises(ValueError, match="Bad throttle rate"):
         parse_rate(rate)
+
+
+class _View:
+    throttle_scopes = {"POST": "predict"}
+    action = None
+
+
+def _anonymous_request(forwarded_for: str):
+    from rest_framework.request import Request
+    from rest_framework.test import APIRequestFactory
+
+    django_request = APIRequestFactory().post("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=forwarded_for)
+    return Request(django_request)
+
+
+def _allowed(forwarded_for: str) -> bool:
+    from access.throttling import KeyRateThrottle, Throttled
+
+    try:
+        return KeyRateThrottle().allow_request(_anonymous_request(forwarded_for), _View())
+    except Throttled:
+        return False
+
+
+def test_x_forwarded_for_is_ignored_without_a_proxy_count(rates, settings):
+    """Without NUM_PROXIES a client cannot pick a new address (and a new budget) per request."""
+    rates(predict="1/min")
+    assert _allowed("203.0.113.1")
+    assert not _allowed("203.0.113.2")  # the same REMOTE_ADDR: the same budget
+
+
+def test_x_forwarded_for_names_the_client_behind_a_configured_proxy(rates, settings):
+    rates(predict="1/min")
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    assert _allowed("203.0.113.1")
+    assert _allowed("203.0.113.2")  # another client behind the proxy
+    assert not _allowed("203.0.113.1")
