@@ -18,8 +18,8 @@ from django.core.wsgi import get_wsgi_application
 from access.throttling import parse_rate
 from inference.fastpath import PredictFastPath
 from tests.inference.api import MODELS, predict_url
-from tests.inference.conftest import _cache_per_worker  # noqa: F401 (a Redis database per test worker)
 from tests.inference.test_fastpath import call
+from tests.redis_databases import redis_database_per_worker  # noqa: F401 (a Redis database per test worker)
 from tests.registry.onnx_factories import make_iris_model
 
 pytestmark = pytest.mark.django_db
@@ -108,7 +108,7 @@ def test_v2_infer_past_the_rate_is_429_with_the_protocol_error_body(app, iris, m
     assert_throttled(status, headers, orjson.loads(content), message_key="error")
 
 
-def test_uploads_past_the_rate_are_429(manage_client, rates):
+def test_uploads_past_the_rate_are_429(manage_client, rates, model_storage):
     rates(upload="2/min")
     created = manage_client.post(MODELS, {"name": "m", "version": "1.0.0"}, format="json")
     assert created.status_code == 201
@@ -117,6 +117,7 @@ def test_uploads_past_the_rate_are_429(manage_client, rates):
     upload.seek(0)
     response = manage_client.post(f"{MODELS}/{created.json()['id']}/upload", {"file": upload})
     assert_throttled(response.status_code, response, response.json())
+    assert list((model_storage / "tmp").iterdir()) == []  # the refused upload left no file behind
     # Reads are not throttled.
     assert manage_client.get(MODELS).status_code == 200
 
