@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 
@@ -53,43 +54,93 @@ def _drain_seconds() -> float:
     return float(getattr(settings, "SHUTDOWN_DRAIN_SECONDS", 0) or 0)
 
 
+_claim = threading.Lock()
+_previous: list = [signal.SIG_DFL]  # the SIGTERM handler ours runs in front of
+_wakeup: list = []  # the socket pair signal.set_wakeup_fd writes to, once set up
+
+
+def _on_sigterm(signum: int, frame, *, in_main_thread: bool) -> None:
+    """Begin the shutdown once, then pass SIGTERM on (after the drain, if one is set)."""
+    previous = _previous[0]
+    if not in_main_thread and not callable(previous):
+        return  # restoring the default action needs the main thread: its handler does it
+    # Taken once and never released: the first caller handles the signal, any other returns.
+    # Not a blocking `with`: a second SIGTERM can run this handler again, in the main thread,
+    # in the middle of the first one (a process group kill sends SIGTERM twice).
+    if not _claim.acquire(blocking=False):
+        return
+    begin()
+    if callable(previous):
+
+        def forward():
+            previous(signum, frame)
+
+    elif previous == signal.SIG_DFL:
+        # The default action: end the process, as if we had never been here.
+        signal.signal(signum, signal.SIG_DFL)
+
+        def forward():
+            os.kill(os.getpid(), signum)
+
+    else:
+        return
+    delay = _drain_seconds()
+    if delay > 0:
+        # Keep serving (readiness already 503) so the load balancer stops routing here
+        # before the server closes its listener.
+        logger.info("draining before the server stops", extra={"seconds": delay})
+        timer = threading.Timer(delay, forward)
+        timer.daemon = True
+        timer.start()
+    else:
+        forward()
+
+
+def _watch_wakeups() -> None:
+    """Also learn of SIGTERM without the main thread.
+
+    Python runs signal handlers only when the main thread runs Python code. A granian worker's
+    main thread waits inside granian until shutdown, and a signal caught while it waits is
+    handled only when it next wakes up, which may be much later or never (observed: a worker
+    that never stopped). CPython's C-level handler writes every caught signal's number to the
+    wakeup fd at once, from whichever thread the kernel chose: a thread reading it runs our
+    handler, and the one in front of which ours was chained (granian's sets its stop event,
+    which any thread may do). Skipped when something else already uses the wakeup fd.
+    """
+    if _wakeup:
+        return
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    old = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    if old != -1:
+        signal.set_wakeup_fd(old)
+        reader.close()
+        writer.close()
+        return
+    _wakeup.extend((reader, writer))
+
+    def read() -> None:
+        while True:
+            caught = reader.recv(64)
+            if signal.SIGTERM in caught:
+                _on_sigterm(signal.SIGTERM, None, in_main_thread=False)
+
+    threading.Thread(target=read, name="sigterm-watch", daemon=True).start()
+
+
 def _chain_sigterm() -> None:
     """Put our handler in front of whatever handles SIGTERM now (main thread only)."""
     previous = signal.getsignal(signal.SIGTERM)
     if getattr(previous, "_modelforge", False):
         return
+    _previous[0] = previous
 
     def handler(signum, frame):
-        if stopping.is_set():
-            return  # already draining (a process group kill sends SIGTERM twice): the timer forwards it
-        begin()
-        if callable(previous):
-
-            def forward():
-                previous(signum, frame)
-
-        elif previous == signal.SIG_DFL:
-            # The default action: end the process, as if we had never been here.
-            signal.signal(signum, signal.SIG_DFL)
-
-            def forward():
-                os.kill(os.getpid(), signum)
-
-        else:
-            return
-        delay = _drain_seconds()
-        if delay > 0:
-            # Keep serving (readiness already 503) so the load balancer stops routing here
-            # before the server closes its listener.
-            logger.info("draining before the server stops", extra={"seconds": delay})
-            timer = threading.Timer(delay, forward)
-            timer.daemon = True
-            timer.start()
-        else:
-            forward()
+        _on_sigterm(signum, frame, in_main_thread=True)
 
     handler._modelforge = True
     signal.signal(signal.SIGTERM, handler)
+    _watch_wakeups()
 
 
 def _wrap_granian() -> None:
@@ -102,6 +153,8 @@ def _wrap_granian() -> None:
     def set_sync_signals(*args, **kwargs):
         event = original(*args, **kwargs)
         _chain_sigterm()
+        # The worker starts serving right after: from here on a SIGTERM stops it gracefully.
+        logger.info("granian worker ready for SIGTERM", extra={"pid": os.getpid()})
         return event
 
     set_sync_signals._modelforge = True
