@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from access.models import APIKey, Scope
+from access.throttling import KeyRateThrottle
 from inference import services
 from inference.cache import body_memo, prediction_cache
 from inference.errors import InvalidInput
@@ -42,6 +43,9 @@ _ERRORS = {
     403: "The key lacks the `predict` scope.",
     404: "No such model, version or alias (or no ready version of that name).",
     409: "`model_not_ready` or `model_archived`.",
+    429: "`throttled`: the key spent its predict budget (THROTTLE_RATE_PREDICT); see Retry-After.",
+    503: "`queue_full` or `model_overloaded`: retry after Retry-After seconds.",
+    504: "`inference_timeout`: the run took longer than INFERENCE_TIMEOUT_SECONDS and was stopped.",
 }
 
 
@@ -129,6 +133,8 @@ def render_prediction(outcome: services.PredictionOutcome) -> tuple[bytes, dict[
 
 class PredictView(APIView):
     required_scopes = {"POST": Scope.PREDICT}
+    throttle_classes = (KeyRateThrottle,)
+    throttle_scopes = {"POST": "predict"}
 
     def model_for(self, request, **kwargs) -> MLModel:
         raise NotImplementedError
@@ -161,7 +167,7 @@ class ModelPredictView(PredictView):
     @extend_schema(
         summary="Predict with a model version",
         request=PredictRequestSerializer,
-        responses={200: PredictResponseSerializer, **_errors(400, 401, 403, 404, 409)},
+        responses={200: PredictResponseSerializer, **_errors(400, 401, 403, 404, 409, 429, 503, 504)},
         examples=_predict_examples,
     )
     def post(self, request, **kwargs):
@@ -179,7 +185,7 @@ class NamedPredictView(PredictView):
             OpenApiParameter("alias", OpenApiTypes.STR, description="An alias, e.g. staging (not with version)."),
         ],
         request=PredictRequestSerializer,
-        responses={200: PredictResponseSerializer, **_errors(400, 401, 403, 404, 409)},
+        responses={200: PredictResponseSerializer, **_errors(400, 401, 403, 404, 409, 429, 503, 504)},
         examples=_predict_examples,
     )
     def post(self, request, **kwargs):

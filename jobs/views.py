@@ -28,6 +28,7 @@ from rest_framework.views import APIView
 
 from access.models import APIKey, Scope
 from access.permissions import is_staff_request
+from access.throttling import KeyRateThrottle
 from inference.tensors import parse_json_body
 from jobs import batch_io, monitoring, services
 from jobs.errors import InvalidParameter, JobNotFound
@@ -52,6 +53,7 @@ _ERRORS = {
     404: "No such job (or another key's), or no such model.",
     409: "Conflict with the job's or the model's status (e.g. `job_not_finished`, `model_not_ready`).",
     413: "The input file is over JOB_MAX_INPUT_FILE_MB (`input_file_too_large`) or the body over the limit.",
+    429: "`throttled`: the key created too many jobs (THROTTLE_RATE_JOBS); see Retry-After.",
 }
 
 
@@ -140,6 +142,8 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
     required_scopes = {
         action: Scope.PREDICT for action in ("list", "retrieve", "create", "destroy", "result", "cancel")
     }
+    throttle_classes = (KeyRateThrottle,)
+    throttle_scopes = {"create": "jobs"}
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
@@ -170,7 +174,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
         request={"application/json": JobCreateSerializer, "multipart/form-data": JobCreateSerializer},
         responses={
             202: OpenApiResponse(JobSerializer, description="Accepted; `Location` is the job's URL."),
-            **_errors(400, 401, 403, 404, 409, 413),
+            **_errors(400, 401, 403, 404, 409, 413, 429),
         },
         examples=[
             OpenApiExample(

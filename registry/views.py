@@ -12,6 +12,7 @@ from rest_framework.filters import OrderingFilter, SearchFilter
 from rest_framework.response import Response
 
 from access.models import Scope
+from access.throttling import KeyRateThrottle
 from modelforge_site.exceptions import DomainError
 from modelforge_site.strict_input import UNAUTHENTICATED, error_responses
 from registry import selectors, services
@@ -35,6 +36,7 @@ _ERRORS = {
     404: "No such model.",
     409: "Conflict with the model's current state (e.g. `duplicate_version`, `model_archived`, `model_aliased`).",
     413: "The file is over MAX_MODEL_SIZE_MB (`model_too_large`).",
+    429: "`throttled`: the key sent too many uploads (THROTTLE_RATE_UPLOAD); see Retry-After.",
 }
 
 
@@ -91,6 +93,8 @@ class ModelViewSet(
     ordering_fields = ("created_at", "updated_at", "name", "version", "file_size", "status")
     ordering = ("name", "-version_key")
     http_method_names = ("get", "post", "patch", "delete", "head", "options")
+    throttle_classes = (KeyRateThrottle,)
+    throttle_scopes = {"create": "upload", "upload": "upload"}
 
     def get_object(self):
         try:
@@ -101,7 +105,7 @@ class ModelViewSet(
     @extend_schema(
         summary="Register a model (JSON), or register, upload and validate it (multipart with `file`)",
         request={"application/json": ModelCreateSerializer, "multipart/form-data": ModelCreateSerializer},
-        responses={201: ModelSerializer, **_errors(400, 401, 403, 409, 413)},
+        responses={201: ModelSerializer, **_errors(400, 401, 403, 409, 413, 429)},
     )
     def create(self, request):
         serializer = ModelCreateSerializer(data=request.data)
@@ -133,7 +137,7 @@ class ModelViewSet(
     @extend_schema(
         summary="Upload the model file (multipart field `file`)",
         request={"multipart/form-data": ModelUploadSerializer},
-        responses={200: ModelSerializer, **_errors(400, 401, 403, 404, 409, 413)},
+        responses={200: ModelSerializer, **_errors(400, 401, 403, 404, 409, 413, 429)},
     )
     @action(detail=True, methods=["post"], parser_classes=(parsers.MultiPartParser,))
     def upload(self, request, pk=None):

@@ -33,6 +33,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 
+from access import throttling
 from access.keys import authenticate_key, key_from_header
 from access.models import APIKey, Scope
 from inference import services
@@ -41,7 +42,7 @@ from inference.serving import serving_cache
 from inference.sessions import get_pool
 from inference.v2 import codec
 from inference.views import check_body_size
-from modelforge_site import health, request_log
+from modelforge_site import health, request_log, shutdown
 from modelforge_site.exceptions import DomainError, NotFound
 from registry.errors import ModelNotFound
 from registry.models import MLModel
@@ -159,6 +160,7 @@ def infer_reply(
     started = time.perf_counter()
     try:
         api_key = authenticate(authorization, Scope.PREDICT)
+        throttling.check("predict", api_key.prefix)
         model = resolve_model(name, version)
         request_log.bind_model(model)
         check_body_size(content_length)
@@ -261,6 +263,8 @@ class ServerReadyView(V2View):
     scope = None
 
     def get(self, request, api_key):
+        if shutdown.stopping.is_set():
+            return json_reply({"error": "Not ready: the server is shutting down.", "code": "shutting_down"}, 503)
         ok, detail = health.check_database()
         if ok:
             ok, detail = health.check_migrations()
