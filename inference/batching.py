@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from inference import deadlines
 from inference.errors import InferenceFailed, QueueFull, QueueTimeout
 from inference.metrics import metrics
 
@@ -196,7 +197,12 @@ class ModelBatcher:
             total = sum(p.rows for p in group)
             started = time.perf_counter()
             try:
-                values = session.run(None, merged)
+                values = deadlines.run(session, merged, label=self.key)
+            except deadlines.InferenceTimeout as exc:
+                for pending in group:  # run alone, each would take as long again
+                    pending.error = exc
+                    pending.done.set()
+                return
             except Exception:
                 values = None  # one bad request must not fail the others: run them alone below
             compute_ms = (time.perf_counter() - started) * 1000
@@ -218,8 +224,10 @@ class ModelBatcher:
         for pending in group:
             started = time.perf_counter()
             try:
-                pending.values = session.run(None, pending.feeds)
+                pending.values = deadlines.run(session, pending.feeds, label=self.key)
                 metrics.executed(self.model_label, requests=1, rows=pending.rows)
+            except deadlines.InferenceTimeout as exc:
+                pending.error = exc
             except Exception as exc:
                 pending.error = InferenceFailed(f"The model could not run on these inputs: {str(exc)[:500]}")
             pending.compute_ms = (time.perf_counter() - started) * 1000

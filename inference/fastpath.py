@@ -24,6 +24,7 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 from rest_framework import exceptions
 
+from access import throttling
 from access.keys import authenticate_key, key_from_header
 from access.models import Scope
 from inference.serving import serving_cache
@@ -89,6 +90,7 @@ class PredictFastPath:
                 raise exceptions.PermissionDenied(
                     f"This API key lacks the '{Scope.PREDICT}' scope needed here.", code="missing_scope"
                 )
+            throttling.check("predict", api_key.prefix)
             if "model_id" in params:
                 model = serving_cache.by_id(params["model_id"])
             else:
@@ -109,9 +111,10 @@ class PredictFastPath:
             )
         except DomainError as exc:
             content = orjson.dumps(error_body(exc.code, exc.detail))
-            return self._respond(
-                start_response, exc.status_code, content, {"Content-Type": "application/json"}, environ
-            )
+            headers = {"Content-Type": "application/json"}
+            if getattr(exc, "retry_after", None):  # throttled, a full queue, a busy model
+                headers["Retry-After"] = str(exc.retry_after)
+            return self._respond(start_response, exc.status_code, content, headers, environ)
         except Exception:
             logger.exception("predict failed", extra={"path": environ.get("PATH_INFO")})
             content = orjson.dumps(error_body("server_error", "An unexpected error occurred; it has been logged."))

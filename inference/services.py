@@ -17,13 +17,16 @@ import onnxruntime as ort
 from django.conf import settings
 from django.utils import timezone
 
+from inference import deadlines
 from inference.batching import batchable_schema, batchers
 from inference.cache import prediction_cache
 from inference.errors import InferenceFailed, ModelArchived, ModelNotReady
 from inference.history import history
+from inference.limits import check_batch_rows, in_flight
 from inference.metrics import metrics
 from inference.sessions import get_pool
 from inference.tensors import DTYPES, decode_inputs, encode_outputs, tensor_digest
+from modelforge_site.exceptions import DomainError
 from registry.models import MLModel
 
 Status = MLModel.Status
@@ -98,7 +101,10 @@ def run_model(model: MLModel, feeds: dict[str, np.ndarray]) -> tuple[list[str], 
         run_feeds[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(feeds[name].view(np.uint16), _BFLOAT16)
     started = time.perf_counter()
     try:
-        values = loaded.session.run(None, run_feeds)
+        with in_flight.admit(model.pk, str(model)):
+            values = deadlines.run(loaded.session, run_feeds, label=str(model))
+    except DomainError:
+        raise  # stopped at its deadline, or refused: the model is busy
     except Exception as exc:
         # Inputs passed our checks but the graph refused them (e.g. a value-dependent op).
         raise InferenceFailed(f"The model could not run on these inputs: {str(exc)[:500]}") from exc
@@ -168,6 +174,7 @@ def infer(
     """
     timings = timings or Timings()
     ensure_servable(model)
+    check_batch_rows(feeds, model.input_schema)
 
     cache_key = None
     cached = None

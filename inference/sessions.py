@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import onnxruntime as ort
 from django.conf import settings
 
+from inference import deadlines
 from inference.errors import ModelIntegrityError
 from registry.models import MLModel
 from registry.storage import ModelStore
@@ -189,8 +190,8 @@ class SessionPool:
                 max_elements=10_000_000,
                 max_depth=64,
             )
-            entry.session.run(None, feeds)
-        except Exception as exc:  # a model may reject zeros; serving it is still fine
+            deadlines.run(entry.session, feeds, label=str(model))
+        except Exception as exc:  # a model may reject zeros, or be slow; serving it is still fine
             logger.warning("warm-up run failed", extra={"model": str(model), "error": str(exc)[:200]})
 
     def _enforce_bounds(self) -> None:

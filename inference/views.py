@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from access.models import APIKey, Scope
+from access.throttling import KeyRateThrottle
 from inference import services
 from inference.cache import body_memo, prediction_cache
 from inference.errors import InvalidInput
@@ -126,6 +127,8 @@ def render_prediction(outcome: services.PredictionOutcome) -> tuple[bytes, dict[
 
 class PredictView(APIView):
     required_scopes = {"POST": Scope.PREDICT}
+    throttle_classes = (KeyRateThrottle,)
+    throttle_scopes = {"POST": "predict"}
 
     def model_for(self, request, **kwargs) -> MLModel:
         raise NotImplementedError

@@ -28,6 +28,7 @@ from rest_framework.views import APIView
 
 from access.models import APIKey, Scope
 from access.permissions import is_staff_request
+from access.throttling import KeyRateThrottle
 from inference.tensors import parse_json_body
 from jobs import batch_io, monitoring, services
 from jobs.errors import InvalidParameter, JobNotFound
@@ -141,6 +142,8 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
     required_scopes = {
         action: Scope.PREDICT for action in ("list", "retrieve", "create", "destroy", "result", "cancel")
     }
+    throttle_classes = (KeyRateThrottle,)
+    throttle_scopes = {"create": "jobs"}
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)

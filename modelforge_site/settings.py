@@ -9,6 +9,7 @@ every secret must come from the environment and start-up fails naming what is mi
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -209,6 +210,11 @@ if ORT_GRAPH_OPTIMIZATION not in {"disabled", "basic", "extended", "all"}:
     raise ImproperlyConfigured("ORT_GRAPH_OPTIMIZATION must be one of disabled, basic, extended, all.")
 MAX_INPUT_ELEMENTS = env.int("MAX_INPUT_ELEMENTS", default=1_000_000)
 MAX_JSON_DEPTH = env.int("MAX_JSON_DEPTH", default=32)
+# Hardening (inference/limits.py, inference/deadlines.py): rows per request, runs in flight per
+# model and process, and the deadline of every session run (0 turns each off).
+MAX_BATCH_ROWS = env.int("MAX_BATCH_ROWS", default=100_000)
+MAX_INFLIGHT_PER_MODEL = env.int("MAX_INFLIGHT_PER_MODEL", default=64)
+INFERENCE_TIMEOUT_SECONDS = env.float("INFERENCE_TIMEOUT_SECONDS", default=30.0)
 PREDICTION_CACHE_TTL_SECONDS = env.int("PREDICTION_CACHE_TTL_SECONDS", default=3600)
 PREDICTION_CACHE_LOCAL_MB = env.int("PREDICTION_CACHE_LOCAL_MB", default=64)
 PREDICTION_CACHE_RETRY_SECONDS = env.float("PREDICTION_CACHE_RETRY_SECONDS", default=5.0)
@@ -314,7 +320,19 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # X-Forwarded-For is trusted (for throttling by address) only behind this many proxies.
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
 }
+
+# Throttles per API key (access/throttling.py), counted in Redis; an empty rate is no limit.
+THROTTLE_RATES = {
+    "predict": env.str("THROTTLE_RATE_PREDICT", default=""),
+    "upload": env.str("THROTTLE_RATE_UPLOAD", default=""),
+    "jobs": env.str("THROTTLE_RATE_JOBS", default=""),
+}
+for _scope, _rate in THROTTLE_RATES.items():
+    if _rate and not re.fullmatch(r"\d+/(s|sec|second|m|min|minute|h|hour|d|day)", _rate.strip()):
+        raise ImproperlyConfigured(f"THROTTLE_RATE_{_scope.upper()} must look like 6000/min (or /s, /hour, /day).")
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "ModelForge API",

@@ -12,6 +12,7 @@ from rest_framework.filters import OrderingFilter, SearchFilter
 from rest_framework.response import Response
 
 from access.models import Scope
+from access.throttling import KeyRateThrottle
 from modelforge_site.exceptions import DomainError
 from modelforge_site.strict_input import UNAUTHENTICATED, error_responses
 from registry import selectors, services
@@ -77,6 +78,8 @@ class ModelViewSet(
     ordering_fields = ("created_at", "updated_at", "name", "version", "file_size", "status")
     ordering = ("name", "-version_key")
     http_method_names = ("get", "post", "patch", "delete", "head", "options")
+    throttle_classes = (KeyRateThrottle,)
+    throttle_scopes = {"create": "upload", "upload": "upload"}
 
     def get_object(self):
         try:

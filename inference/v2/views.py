@@ -33,6 +33,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 
+from access import throttling
 from access.keys import authenticate_key, key_from_header
 from access.models import APIKey, Scope
 from inference import services
@@ -158,6 +159,7 @@ def infer_reply(
     started = time.perf_counter()
     try:
         api_key = authenticate(authorization, Scope.PREDICT)
+        throttling.check("predict", api_key.prefix)
         model = resolve_model(name, version)
         check_body_size(content_length)
         body = codec.read_body(read_body(), content_encoding, limit=settings.MAX_REQUEST_BODY_BYTES)
