@@ -29,8 +29,10 @@ def predict_request(model: dict, rows) -> tuple[str, bytes]:
 
 def v2_request(model: dict, rows) -> tuple[str, bytes]:
     flat = [value for row in rows for value in row]
-    body = {"inputs": [{"name": "X", "shape": [len(rows), 4], "datatype": "FP32", "data": flat}],
-            "parameters": {"skip_cache": True}}
+    body = {
+        "inputs": [{"name": "X", "shape": [len(rows), 4], "datatype": "FP32", "data": flat}],
+        "parameters": {"skip_cache": True},
+    }
     return f"/v2/models/{model['name']}/infer", orjson.dumps(body)
 
 

@@ -115,6 +115,7 @@ def test_job_create_with_a_read_only_field_is_400_and_creates_nothing(iris, jobs
 @pytest.mark.parametrize("field", [{"status": "ready"}, {"cached": True}, {"model_id": UNKNOWN}])
 def test_predict_with_a_field_it_does_not_take_is_400(iris, make_key, field):
     key = make_key("predict")[1]
-    reply = via_fastpath(f"/api/v1/models/{iris['id']}/predict", orjson.dumps({"input_data": IRIS_ROW, **field}), key=key)
+    body = orjson.dumps({"input_data": IRIS_ROW, **field})
+    reply = via_fastpath(f"/api/v1/models/{iris['id']}/predict", body, key=key)
     assert (reply.status, reply.code) == (400, "unknown_field")
     assert_still_serves(via_fastpath, iris["id"], key)

@@ -113,21 +113,41 @@ def v2_body(data, *, shape=(1, 4), datatype="FP32", name="X") -> bytes:
 
 V2_CASES = [
     ("not-json", b"{inputs", 400, "parse_error"),
-    ("deep-nesting", b'{"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": '
-     + b"[" * 40 + b"1" + b"]" * 40 + b"}]}", 400, "nesting_too_deep"),
+    (
+        "deep-nesting",
+        b'{"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": '
+        + b"[" * 40
+        + b"1"
+        + b"]" * 40
+        + b"}]}",
+        400,
+        "nesting_too_deep",
+    ),
     ("ragged", v2_body([ROW, [1.0]], shape=(2, 4)), 400, "ragged_array"),
     ("dtype", v2_body(ROW, datatype="FP64"), 400, "datatype_mismatch"),
     ("rank", v2_body(ROW, shape=(4,)), 400, "invalid_shape"),
     ("shape", v2_body([1.0, 2.0, 3.0], shape=(1, 3)), 400, "invalid_shape"),
     ("elements-vs-shape", v2_body(ROW, shape=(2, 4)), 400, "invalid_shape"),
     ("unknown-input-name", v2_body(ROW, name="Y"), 400, "unknown_input"),
-    ("nan-literal", b'{"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [NaN, 1, 2, 3]}]}',
-     400, "non_finite_value"),
-    ("infinity-literal", b'{"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", '
-     b'"data": [Infinity, 1, 2, 3]}]}', 400, "non_finite_value"),
+    (
+        "nan-literal",
+        b'{"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [NaN, 1, 2, 3]}]}',
+        400,
+        "non_finite_value",
+    ),
+    (
+        "infinity-literal",
+        b'{"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [Infinity, 1, 2, 3]}]}',
+        400,
+        "non_finite_value",
+    ),
     ("1e400-string", v2_body(["1e400", 1, 2, 3]), 400, "non_finite_value"),
-    ("1e400-number", b'{"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1e400, 1, 2, 3]}]}',
-     400, "non_finite_value"),
+    (
+        "1e400-number",
+        b'{"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1e400, 1, 2, 3]}]}',
+        400,
+        "non_finite_value",
+    ),
     ("too-many-elements", v2_body(ROW * 300, shape=(300, 4)), 400, "too_many_elements"),
 ]
 
