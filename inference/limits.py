@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 
 import numpy as np
 from django.conf import settings
@@ -50,33 +49,51 @@ class InFlight:
         self._counts: dict[object, int] = {}
         self._lock = threading.Lock()
 
-    @contextmanager
-    def admit(self, key: object, label: str):
-        limit = settings.MAX_INFLIGHT_PER_MODEL
-        if limit <= 0:
-            yield
-            return
-        with self._lock:
-            running = self._counts.get(key, 0)
-            if running >= limit:
-                raise ModelOverloaded(
-                    f"{label} is already running {running} requests in this server process "
-                    f"(MAX_INFLIGHT_PER_MODEL={limit}). Retry shortly.",
-                    retry_after=1,
-                )
-            self._counts[key] = running + 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                left = self._counts[key] - 1
-                if left:
-                    self._counts[key] = left
-                else:
-                    del self._counts[key]
+    def admit(self, key: object, label: str) -> _Admission:
+        """``with in_flight.admit(model.pk, str(model)):`` around a run; raises
+        `ModelOverloaded` when MAX_INFLIGHT_PER_MODEL runs of the model are in progress."""
+        return _Admission(self, key, label)
 
     def running(self, key: object) -> int:
         return self._counts.get(key, 0)
+
+
+class _Admission:
+    # A plain context manager: a generator-based one costs several times more per request.
+    __slots__ = ("counts", "key", "label", "counted")
+
+    def __init__(self, counts: InFlight, key: object, label: str):
+        self.counts = counts
+        self.key = key
+        self.label = label
+        self.counted = False
+
+    def __enter__(self) -> None:
+        limit = settings.MAX_INFLIGHT_PER_MODEL
+        if limit <= 0:
+            return
+        counts = self.counts
+        with counts._lock:
+            running = counts._counts.get(self.key, 0)
+            if running >= limit:
+                raise ModelOverloaded(
+                    f"{self.label} is already running {running} requests in this server process "
+                    f"(MAX_INFLIGHT_PER_MODEL={limit}). Retry shortly.",
+                    retry_after=1,
+                )
+            counts._counts[self.key] = running + 1
+        self.counted = True
+
+    def __exit__(self, *exc_info) -> None:
+        if not self.counted:
+            return
+        counts = self.counts
+        with counts._lock:
+            left = counts._counts[self.key] - 1
+            if left:
+                counts._counts[self.key] = left
+            else:
+                del counts._counts[self.key]
 
 
 in_flight = InFlight()

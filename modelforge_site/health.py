@@ -1,7 +1,8 @@
 """Health probes: no authentication, answered by status code.
 
 - /api/v1/live: the process answers.
-- /api/v1/ready: the database answers and every migration is applied (503 until then).
+- /api/v1/ready: the database answers and every migration is applied (503 until then), and
+  the process is not shutting down (503 from SIGTERM on: modelforge_site.shutdown).
 - /api/v1/health: database, cache and broker, each named; 503 when any is down.
 """
 
@@ -18,6 +19,8 @@ from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from modelforge_site import shutdown
 
 _migrations_applied = False
 
@@ -109,6 +112,8 @@ class ReadyView(ProbeView):
         summary="Ready to serve: database up, migrations applied", responses={200: _probe, 503: _probe}, auth=[]
     )
     def get(self, request):
+        if shutdown.stopping.is_set():
+            return Response({"status": "shutting down"}, status=503)
         ok, detail = check_database()
         if ok:
             ok, detail = check_migrations()

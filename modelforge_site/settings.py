@@ -215,6 +215,8 @@ MAX_JSON_DEPTH = env.int("MAX_JSON_DEPTH", default=32)
 MAX_BATCH_ROWS = env.int("MAX_BATCH_ROWS", default=100_000)
 MAX_INFLIGHT_PER_MODEL = env.int("MAX_INFLIGHT_PER_MODEL", default=64)
 INFERENCE_TIMEOUT_SECONDS = env.float("INFERENCE_TIMEOUT_SECONDS", default=30.0)
+# After SIGTERM, serve this long (readiness 503) before the server stops (modelforge_site/shutdown.py).
+SHUTDOWN_DRAIN_SECONDS = env.float("SHUTDOWN_DRAIN_SECONDS", default=0.0)
 PREDICTION_CACHE_TTL_SECONDS = env.int("PREDICTION_CACHE_TTL_SECONDS", default=3600)
 PREDICTION_CACHE_LOCAL_MB = env.int("PREDICTION_CACHE_LOCAL_MB", default=64)
 PREDICTION_CACHE_RETRY_SECONDS = env.float("PREDICTION_CACHE_RETRY_SECONDS", default=5.0)

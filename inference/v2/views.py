@@ -42,7 +42,7 @@ from inference.serving import serving_cache
 from inference.sessions import get_pool
 from inference.v2 import codec
 from inference.views import check_body_size
-from modelforge_site import health
+from modelforge_site import health, shutdown
 from modelforge_site.exceptions import DomainError, NotFound
 from registry.errors import ModelNotFound
 from registry.models import MLModel
@@ -260,6 +260,8 @@ class ServerReadyView(V2View):
     scope = None
 
     def get(self, request, api_key):
+        if shutdown.stopping.is_set():
+            return json_reply({"error": "Not ready: the server is shutting down.", "code": "shutting_down"}, 503)
         ok, detail = health.check_database()
         if ok:
             ok, detail = health.check_migrations()

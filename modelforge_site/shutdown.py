@@ -1,0 +1,117 @@
+"""Knowing, inside a server process, that it has been asked to stop (SIGTERM).
+
+Readiness (`/api/v1/ready`, `/v2/health/ready`) answers 503 from the moment a process receives
+SIGTERM, so a load balancer stops sending it new requests while the requests it has admitted
+finish. The server itself does the draining; this module only learns that it has begun.
+
+How each server delivers SIGTERM to the process that runs the application:
+
+- granian (production): every worker process loads the application (this project's wsgi
+  module) and only then installs its own SIGTERM handler (`granian._signals.set_sync_signals`,
+  called from the worker's main thread), which replaces any handler installed at import. So
+  `install` wraps that function, before granian calls it, to chain our handler in front of
+  granian's: on SIGTERM the flag is set, then granian's handler starts its graceful stop
+  (no new connections; requests in progress run to the end; then the process exits, running
+  multiprocessing's finalizers, which write the buffered history: inference.history).
+- gunicorn and runserver install their handlers before importing the application: `install`
+  chains ours in front of the handler in place (or of the default action, which it then runs).
+
+Both paths need the main thread, where Python runs signal handlers; `install` is called from
+the wsgi module, which every server imports in its main thread.
+
+granian closes its listener and idle keep-alive connections as soon as its handler runs, so a
+load balancer that has not yet noticed would have new connections refused. With
+SHUTDOWN_DRAIN_SECONDS set, our handler waits that long before passing SIGTERM on: the process
+keeps serving, readiness answering 503, so the balancer stops routing to it first (what a
+Kubernetes preStop sleep does). A second SIGTERM during the drain changes nothing; SIGINT
+still stops at once (granian's own handler).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+logger = logging.getLogger(__name__)
+
+stopping = threading.Event()
+
+
+def begin(reason: str = "SIGTERM") -> None:
+    """Mark this process as stopping: readiness answers 503 from now on."""
+    if not stopping.is_set():
+        stopping.set()
+        logger.info("shutdown started; readiness now answers 503", extra={"reason": reason, "pid": os.getpid()})
+
+
+def _drain_seconds() -> float:
+    from django.conf import settings
+
+    return float(getattr(settings, "SHUTDOWN_DRAIN_SECONDS", 0) or 0)
+
+
+def _chain_sigterm() -> None:
+    """Put our handler in front of whatever handles SIGTERM now (main thread only)."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if getattr(previous, "_modelforge", False):
+        return
+
+    def handler(signum, frame):
+        if stopping.is_set():
+            return  # already draining (a process group kill sends SIGTERM twice): the timer forwards it
+        begin()
+        if callable(previous):
+
+            def forward():
+                previous(signum, frame)
+
+        elif previous == signal.SIG_DFL:
+            # The default action: end the process, as if we had never been here.
+            signal.signal(signum, signal.SIG_DFL)
+
+            def forward():
+                os.kill(os.getpid(), signum)
+
+        else:
+            return
+        delay = _drain_seconds()
+        if delay > 0:
+            # Keep serving (readiness already 503) so the load balancer stops routing here
+            # before the server closes its listener.
+            logger.info("draining before the server stops", extra={"seconds": delay})
+            timer = threading.Timer(delay, forward)
+            timer.daemon = True
+            timer.start()
+        else:
+            forward()
+
+    handler._modelforge = True
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _wrap_granian() -> None:
+    """Chain our handler after granian's worker installs its own (see the module docstring)."""
+    granian_signals = sys.modules.get("granian._signals")
+    original = getattr(granian_signals, "set_sync_signals", None)
+    if original is None or getattr(original, "_modelforge", False):
+        return
+
+    def set_sync_signals(*args, **kwargs):
+        event = original(*args, **kwargs)
+        _chain_sigterm()
+        return event
+
+    set_sync_signals._modelforge = True
+    granian_signals.set_sync_signals = set_sync_signals
+
+
+def install() -> None:
+    """Learn of SIGTERM in this process, whichever server runs it. Safe to call twice."""
+    if threading.current_thread() is not threading.main_thread():
+        logger.warning("shutdown hook not installed: not in the main thread")
+        return
+    _chain_sigterm()
+    _wrap_granian()

@@ -1,0 +1,106 @@
+"""With DEBUG=false (production), an unexpected server fault is a JSON 500 that says nothing of
+its cause: no traceback, no exception name, no SQL. The fault here is real: the production
+server (granian) runs against a database it cannot open."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.e2e.test_shutdown import BASE_DIR, free_port
+
+pytestmark = pytest.mark.e2e
+
+GENERIC = "An unexpected error occurred; it has been logged."
+LEAKS = ("Traceback", "OperationalError", "sqlite", 'File "', "SELECT")
+
+
+def fetch(url: str, **kwargs):
+    """(status, headers (case-insensitive), body)"""
+    request = urllib.request.Request(url, **kwargs)  # noqa: S310 (http://127.0.0.1 only)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
+
+
+def test_a_server_fault_is_a_json_500_without_a_traceback(tmp_path):
+    env = {
+        **os.environ,
+        "DEBUG": "false",
+        "SECRET_KEY": "production-errors-" + "x" * 40,
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "SECURE_SSL_REDIRECT": "false",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'missing-folder' / 'db.sqlite3'}",  # cannot be opened
+        "MODEL_STORAGE_PATH": str(tmp_path / "models"),
+        "STATIC_ROOT": str(tmp_path / "static"),
+        "CELERY_BROKER_URL": "",
+        "REDIS_URL": "",
+    }
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "wsgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--no-access-log",
+            "modelforge_site.wsgi:application",
+        ],  # fmt: skip
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    key = {"Authorization": "Bearer abcdefgh.not-a-real-secret"}
+    try:
+        deadline = time.monotonic() + 60
+        while not _up(base):
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+
+        for url, data in (
+            (f"{base}/api/v1/models", None),  # through Django and DRF
+            (f"{base}/api/v1/models/by-name/iris/predict", b'{"input_data": {"X": [[1, 2, 3, 4]]}}'),  # fast path
+        ):
+            status, headers, body = fetch(url, data=data, headers=key)
+            assert status == 500, body
+            assert headers["Content-Type"].startswith("application/json")
+            assert json.loads(body) == {"code": "server_error", "detail": GENERIC}
+            assert not any(leak.encode() in body for leak in LEAKS)
+
+        status, _, body = fetch(f"{base}/v2/models/iris/infer", data=b"{}", headers=key)
+        assert status == 500
+        assert json.loads(body)["code"] == "server_error"
+        assert set(json.loads(body)) == {"error", "code"}
+        assert not any(leak.encode() in body for leak in LEAKS)
+
+        assert fetch(f"{base}/api/v1/ready")[0] == 503  # and the probe says why it is not ready
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _up(base: str) -> bool:
+    try:
+        return fetch(f"{base}/api/v1/live")[0] == 200
+    except OSError:
+        return False
