@@ -1,18 +1,18 @@
 """SIGTERM under load (REFERENCE §5): the production server (granian, the fast path in front
-of Django) stops accepting, answers every request it had admitted with a 200, and writes the
-history of every one of them before it exits."""
+of Django) turns readiness 503, answers every request it had admitted with a 200, and writes
+the history of every one of them before it exits."""
 
 from __future__ import annotations
 
 import http.client
 import signal
 import threading
+import time
 
 import orjson
 import pytest
 
 from tests.inference.slow_models import make_sleepy_model
-from tests.registry.onnx_factories import make_iris_model
 from tests.v2 import live_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -27,8 +27,23 @@ def count_predictions(workdir) -> int:
     return int(done.stdout.strip().splitlines()[-1])
 
 
-def test_sigterm_under_load_answers_every_admitted_request(tmp_path):
-    models = {"sleepy": make_sleepy_model(), "iris": make_iris_model(zipmap=False)}
+def status_of(url: str) -> int:
+    host_port, _, path = url.partition("/")
+    connection = http.client.HTTPConnection(host_port, timeout=10)
+    try:
+        connection.request("GET", "/" + path)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_sigterm_under_load_answers_every_admitted_request(tmp_path, monkeypatch):
+    environment = live_server.server_environment
+    # Serve on for five seconds after the signal, readiness 503, as behind a load balancer.
+    monkeypatch.setattr(
+        live_server, "server_environment", lambda workdir: {**environment(workdir), "SHUTDOWN_DRAIN_SECONDS": "5"}
+    )
+    models = {"sleepy": make_sleepy_model()}
     keys = live_server.build_template(tmp_path / "template", models, lock=tmp_path / "template.lock")
     server = live_server.start(tmp_path / "template", tmp_path / "server", keys)
     host, port = server.url.split(":")
@@ -68,6 +83,12 @@ def test_sigterm_under_load_answers_every_admitted_request(tmp_path):
             assert sent.acquire(timeout=60)
         signalled.set()
         server.process.send_signal(signal.SIGTERM)
+        ready = [status_of(f"{server.url}/api/v1/ready")]
+        while ready[-1] != 503 and len(ready) < 100:  # the worker learns of it as the signal lands
+            time.sleep(0.05)
+            ready.append(status_of(f"{server.url}/api/v1/ready"))
+        assert ready[-1] == 503, ready
+        assert status_of(f"{server.url}/v2/health/ready") == 503
         server.process.wait(timeout=60)
         stop.set()
         for thread in threads:
