@@ -28,6 +28,7 @@ from inference.models import Prediction
 from inference.serializers import PredictionSerializer, PredictRequestSerializer, PredictResponseSerializer
 from inference.serving import serving_cache
 from inference.tensors import parse_json_body
+from modelforge_site.datetime_filters import UtcIsoDateTimeFilter
 from modelforge_site.exceptions import PayloadTooLarge
 from modelforge_site.strict_input import UNAUTHENTICATED, error_responses
 from registry.errors import ModelNotFound
@@ -192,8 +193,8 @@ class PredictionFilter(filters.FilterSet):
         coerce=lambda value: value == "true",
         help_text="true or false.",
     )
-    created_after = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Prediction

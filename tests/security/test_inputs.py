@@ -188,3 +188,23 @@ def test_v2_infer_on_an_archived_or_not_ready_version_is_503(manage_client, read
         reply = send(url, v2_body(ROW), key=key)
         assert (reply.status, reply.code) == (503, code), url
     assert send("/v2/models/iris/infer", v2_body(ROW), key=key).status == 200
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [
+        ("0703-02-23T11:54:19.55-19:37", 200),  # an offset Python takes and PostgreSQL would not
+        ("2026-01-01T00:00:00+23:59", 200),
+        ("0001-01-01T00:00:00+01:00", 400),  # before year 1 in UTC
+        ("not-a-date", 400),
+    ],
+)
+def test_history_time_filters_take_any_offset_and_refuse_out_of_range(iris, client_for, value, status):
+    """Found by the schemathesis run (tests/fuzz/): a 500 from PostgreSQL before the fix."""
+    client = client_for("predict")
+    response = client.get(f"/api/v1/models/{iris['id']}/predictions", {"created_after": value})
+    assert response.status_code == status, response.content[:300]
+    if status == 400:
+        assert response.json()["code"] == "invalid"
+        assert "created_after" in response.json()["errors"]
+    assert client.get(f"/api/v1/models/{iris['id']}/predictions").status_code == 200
