@@ -20,10 +20,10 @@ from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from drf_spectacular.generators import SchemaGenerator
 from hypothesis import HealthCheck, settings
-
-from inference.fastpath import PredictFastPath
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
+
+from inference.fastpath import PredictFastPath
 
 EXAMPLES_PER_OPERATION = 10
 
@@ -55,7 +55,9 @@ def key_headers(make_key):
 
 
 def test_the_fuzzed_schema_is_the_served_one(client, key_headers):
-    response = client.get("/api/v1/schema", HTTP_ACCEPT="application/json", HTTP_AUTHORIZATION=key_headers["Authorization"])
+    response = client.get(
+        "/api/v1/schema", HTTP_ACCEPT="application/json", HTTP_AUTHORIZATION=key_headers["Authorization"]
+    )
     assert response.status_code == 200
     assert orjson.loads(response.content) == served_document()
 
