@@ -8,14 +8,17 @@ import os
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import CommandError, call_command
 
 from registry.models import MLModel
 from tests.registry.onnx_factories import (
     make_add_model,
+    make_busy_loop_model,
     make_constant_of_shape_bomb,
     make_custom_domain_model,
     make_external_data_model,
     make_iris_model,
+    make_unsupported_opset_model,
 )
 from tests.security.battery import assert_still_serves, model_snapshot, via_django, via_fastpath
 
@@ -99,6 +102,30 @@ def test_constant_of_shape_bomb_is_stopped_by_the_sandbox(manage_client, serving
     # 400 GB asked for; the sandbox's address-space limit ends the child, not the server.
     settings.VALIDATION_MEMORY_MB = 1024
     assert_refused(manage_client, serving, model_storage, make_constant_of_shape_bomb(), "resource_limit_exceeded")
+
+
+def test_model_onnx_runtime_cannot_load_is_refused(manage_client, serving, model_storage):
+    assert_refused(manage_client, serving, model_storage, make_unsupported_opset_model(), "runtime_load_failed")
+
+
+def test_model_that_computes_forever_is_stopped_by_the_sandbox(manage_client, serving, model_storage, settings):
+    settings.VALIDATION_TIMEOUT_SECONDS = 3
+    assert_refused(manage_client, serving, model_storage, make_busy_loop_model(), "validation_timeout")
+
+
+def test_registration_from_a_url_is_refused(manage_client, serving, tmp_path):
+    """No import from URLs (TorchServe CVE-2023-43654): the API has no such field, and
+    import_models reads local files only."""
+    model, key = serving
+    before = model_snapshot()
+    response = manage_client.post(
+        MODELS, {"name": "remote", "version": "1.0.0", "url": "http://169.254.169.254/latest"}, format="json"
+    )
+    assert (response.status_code, response.json()["code"]) == (400, "read_only_field")
+    with pytest.raises(CommandError, match="is a URL; import_models reads local files only"):
+        call_command("import_models", "http://169.254.169.254/model.onnx")
+    assert model_snapshot() == before
+    assert_still_serves(via_fastpath, model["id"], key)
 
 
 def test_oversize_upload_is_413_and_leaves_nothing(manage_client, serving, model_storage, settings):
