@@ -107,3 +107,45 @@ def test_requests_over_the_keys_rate_are_429_with_retry_after(ready_model, make_
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
     assert send(*build(iris, row), key=other).status == 200  # another key has its own budget
     assert_history_is(iris["id"], 3)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("build", "path"), ROUTES)
+def test_more_requests_than_the_batching_queue_holds_is_503_with_retry_after(
+    ready_model, manage_client, key, settings, build, path
+):
+    from inference.batching import batchers
+
+    settings.INFERENCE_TIMEOUT_SECONDS = 60
+    sleepy = ready_model(make_sleepy_model(), name="sleepy")
+    batching = {"enabled": True, "max_batch_size": 1, "max_queue_delay_microseconds": 0, "max_queue_size": 1}
+    patched = manage_client.patch(f"/api/v1/models/{sleepy['id']}", {"batching": batching}, format="json")
+    assert patched.status_code == 200, patched.json()
+    send = SENDERS[path]
+    admitted: list = []
+
+    def slow_request():
+        try:
+            admitted.append(send(*build(sleepy, SECOND_ROW), key=key))
+        finally:
+            connection.close()
+
+    def wait_for(condition) -> None:
+        deadline = time.monotonic() + 30
+        while not any(condition(batcher) for batcher in list(batchers._batchers.values())):
+            assert time.monotonic() < deadline, admitted
+            time.sleep(0.005)
+
+    workers = [threading.Thread(target=slow_request) for _ in range(2)]
+    workers[0].start()
+    wait_for(lambda batcher: batcher.busy)  # the first request is in the model
+    workers[1].start()
+    wait_for(lambda batcher: batcher.waiting() == 1)  # the second one waits: the queue is full
+    refused = send(*build(sleepy, QUICK_ROW), key=key)
+    for worker in workers:
+        worker.join(60)
+    assert (refused.status, refused.code) == (503, "queue_full"), refused.content[:300]
+    assert refused.headers["Retry-After"] == "1"
+    assert [reply.status for reply in admitted] == [200, 200]
+    assert send(*build(sleepy, QUICK_ROW), key=key).status == 200
+    assert_history_is(sleepy["id"], 3)
