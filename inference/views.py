@@ -43,6 +43,9 @@ _ERRORS = {
     403: "The key lacks the `predict` scope.",
     404: "No such model (or no ready version of that name).",
     409: "`model_not_ready` or `model_archived`.",
+    429: "`throttled`: the key spent its predict budget (THROTTLE_RATE_PREDICT); see Retry-After.",
+    503: "`queue_full` or `model_overloaded`: retry after Retry-After seconds.",
+    504: "`inference_timeout`: the run took longer than INFERENCE_TIMEOUT_SECONDS and was stopped.",
 }
 
 
@@ -162,7 +165,7 @@ class ModelPredictView(PredictView):
     @extend_schema(
         summary="Predict with a model version",
         request=PredictRequestSerializer,
-        responses={200: PredictResponseSerializer, **_errors(400, 401, 403, 404, 409)},
+        responses={200: PredictResponseSerializer, **_errors(400, 401, 403, 404, 409, 429, 503, 504)},
         examples=_predict_examples,
     )
     def post(self, request, **kwargs):
@@ -177,7 +180,7 @@ class NamedPredictView(PredictView):
         summary="Predict with the latest ready version of a model (or ?version=)",
         parameters=[OpenApiParameter("version", OpenApiTypes.STR, description="A version, e.g. 1.2.0.")],
         request=PredictRequestSerializer,
-        responses={200: PredictResponseSerializer, **_errors(400, 401, 403, 404, 409)},
+        responses={200: PredictResponseSerializer, **_errors(400, 401, 403, 404, 409, 429, 503, 504)},
         examples=_predict_examples,
     )
     def post(self, request, **kwargs):

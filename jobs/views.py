@@ -53,6 +53,7 @@ _ERRORS = {
     404: "No such job (or another key's), or no such model.",
     409: "Conflict with the job's or the model's status (e.g. `job_not_finished`, `model_not_ready`).",
     413: "The input file is over JOB_MAX_INPUT_FILE_MB (`input_file_too_large`) or the body over the limit.",
+    429: "`throttled`: the key created too many jobs (THROTTLE_RATE_JOBS); see Retry-After.",
 }
 
 
@@ -174,7 +175,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
         request={"application/json": JobCreateSerializer, "multipart/form-data": JobCreateSerializer},
         responses={
             202: OpenApiResponse(JobSerializer, description="Accepted; `Location` is the job's URL."),
-            **_errors(400, 401, 403, 404, 409, 413),
+            **_errors(400, 401, 403, 404, 409, 413, 429),
         },
         examples=[
             OpenApiExample(

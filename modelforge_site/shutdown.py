@@ -111,7 +111,7 @@ def _wrap_granian() -> None:
 def install() -> None:
     """Learn of SIGTERM in this process, whichever server runs it. Safe to call twice."""
     if threading.current_thread() is not threading.main_thread():
-        logger.warning("shutdown hook not installed: not in the main thread")
+        logger.debug("shutdown hook not installed: not in the main thread (runserver with autoreload)")
         return
     _chain_sigterm()
     _wrap_granian()

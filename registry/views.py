@@ -33,6 +33,7 @@ _ERRORS = {
     404: "No such model.",
     409: "Conflict with the model's current state (e.g. `duplicate_version`, `model_archived`).",
     413: "The file is over MAX_MODEL_SIZE_MB (`model_too_large`).",
+    429: "`throttled`: the key sent too many uploads (THROTTLE_RATE_UPLOAD); see Retry-After.",
 }
 
 
@@ -90,7 +91,7 @@ class ModelViewSet(
     @extend_schema(
         summary="Register a model (JSON), or register, upload and validate it (multipart with `file`)",
         request={"application/json": ModelCreateSerializer, "multipart/form-data": ModelCreateSerializer},
-        responses={201: ModelSerializer, **_errors(400, 401, 403, 409, 413)},
+        responses={201: ModelSerializer, **_errors(400, 401, 403, 409, 413, 429)},
     )
     def create(self, request):
         serializer = ModelCreateSerializer(data=request.data)
@@ -122,7 +123,7 @@ class ModelViewSet(
     @extend_schema(
         summary="Upload the model file (multipart field `file`)",
         request={"multipart/form-data": ModelUploadSerializer},
-        responses={200: ModelSerializer, **_errors(400, 401, 403, 404, 409, 413)},
+        responses={200: ModelSerializer, **_errors(400, 401, 403, 404, 409, 413, 429)},
     )
     @action(detail=True, methods=["post"], parser_classes=(parsers.MultiPartParser,))
     def upload(self, request, pk=None):

@@ -18,8 +18,8 @@ from django.core.wsgi import get_wsgi_application
 from access.throttling import parse_rate
 from inference.fastpath import PredictFastPath
 from tests.inference.api import MODELS, predict_url
-from tests.inference.conftest import _cache_per_worker  # noqa: F401 (a Redis database per test worker)
 from tests.inference.test_fastpath import call
+from tests.redis_databases import redis_database_per_worker  # noqa: F401 (a Redis database per test worker)
 from tests.registry.onnx_factories import make_iris_model
 
 pytestmark = pytest.mark.django_db
@@ -108,7 +108,7 @@ def test_v2_infer_past_the_rate_is_429_with_the_protocol_error_body(app, iris, m
     assert_throttled(status, headers, orjson.loads(content), message_key="error")
 
 
-def test_uploads_past_the_rate_are_429(manage_client, rates):
+def test_uploads_past_the_rate_are_429(manage_client, rates, model_storage):
     rates(upload="2/min")
     created = manage_client.post(MODELS, {"name": "m", "version": "1.0.0"}, format="json")
     assert created.status_code == 201
@@ -117,6 +117,7 @@ def test_uploads_past_the_rate_are_429(manage_client, rates):
     upload.seek(0)
     response = manage_client.post(f"{MODELS}/{created.json()['id']}/upload", {"file": upload})
     assert_throttled(response.status_code, response, response.json())
+    assert list((model_storage / "tmp").iterdir()) == []  # the refused upload left no file behind
     # Reads are not throttled.
     assert manage_client.get(MODELS).status_code == 200
 
@@ -185,3 +186,40 @@ def test_rates_use_drf_syntax(rate, parsed):
 def test_a_bad_rate_is_refused(rate):
     with pytest.raises(ValueError, match="Bad throttle rate"):
         parse_rate(rate)
+
+
+class _View:
+    throttle_scopes = {"POST": "predict"}
+    action = None
+
+
+def _anonymous_request(forwarded_for: str):
+    from rest_framework.request import Request
+    from rest_framework.test import APIRequestFactory
+
+    django_request = APIRequestFactory().post("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=forwarded_for)
+    return Request(django_request)
+
+
+def _allowed(forwarded_for: str) -> bool:
+    from access.throttling import KeyRateThrottle, Throttled
+
+    try:
+        return KeyRateThrottle().allow_request(_anonymous_request(forwarded_for), _View())
+    except Throttled:
+        return False
+
+
+def test_x_forwarded_for_is_ignored_without_a_proxy_count(rates, settings):
+    """Without NUM_PROXIES a client cannot pick a new address (and a new budget) per request."""
+    rates(predict="1/min")
+    assert _allowed("203.0.113.1")
+    assert not _allowed("203.0.113.2")  # the same REMOTE_ADDR: the same budget
+
+
+def test_x_forwarded_for_names_the_client_behind_a_configured_proxy(rates, settings):
+    rates(predict="1/min")
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    assert _allowed("203.0.113.1")
+    assert _allowed("203.0.113.2")  # another client behind the proxy
+    assert not _allowed("203.0.113.1")

@@ -132,9 +132,9 @@ def test_one_run_over_max_inflight_is_503_with_retry_after(manage_client, client
     raw = client_for("predict")._credentials["HTTP_AUTHORIZATION"]
     results = {}
 
-    def slow_request():  # about a second of work
+    def slow_request():  # seconds of work: the other requests come meanwhile
         client = Client(HTTP_AUTHORIZATION=raw)
-        body = orjson.dumps({"input_data": {"X": [[0.05, 0.05, 0.05, 0.05]]}, "skip_cache": True})
+        body = orjson.dumps({"input_data": {"X": [[0.2, 0.2, 0.2, 0.2]]}, "skip_cache": True})
         try:
             results["slow"] = client.post(predict_url(model_id), body, content_type="application/json")
         finally:
@@ -149,7 +149,12 @@ def test_one_run_over_max_inflight_is_503_with_retry_after(manage_client, client
     client = Client(HTTP_AUTHORIZATION=raw)
     body = orjson.dumps({"input_data": {"X": QUICK_ROW}, "skip_cache": True})
     refused = client.post(predict_url(model_id), body, content_type="application/json")
+    fast_status, fast_headers, fast_content = call(
+        PredictFastPath(get_wsgi_application()), predict_url(model_id), body, key=raw.removeprefix("Bearer ")
+    )
     worker.join(60)
+    assert (fast_status, fast_headers["Retry-After"]) == (503, "1")  # the fast path says the same
+    assert orjson.loads(fast_content)["code"] == "model_overloaded"
     assert refused.status_code == 503
     assert refused.json()["code"] == "model_overloaded"
     assert refused["Retry-After"] == "1"

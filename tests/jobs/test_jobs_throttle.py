@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from jobs.models import Job
-from tests.inference.conftest import _cache_per_worker  # noqa: F401 (a Redis database per test worker)
 from tests.jobs.api import create_inline, created, wait_finished
 from tests.jobs.factories import iris_model
+from tests.redis_databases import redis_database_per_worker  # noqa: F401 (a Redis database per test worker)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
