@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from tests.inference.slow_models import make_sleepy_model
+from tests.registry.onnx_factories import make_iris_model
 from tests.v2 import live_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -43,7 +44,8 @@ def test_sigterm_under_load_answers_every_admitted_request(tmp_path, monkeypatch
     monkeypatch.setattr(
         live_server, "server_environment", lambda workdir: {**environment(workdir), "SHUTDOWN_DRAIN_SECONDS": "5"}
     )
-    models = {"sleepy": make_sleepy_model()}
+    # Two models: the template builder imports from one folder per validating process.
+    models = {"sleepy": make_sleepy_model(), "iris": make_iris_model(zipmap=False)}
     keys = live_server.build_template(tmp_path / "template", models, lock=tmp_path / "template.lock")
     server = live_server.start(tmp_path / "template", tmp_path / "server", keys)
     host, port = server.url.split(":")

@@ -13,6 +13,7 @@ import orjson
 import pytest
 from django.db import connection
 
+from inference.batching import batchers
 from inference.limits import in_flight
 from tests.inference.slow_models import make_sleepy_model
 from tests.registry.onnx_factories import make_iris_model
@@ -114,8 +115,6 @@ def test_requests_over_the_keys_rate_are_429_with_retry_after(ready_model, make_
 def test_more_requests_than_the_batching_queue_holds_is_503_with_retry_after(
     ready_model, manage_client, key, settings, build, path
 ):
-    from inference.batching import batchers
-
     settings.INFERENCE_TIMEOUT_SECONDS = 60
     sleepy = ready_model(make_sleepy_model(), name="sleepy")
     batching = {"enabled": True, "max_batch_size": 1, "max_queue_delay_microseconds": 0, "max_queue_size": 1}

@@ -24,6 +24,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from inference.fastpath import PredictFastPath
+from tests.jobs.factories import iris_model
 
 EXAMPLES_PER_OPERATION = 10
 
@@ -78,8 +79,6 @@ def test_every_operation_answers_within_its_schema_and_never_500(case, app, key_
 @pytest.fixture
 def iris(make_model):
     """A ready model: half the examples go to it rather than to a random id or name."""
-    from tests.jobs.factories import iris_model
-
     return make_model(iris_model(), name="iris")
 
 
