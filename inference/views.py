@@ -29,6 +29,7 @@ from inference.serializers import PredictionSerializer, PredictRequestSerializer
 from inference.serving import serving_cache
 from inference.tensors import parse_json_body
 from modelforge_site import request_log
+from modelforge_site.datetime_filters import UtcIsoDateTimeFilter
 from modelforge_site.exceptions import PayloadTooLarge
 from modelforge_site.strict_input import UNAUTHENTICATED, error_responses
 from registry.errors import ModelNotFound
@@ -202,8 +203,8 @@ class PredictionFilter(filters.FilterSet):
         coerce=lambda value: value == "true",
         help_text="true or false.",
     )
-    created_after = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Prediction
