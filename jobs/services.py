@@ -203,7 +203,9 @@ def job_enqueue(*, job_id, countdown: float | None = None) -> bool:
         try:
             run_job.apply_async(args=[str(job.pk)], task_id=str(job.pk), queue=job.priority, countdown=countdown)
         except Exception as exc:
-            logger.warning("could not queue a job; the sweeper retries", extra={"job": str(job.pk), "error": repr(exc)})
+            logger.warning(
+                "could not queue a job (%s); the sweeper retries", exc, extra={"job": str(job.pk), "error": repr(exc)}
+            )
             return False
         fields["celery_task_id"] = str(job.pk)
     else:
