@@ -1,12 +1,11 @@
 """Periodic maintenance of the inference app (scheduled by Celery beat)."""
 
-from celery import shared_task
-
 from inference.history import history_cleanup
 from inference.serving_stats import serving_stats_cleanup
+from modelforge_site.celery import app  # bound to the project's app, as jobs.tasks explains
 
 
-@shared_task(name="inference.cleanup_history", ignore_result=True)
+@app.task(name="inference.cleanup_history", ignore_result=True)
 def cleanup_history() -> int:
     """Delete prediction history older than HISTORY_RETENTION_DAYS and serving statistics
     older than SERVING_STATS_RETENTION_DAYS; returns the rows deleted."""

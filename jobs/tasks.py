@@ -8,13 +8,17 @@ the job's one result in django-celery-results is never overwritten by a duplicat
 
 from __future__ import annotations
 
-from celery import shared_task
 from celery.exceptions import Ignore
 
 from jobs import services
+from modelforge_site.celery import app
+
+# Bound to the project's app, not @shared_task: a shared task resolves Celery's "current app"
+# on every call, and that is per thread; a thread where another app is current (or none is)
+# would send to an app that has never heard of jobs.run (NotRegistered).
 
 
-@shared_task(bind=True, name="jobs.run", acks_late=True, reject_on_worker_lost=True, max_retries=None)
+@app.task(bind=True, name="jobs.run", acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def run_job(self, job_id: str) -> str:
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     job = services.job_claim(job_id=job_id, worker=self.request.hostname or "", redelivered=redelivered)
@@ -32,13 +36,13 @@ def run_job(self, job_id: str) -> str:
     return "completed"
 
 
-@shared_task(name="jobs.sweep", ignore_result=True)
+@app.task(name="jobs.sweep", ignore_result=True)
 def sweep() -> dict[str, int]:
     """Beat: queue again what the broker lost, fail what a lost worker left running."""
     return services.jobs_sweep()
 
 
-@shared_task(name="jobs.cleanup", ignore_result=True)
+@app.task(name="jobs.cleanup", ignore_result=True)
 def cleanup() -> dict[str, int]:
     """Beat: delete finished jobs (and their files) older than JOB_RETENTION_DAYS."""
     return services.jobs_cleanup()
