@@ -12,24 +12,19 @@ import csv
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from registry.demo import build_iris_onnx
+from tests import granian_server
 from tests.jobs.factories import iris_rows, jsonl_bytes
 
 pytestmark = pytest.mark.e2e
 
-BASE_DIR = Path(settings.BASE_DIR)
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -45,42 +40,14 @@ class ConsoleServer:
     workdir: Path
 
     def manage(self, *args: str) -> str:
-        return manage(self.env, *args)
-
-
-def manage(env: dict, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (our own loopback server)
-            return response.status == 200
-    except OSError:
-        return False
+        return granian_server.manage(self.env, *args).stdout
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A production-like server with an admin user, an API key and three iris versions."""
     workdir = tmp_path_factory.mktemp("console")
-    port = free_port()
+    port = granian_server.free_port()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "modelforge_site.settings",
@@ -102,58 +69,23 @@ def server(tmp_path_factory):
         "LOG_LEVEL": "WARNING",
         "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD,
     }
-    manage(env, "migrate", "--noinput", "-v0")
-    manage(env, "collectstatic", "--noinput", "-v0")
-    manage(env, "createsuperuser", "--noinput", "--username", ADMIN_USER, "--email", "ops@example.com")
+    granian_server.manage(env, "migrate", "--noinput", "-v0")
+    granian_server.manage(env, "collectstatic", "--noinput", "-v0")
+    granian_server.manage(env, "createsuperuser", "--noinput", "--username", ADMIN_USER, "--email", "ops@example.com")
     source = workdir / "source"
     for name, version in (("iris", "1.0.0"), ("iris", "1.1.0"), ("csv-iris", "1.0.0")):
         folder = source / name / version
         folder.mkdir(parents=True)
         (folder / "model.onnx").write_bytes(build_iris_onnx())
-    manage(env, "import_models", str(source))
-    key = manage(env, "create_api_key", "--name", "console-e2e", "--scopes", "read,predict,manage").strip()
+    granian_server.manage(env, "import_models", str(source))
+    scopes = "read,predict,manage"
+    key = granian_server.manage(env, "create_api_key", "--name", "console-e2e", "--scopes", scopes).stdout.strip()
 
-    log = open(workdir / "server.log", "wb")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "granian",
-            "--interface",
-            "wsgi",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--blocking-threads",
-            "4",
-            "--no-access-log",
-            "modelforge_site.wsgi:application",
-        ],  # fmt: skip
-        cwd=BASE_DIR,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    process = granian_server.start(env, workdir / "server.log", port=port, ready_path="/api/v1/live")
     try:
-        deadline = time.monotonic() + 60
-        while not answers(f"{base}/api/v1/live"):
-            assert process.poll() is None, (workdir / "server.log").read_text()
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
-        yield ConsoleServer(base=base, key=key, env=env, workdir=workdir)
+        yield ConsoleServer(base=f"http://127.0.0.1:{port}", key=key, env=env, workdir=workdir)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        log.close()
+        granian_server.stop(process, timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from tests.e2e.test_shutdown import BASE_DIR, free_port
+from tests import granian_server
 
 pytestmark = pytest.mark.e2e
 
@@ -46,37 +42,11 @@ def test_a_server_fault_is_a_json_500_without_a_traceback(tmp_path):
         "CELERY_BROKER_URL": "",
         "REDIS_URL": "",
     }
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "granian",
-            "--interface",
-            "wsgi",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--no-access-log",
-            "modelforge_site.wsgi:application",
-        ],  # fmt: skip
-        cwd=BASE_DIR,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    port = granian_server.free_port()
+    server = granian_server.start(env, tmp_path / "server.log", port=port, threads=None, ready_path="/api/v1/live")
     base = f"http://127.0.0.1:{port}"
     key = {"Authorization": "Bearer abcdefgh.not-a-real-secret"}
     try:
-        deadline = time.monotonic() + 60
-        while not _up(base):
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
-
         for url, data in (
             (f"{base}/api/v1/models", None),  # through Django and DRF
             (f"{base}/api/v1/models/by-name/iris/predict", b'{"input_data": {"X": [[1, 2, 3, 4]]}}'),  # fast path
@@ -95,12 +65,4 @@ def test_a_server_fault_is_a_json_500_without_a_traceback(tmp_path):
 
         assert fetch(f"{base}/api/v1/ready")[0] == 503  # and the probe says why it is not ready
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-
-
-def _up(base: str) -> bool:
-    try:
-        return fetch(f"{base}/api/v1/live")[0] == 200
-    except OSError:
-        return False
+        granian_server.stop(server, timeout=30)

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -16,31 +14,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from registry.demo import build_iris_onnx
+from tests import granian_server
 from tests.inference.slow_models import make_sleepy_model
 
-BASE_DIR = Path(settings.BASE_DIR)
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def manage(env: dict, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, capture_output=True, text=True, check=True
-    )
-    return done.stdout
 
 
 def count_predictions(env: dict) -> int:
     code = "from inference.models import Prediction; print(Prediction.objects.count())"
-    return int(manage(env, "shell", "--no-imports", "-c", code).strip().splitlines()[-1])
+    return int(granian_server.manage(env, "shell", "--no-imports", "-c", code).stdout.strip().splitlines()[-1])
 
 
 def test_sigterm_writes_buffered_history_and_answers_every_admitted_request(tmp_path):
@@ -59,11 +43,11 @@ def test_sigterm_writes_buffered_history_and_answers_every_admitted_request(tmp_
     source = tmp_path / "source"
     source.mkdir()
     (source / "iris-1.0.0.onnx").write_bytes(build_iris_onnx())
-    manage(env, "migrate", "--noinput")
-    manage(env, "import_models", str(source))
-    key = manage(env, "create_api_key", "--name", "e2e", "--scopes", "predict").strip()
+    granian_server.manage(env, "migrate", "--noinput")
+    granian_server.manage(env, "import_models", str(source))
+    key = granian_server.manage(env, "create_api_key", "--name", "e2e", "--scopes", "predict").stdout.strip()
 
-    port = free_port()
+    port = granian_server.free_port()
     log = tmp_path / "server.log"
     server = start_granian(env, port, log)
     try:
@@ -84,35 +68,15 @@ def start_granian(env: dict, port: int, log: Path) -> subprocess.Popen:
     """granian with two workers, once both serve. A worker sent SIGTERM while it is still
     starting (before it serves) is granian's own race and may never stop: wait for both
     workers to say they are past it (modelforge_site.shutdown logs it)."""
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "granian",
-            "--interface",
-            "wsgi",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--no-access-log",
-            "modelforge_site.wsgi:application",
-        ],  # fmt: skip
-        cwd=BASE_DIR,
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     deadline = time.monotonic() + 90
-    while (
-        log.read_text(errors="replace").count("granian worker ready for SIGTERM") < 2
-        or status_of(f"http://127.0.0.1:{port}/api/v1/live") != 200
-    ):
-        assert server.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
-        time.sleep(0.2)
+    server = granian_server.start(env, log, port=port, workers=2, threads=None, ready_path="/api/v1/live", timeout=90)
+    try:
+        while log.read_text(errors="replace").count("granian worker ready for SIGTERM") < 2:
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.2)
+    except AssertionError:
+        granian_server.stop(server)
+        raise
     return server
 
 
@@ -158,10 +122,10 @@ def test_sigterm_admitted_requests_finish_and_readiness_turns_503(tmp_path, drai
     source = tmp_path / "source"
     source.mkdir()
     (source / "sleepy-1.0.0.onnx").write_bytes(make_sleepy_model())
-    manage(env, "migrate", "--noinput")
-    manage(env, "import_models", str(source))
-    key = manage(env, "create_api_key", "--name", "e2e", "--scopes", "predict").strip()
-    port = free_port()
+    granian_server.manage(env, "migrate", "--noinput")
+    granian_server.manage(env, "import_models", str(source))
+    key = granian_server.manage(env, "create_api_key", "--name", "e2e", "--scopes", "predict").stdout.strip()
+    port = granian_server.free_port()
     log = tmp_path / "server.log"
     server = start_granian(env, port, log)
     base = f"http://127.0.0.1:{port}"

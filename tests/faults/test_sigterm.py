@@ -12,6 +12,7 @@ import time
 import orjson
 import pytest
 
+from tests import granian_server
 from tests.inference.slow_models import make_sleepy_model
 from tests.registry.onnx_factories import make_iris_model
 from tests.v2 import live_server
@@ -24,7 +25,7 @@ SECOND_ROW = [[0.05, 0.05, 0.05, 0.05]]  # about a second of work for the sleepy
 
 def count_predictions(workdir) -> int:
     code = "from inference.models import Prediction; print(Prediction.objects.count())"
-    done = live_server._manage(live_server.server_environment(workdir), "shell", "--no-imports", "-c", code)
+    done = granian_server.manage(live_server.server_environment(workdir), "shell", "--no-imports", "-c", code)
     return int(done.stdout.strip().splitlines()[-1])
 
 

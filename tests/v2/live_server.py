@@ -15,20 +15,13 @@ import fcntl
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from django.conf import settings
+from tests import granian_server
 
-BASE_DIR = Path(settings.BASE_DIR)
 START_TIMEOUT_SECONDS = 60
 # Above the 10 MB default: the largest backend test model's input is ~19 MB as JSON numbers.
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -46,7 +39,7 @@ class LiveServer:
         return f"http://{self.url}"
 
     def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return granian_server.log_tail(self.log, lines)
 
 
 def server_environment(workdir: Path) -> dict[str, str]:
@@ -87,7 +80,7 @@ def _build(template: Path, models: dict[str, bytes | Path]) -> None:
         shutil.rmtree(template)
     template.mkdir(parents=True)
     environment = server_environment(template)
-    _manage(environment, "migrate", "--noinput", "-v0")
+    granian_server.manage(environment, "migrate", "--noinput", "-v0")
 
     # Two or more folders imported side by side: validation runs in a child process per model.
     workers = max(2, min(4, os.cpu_count() or 2))
@@ -101,14 +94,18 @@ def _build(template: Path, models: dict[str, bytes | Path]) -> None:
             (folder / "model.onnx").write_bytes(model)
     with ThreadPoolExecutor(workers) as pool:
         results = list(
-            pool.map(lambda source: _manage(environment, "import_models", str(source), check=False), sources)
+            pool.map(
+                lambda source: granian_server.manage(environment, "import_models", str(source), check=False), sources
+            )
         )
     failed = [result for result in results if result.returncode != 0]
     if failed:
         raise RuntimeError("import_models failed:\n" + "\n".join(result.stdout + result.stderr for result in failed))
 
     keys = {
-        scope: _manage(environment, "create_api_key", "--name", f"v2-{scope}", "--scopes", scope).stdout.strip()
+        scope: granian_server.manage(
+            environment, "create_api_key", "--name", f"v2-{scope}", "--scopes", scope
+        ).stdout.strip()
         for scope in ("predict", "read", "manage")
     }
     for source in sources:
@@ -116,81 +113,17 @@ def _build(template: Path, models: dict[str, bytes | Path]) -> None:
     (template / "keys.json").write_text(json.dumps(keys))
 
 
-def _manage(environment: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=BASE_DIR,
-        env=environment,
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=600,
-    )
-
-
 def start(template: Path, workdir: Path, keys: dict[str, str]) -> LiveServer:
     """Copy the template into `workdir` and start granian on a free port; wait until ready."""
     shutil.copytree(template, workdir, dirs_exist_ok=True)
-    port = _free_port()
+    port = granian_server.free_port()
     log = workdir / "server.log"
-    granian = Path(sys.executable).with_name("granian")
-    command = [
-        str(granian),
-        "--interface",
-        "wsgi",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--blocking-threads",
-        "4",
-        "--no-access-log",
-        "modelforge_site.wsgi:application",
-    ]
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            command,
-            cwd=BASE_DIR,
-            env=server_environment(workdir),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = LiveServer(url=f"127.0.0.1:{port}", keys=keys, process=process, log=log)
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}:\n{server.log_tail()}")
-        if _answers(f"{server.base}/v2/health/ready"):
-            return server
-        time.sleep(0.2)
-    stop(server)
-    raise RuntimeError(f"the server did not become ready in {START_TIMEOUT_SECONDS}s:\n{server.log_tail()}")
+    process = granian_server.start(
+        server_environment(workdir), log, port=port, ready_path="/v2/health/ready", timeout=START_TIMEOUT_SECONDS
+    )
+    return LiveServer(url=f"127.0.0.1:{port}", keys=keys, process=process, log=log)
 
 
 def stop(server: LiveServer) -> None:
     """SIGTERM the server we started (granian stops its workers), SIGKILL its group if it hangs."""
-    if server.process.poll() is not None:
-        return
-    server.process.send_signal(signal.SIGTERM)
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait(timeout=5)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (our own loopback server)
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    granian_server.stop(server.process, timeout=15)
