@@ -41,9 +41,12 @@ def status_of(url: str) -> int:
 
 def test_sigterm_under_load_answers_every_admitted_request(tmp_path, monkeypatch):
     environment = live_server.server_environment
-    # Serve on for five seconds after the signal, readiness 503, as behind a load balancer.
+    # Serve on after the signal, readiness 503, as behind a load balancer. Long enough for both
+    # probes below to be answered: each waits its turn behind the clients' one-second requests
+    # on the four busy threads (with five seconds, the listener was sometimes closed before the
+    # second probe was sent, and it was refused).
     monkeypatch.setattr(
-        live_server, "server_environment", lambda workdir: {**environment(workdir), "SHUTDOWN_DRAIN_SECONDS": "5"}
+        live_server, "server_environment", lambda workdir: {**environment(workdir), "SHUTDOWN_DRAIN_SECONDS": "20"}
     )
     # Two models: the template builder imports from one folder per validating process.
     models = {"sleepy": make_sleepy_model(), "iris": make_iris_model(zipmap=False)}
