@@ -567,11 +567,14 @@ class OutputWriter:
                     "Send the input inline instead."
                 )
             columns.append(column)
-        # One {name: value} object per row. (A generator measured three times faster here than
-        # map(dict, ...) or a list of dicts: each dict is dumped and freed at once.)
-        dumps = orjson.dumps
-        rows_out = zip(*columns, strict=True)
-        self._handle.write(b"".join(dumps(dict(zip(names, row, strict=True))) + b"\n" for row in rows_out))
+        text = _numeric_lines(names, values, columns, rows)
+        if text is None:
+            # One {name: value} object per row. (A generator measured three times faster here
+            # than map(dict, ...) or a list of dicts: each dict is dumped and freed at once.)
+            dumps = orjson.dumps
+            rows_out = zip(*columns, strict=True)
+            text = b"".join(dumps(dict(zip(names, row, strict=True))) + b"\n" for row in rows_out)
+        self._handle.write(text)
         self.rows += rows
 
     @property
@@ -592,6 +595,34 @@ class OutputWriter:
     def discard(self) -> None:
         self._handle.close()
         self.part_path.unlink(missing_ok=True)
+
+
+def _numeric_lines(names: list[str], values: list, columns: list[list], rows: int) -> bytes | None:
+    """The JSON Lines of a chunk whose outputs are all numeric arrays of one scalar or one flat
+    list per row (a classifier's label and probabilities, a regressor's values), byte for byte
+    what dumping a {name: value} object per row writes, at half the cost: each column is dumped
+    once and split into its rows. None for any other output (strings, maps, deeper nesting).
+
+    Numbers, booleans and nulls hold no ',' or '],[', so in the dump of such a column those
+    separate rows and nothing else.
+    """
+    if rows == 0:
+        return None
+    lines: list[bytes] | None = None
+    for index, (name, value, column) in enumerate(zip(names, values, columns, strict=True)):
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf" or value.ndim not in (1, 2):
+            return None
+        dumped = orjson.dumps(column)[1:-1]
+        items = dumped.split(b",") if value.ndim == 1 else dumped[1:-1].split(b"],[")
+        if len(items) != rows:
+            return None
+        head = (b"{" if index == 0 else b",") + orjson.dumps(name) + (b":" if value.ndim == 1 else b":[")
+        tail = b"" if value.ndim == 1 else b"]"
+        if lines is None:
+            lines = [head + item + tail for item in items]
+        else:
+            lines = [line + head + item + tail for line, item in zip(lines, items, strict=True)]
+    return b"}\n".join(lines) + b"}\n"
 
 
 # --- exporting ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 import numpy as np
+import orjson
 import pytest
 
 from jobs import batch_io
@@ -101,3 +102,64 @@ def test_the_collector_is_paused_for_batches_and_restored_after_the_last(setting
     with pytest.raises(RuntimeError), batch_io.garbage_collection_paused():
         raise RuntimeError("a failing batch")
     assert gc.isenabled()
+
+
+def _per_row(names, columns) -> bytes:
+    return b"".join(orjson.dumps(dict(zip(names, row, strict=True))) + b"\n" for row in zip(*columns, strict=True))
+
+
+@pytest.mark.parametrize(
+    "arrays",
+    [
+        {"label": np.array([0, 2, 1], dtype=np.int64), "probabilities": np.random.default_rng(0).random((3, 3))},
+        {"variable": np.array([[1.5], [-2.0]], dtype=np.float32)},
+        {"flags": np.array([True, False]), "counts": np.array([[1, 2, 3], [4, 5, 6]], dtype=np.uint8)},
+        {"one": np.array([7.25])},
+        {"empty_lists": np.zeros((2, 0), dtype=np.float32)},
+    ],
+    ids=["classifier", "regressor", "bool-and-uint8", "one-row", "empty-lists"],
+)
+def test_numeric_outputs_are_written_as_one_object_per_row(arrays):
+    names, values = list(arrays), list(arrays.values())
+    columns = [value.tolist() for value in values]
+    columns[0] = [None if isinstance(item, float) and item != item else item for item in columns[0]]
+    written = batch_io._numeric_lines(names, values, columns, len(values[0]))
+    assert written == _per_row(names, columns)
+    assert [orjson.loads(line) for line in written.splitlines()] == [
+        dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)
+    ]
+
+
+def test_non_finite_values_rendered_as_null_stay_in_their_row():
+    values = [np.array([[1.0, np.nan], [np.inf, 2.0]], dtype=np.float32)]
+    columns = [[[1.0, None], [None, 2.0]]]
+    assert batch_io._numeric_lines(["y"], values, columns, 2) == b'{"y":[1.0,null]}\n{"y":[null,2.0]}\n'
+
+
+@pytest.mark.parametrize(
+    "value, column",
+    [
+        (np.array(["setosa", "a,b"], dtype=object), ["setosa", "a,b"]),  # strings may hold the separators
+        (np.zeros((2, 2, 2)), np.zeros((2, 2, 2)).tolist()),  # deeper than a list per row
+        ([{"0": 0.5}, {"0": 0.25}], [{"0": 0.5}, {"0": 0.25}]),  # ZipMap's maps
+    ],
+    ids=["strings", "three-dimensional", "maps"],
+)
+def test_other_outputs_are_left_to_the_per_row_writer(value, column):
+    assert batch_io._numeric_lines(["out"], [value], [column], 2) is None
+
+
+def test_the_output_file_holds_the_same_bytes_either_way(tmp_path):
+    names = ["label", "scores"]
+    values = [np.array([1, 0], dtype=np.int64), np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)]
+    schema = [
+        {"name": "label", "type": "tensor(int64)", "shape": ["N"]},
+        {"name": "scores", "type": "tensor(float)", "shape": ["N", 2]},
+    ]
+    writer = batch_io.OutputWriter(tmp_path / "output.jsonl")
+    writer.write(names, values, schema, rows=2)
+    path = writer.commit()
+    assert [orjson.loads(line) for line in path.read_bytes().splitlines()] == [
+        {"label": 1, "scores": [float(np.float32(0.1)), float(np.float32(0.9))]},
+        {"label": 0, "scores": [float(np.float32(0.8)), float(np.float32(0.2))]},
+    ]
