@@ -27,7 +27,10 @@ def count_predictions(env: dict) -> int:
     return int(granian_server.manage(env, "shell", "--no-imports", "-c", code).stdout.strip().splitlines()[-1])
 
 
-def test_sigterm_writes_buffered_history_and_answers_every_admitted_request(tmp_path):
+def prepared_server(tmp_path: Path, filename: str, model: bytes, **settings: str) -> tuple[dict, str]:
+    """The production server's environment (DEBUG off, its own SQLite file and model store,
+    no Redis or broker, history flushed only at exit), its database migrated with `model`
+    imported, and a predict key: (environment, raw key)."""
     env = {
         **os.environ,
         "DEBUG": "false",
@@ -36,16 +39,23 @@ def test_sigterm_writes_buffered_history_and_answers_every_admitted_request(tmp_
         "SECURE_SSL_REDIRECT": "false",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
         "MODEL_STORAGE_PATH": str(tmp_path / "models"),
-        "HISTORY_FLUSH_INTERVAL_SECONDS": "600",  # nothing is written before the shutdown
+        "HISTORY_FLUSH_INTERVAL_SECONDS": "600",
         "CELERY_BROKER_URL": "",
         "REDIS_URL": "",
+        **settings,
     }
     source = tmp_path / "source"
     source.mkdir()
-    (source / "iris-1.0.0.onnx").write_bytes(build_iris_onnx())
+    (source / filename).write_bytes(model)
     granian_server.manage(env, "migrate", "--noinput")
     granian_server.manage(env, "import_models", str(source))
     key = granian_server.manage(env, "create_api_key", "--name", "e2e", "--scopes", "predict").stdout.strip()
+    return env, key
+
+
+def test_sigterm_writes_buffered_history_and_answers_every_admitted_request(tmp_path):
+    # History is flushed every ten minutes: nothing is written before the shutdown.
+    env, key = prepared_server(tmp_path, "iris-1.0.0.onnx", build_iris_onnx())
 
     port = granian_server.free_port()
     log = tmp_path / "server.log"
@@ -106,25 +116,7 @@ def test_sigterm_admitted_requests_finish_and_readiness_turns_503(tmp_path, drai
     progress all end in 200, then the server exits and the history of every request is
     written. Without a drain granian closes its listener at once; with SHUTDOWN_DRAIN_SECONDS,
     readiness answers 503 in every worker while they go on serving for that long."""
-    env = {
-        **os.environ,
-        "DEBUG": "false",
-        "SECRET_KEY": "shutdown-test-" + "x" * 40,
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "SECURE_SSL_REDIRECT": "false",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "MODEL_STORAGE_PATH": str(tmp_path / "models"),
-        "HISTORY_FLUSH_INTERVAL_SECONDS": "600",
-        "CELERY_BROKER_URL": "",
-        "REDIS_URL": "",
-        "SHUTDOWN_DRAIN_SECONDS": drain,
-    }
-    source = tmp_path / "source"
-    source.mkdir()
-    (source / "sleepy-1.0.0.onnx").write_bytes(make_sleepy_model())
-    granian_server.manage(env, "migrate", "--noinput")
-    granian_server.manage(env, "import_models", str(source))
-    key = granian_server.manage(env, "create_api_key", "--name", "e2e", "--scopes", "predict").stdout.strip()
+    env, key = prepared_server(tmp_path, "sleepy-1.0.0.onnx", make_sleepy_model(), SHUTDOWN_DRAIN_SECONDS=drain)
     port = granian_server.free_port()
     log = tmp_path / "server.log"
     server = start_granian(env, port, log)

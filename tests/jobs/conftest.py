@@ -13,8 +13,6 @@ other's messages.
 from __future__ import annotations
 
 import contextlib
-import functools
-import io
 import os
 import signal
 import socket
@@ -26,11 +24,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from django.utils import timezone
 
-from registry import services as registry_services
 from registry.models import MLModel
-from registry.onnx_inspect import inspect_model
+from tests.registry.versions import ready_version
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
@@ -52,31 +48,14 @@ def _jobs(settings, tmp_path):
     runner.stop()
 
 
-@functools.cache
-def _inspection(data: bytes) -> dict:
-    return inspect_model(data)
-
-
 @pytest.fixture
 def make_model(db):
-    """make_model(onnx_bytes, name=..., version=...) -> a ready MLModel: created and uploaded
-    through the registry's services; the validation report comes from the same (pure)
-    inspector the sandbox runs, computed once per model in this process, to save a child
-    process per test."""
+    """make_model(onnx_bytes, name=..., version=...) -> a ready MLModel, built as
+    tests/registry/versions.py builds one (the registry's services, the inspector's report
+    computed once per model in this process instead of in a sandboxed child per test)."""
 
     def _make(data: bytes, *, name: str = "iris", version: str = "1.0.0") -> MLModel:
-        model = registry_services.model_create(name=name, version=version)
-        model = registry_services.model_upload(model=model, staged=registry_services.stage_stream(io.BytesIO(data)))
-        report = _inspection(data)
-        MLModel.objects.filter(pk=model.pk).update(
-            status=MLModel.Status.READY,
-            input_schema=report["input_schema"],
-            output_schema=report["output_schema"],
-            model_metadata=report["model_metadata"],
-            validated_at=timezone.now(),
-        )
-        model.refresh_from_db()
-        return model
+        return ready_version(data, name=name, version=version)
 
     return _make
 
