@@ -608,20 +608,19 @@ def _numeric_lines(names: list[str], values: list, columns: list[list], rows: in
     """
     if rows == 0:
         return None
-    lines: list[bytes] | None = None
-    for index, (name, value, column) in enumerate(zip(names, values, columns, strict=True)):
+    lines = [b"{"] * rows
+    separator = b""
+    for name, value, column in zip(names, values, columns, strict=True):
         if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf" or value.ndim not in (1, 2):
             return None
         dumped = orjson.dumps(column)[1:-1]
         items = dumped.split(b",") if value.ndim == 1 else dumped[1:-1].split(b"],[")
         if len(items) != rows:
             return None
-        head = (b"{" if index == 0 else b",") + orjson.dumps(name) + (b":" if value.ndim == 1 else b":[")
+        head = separator + orjson.dumps(name) + (b":" if value.ndim == 1 else b":[")
         tail = b"" if value.ndim == 1 else b"]"
-        if lines is None:
-            lines = [head + item + tail for item in items]
-        else:
-            lines = [line + head + item + tail for line, item in zip(lines, items, strict=True)]
+        lines = [line + head + item + tail for line, item in zip(lines, items, strict=True)]
+        separator = b","
     return b"}\n".join(lines) + b"}\n"
 
 
