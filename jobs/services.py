@@ -333,6 +333,8 @@ def _run_batch(job: Job, model: MLModel, deadline: float | None) -> None:
     except BaseException:
         writer.discard()
         raise
+    # Before the job shows as completed: whoever sees it completed sees its one output file.
+    files.discard_earlier_outputs(job.attempts)
     completed = _move(
         job.pk,
         source=Status.RUNNING,
@@ -349,7 +351,6 @@ def _run_batch(job: Job, model: MLModel, deadline: float | None) -> None:
     if not completed:
         files.output_path(output_name).unlink(missing_ok=True)
         raise JobSuperseded()
-    files.discard_outputs(keep=output_name)  # what earlier, lost attempts left behind
     logger.info("job completed", extra={"job": str(job.pk), "attempt": job.attempts, "rows": done})
 
 

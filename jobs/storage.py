@@ -19,6 +19,7 @@ from pathlib import Path
 from django.conf import settings
 
 _OUTPUT_NAME = re.compile(r"^output-\d+\.jsonl$")
+_ATTEMPT = re.compile(r"^output-(\d+)\.jsonl")  # a finished output or its .part
 
 
 def storage_root() -> Path:
@@ -77,12 +78,14 @@ class JobFiles:
             shutil.copyfile(source, target)
         return target
 
-    def discard_outputs(self, *, keep: str = "") -> None:
-        """Remove output files (finished or partial) other than ``keep``."""
+    def discard_earlier_outputs(self, attempt: int) -> None:
+        """Remove the output files (finished or partial) of attempts before ``attempt``: lost
+        runs, which can no longer complete the job (claiming it moved its attempt count on)."""
         if not self.folder.is_dir():
             return
         for path in self.folder.glob("output-*"):
-            if path.name != keep:
+            number = _ATTEMPT.match(path.name)
+            if number and int(number.group(1)) < attempt:
                 path.unlink(missing_ok=True)
 
     def remove(self) -> None:
