@@ -4,7 +4,9 @@ In one run, on loopback, 16 concurrent connections (wrk), one row per request:
 - a wide MLP (256 inputs, three hidden layers of 1024, 8 outputs; scikit-learn + skl2onnx):
   /v2 binary with batching on, the same with batching off, and a minimal FastAPI + onnxruntime
   JSON endpoint with the same number of worker processes;
-- the iris classifier: /v2 binary against /v2 JSON.
+- the iris classifier: /v2 binary against /v2 JSON;
+- the bound: bench/lean_server.py (the leanest Python batching server, none of ModelForge's
+  per-request work) with batching on and off, with the same number of processes and with one.
 Prints req/s, p50, p99 and the ratios against the targets.
 
     .venv/bin/python bench/batching.py [--seconds 20] [--connections 16] [--workers N] [--threads T]
@@ -80,14 +82,59 @@ def api(url: str, key: str, method: str = "GET", body: dict | None = None) -> di
         return json.loads(response.read() or b"{}")
 
 
+def minimal_fastapi(mlp_path: Path, body: bytes, *, workers: int, connections: int, seconds: int):
+    """The baseline: bench/minimal_server.py under uvicorn with this many worker processes."""
+    port = free_port()
+    command = [
+        PYTHON, "-m", "uvicorn", "bench.minimal_server:app", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(workers), "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    env = dict(os.environ, MODEL_PATH=str(mlp_path))
+    with running(command, env=env, ready_url=f"http://127.0.0.1:{port}/health", log_name="minimal-mlp"):
+        url = f"http://127.0.0.1:{port}/predict"
+        wrk("warm-up", url, body, connections=connections, seconds=2)
+        label = f"MLP minimal FastAPI JSON, {workers} worker(s), {connections} conns"
+        return wrk(label, url, body, connections=connections, seconds=seconds)
+
+
+def lean_bound(mlp_path: Path, body: bytes, headers: dict, workers: int, batch: bool, args, interface: str):
+    """bench/lean_server.py under granian: RSGI with as many run threads per process as cores
+    allow, or WSGI with the blocking threads ModelForge gets."""
+    run_threads = max(1, (os.cpu_count() or 1) // workers)
+    port = free_port()
+    env = dict(
+        os.environ,
+        MODEL_PATH=str(mlp_path),
+        BATCH="1" if batch else "0",
+        RUN_THREADS=str(run_threads),
+        MAX_BATCH=str(args.max_batch),
+    )
+    command = [
+        PYTHON, "-m", "granian", "--interface", interface, "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(workers), "--no-access-log",
+    ]  # fmt: skip
+    if interface == "wsgi":
+        command += ["--blocking-threads", str(args.threads), "bench.lean_server:wsgi_app"]
+        threads = f"{args.threads} threads"
+    else:
+        command += ["bench.lean_server:app"]
+        threads = f"asyncio, {run_threads} run thread(s)"
+    url = f"http://127.0.0.1:{port}/"
+    label = f"MLP lean {interface.upper()}, {workers} process(es), {threads}, batching {'on' if batch else 'off'}"
+    c, s = args.connections, args.seconds
+    with running(command, env=env, ready_url=url, log_name="lean"):
+        wrk("warm-up", url, body, connections=c, seconds=2, headers=headers)
+        return wrk(label, url, body, connections=c, seconds=s, headers=headers)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
-    parser.add_argument("--threads", type=int, default=16, help="blocking threads per worker")
+    parser.add_argument("--threads", type=int, default=8, help="blocking threads per worker")
     parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--delay-us", type=int, default=2000)
+    parser.add_argument("--delay-us", type=int, default=500, help="max_queue_delay_microseconds (the registry default)")
     args = parser.parse_args()
     c, s = args.connections, args.seconds
 
@@ -113,21 +160,8 @@ def main() -> None:
     iris_json = json_request("X", iris_row)
     results = []
 
-    base_port = free_port()
-    base_cmd = [
-        PYTHON, "-m", "uvicorn", "bench.minimal_server:app", "--host", "127.0.0.1", "--port", str(base_port),
-        "--workers", str(args.workers), "--log-level", "warning", "--no-access-log",
-    ]  # fmt: skip
-    with running(
-        base_cmd,
-        env=dict(os.environ, MODEL_PATH=str(mlp_path)),
-        ready_url=f"http://127.0.0.1:{base_port}/health",
-        log_name="minimal-mlp",
-    ):
-        url = f"http://127.0.0.1:{base_port}/predict"
-        body = json.dumps({"input_data": {"X": mlp_row.tolist()}}).encode()
-        wrk("warm-up", url, body, connections=c, seconds=2)
-        baseline = wrk(f"MLP minimal FastAPI JSON, {c} conns", url, body, connections=c, seconds=s)
+    mlp_json = json.dumps({"input_data": {"X": mlp_row.tolist()}}).encode()
+    baseline = minimal_fastapi(mlp_path, mlp_json, workers=args.workers, connections=c, seconds=s)
     print(baseline.row(), flush=True)
 
     port = free_port()
@@ -179,6 +213,22 @@ def main() -> None:
         print(iris_bin.row(), iris_js.row(), sep="\n", flush=True)
     results = [baseline, batched, unbatched, iris_bin, iris_js]
 
+    # The bound: the leanest batching server (bench/lean_server.py, none of ModelForge's
+    # per-request work), batching on and off, with as many processes as above and with one;
+    # FastAPI with one process too, for the one-process ratio.
+    lean, fastapi = {}, {args.workers: baseline}
+    for workers in sorted({args.workers, 1}, reverse=True):
+        if workers not in fastapi:
+            fastapi[workers] = minimal_fastapi(mlp_path, mlp_json, workers=workers, connections=c, seconds=s)
+            results.append(fastapi[workers])
+        for interface in ("rsgi", "wsgi"):
+            for batch in (True, False):
+                found = lean[interface, workers, batch] = lean_bound(
+                    mlp_path, mlp_binary, mlp_headers, workers, batch, args, interface
+                )
+                print(found.row(), flush=True)
+                results.append(found)
+
     print(f"\nMachine: {machine()}; {args.workers} workers each, {args.threads} threads per worker; "
           f"batching max {args.max_batch} rows, delay {args.delay_us} us")  # fmt: skip
     print("| configuration | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|")
@@ -189,6 +239,18 @@ def main() -> None:
     print(f"batching on vs minimal FastAPI JSON: {versus_minimal:.2f}x (target >= 3)")
     print(f"p99 batched / unbatched: {batched.p99_ms / unbatched.p99_ms:.2f} (target <= 2)")
     print(f"iris v2 binary vs JSON: {iris_bin.requests_per_second / iris_js.requests_per_second:.2f}x (target >= 1.2)")
+    for (interface, workers, batch), on in lean.items():
+        if not batch:
+            continue
+        off = lean[interface, workers, False]
+        print(
+            f"lean {interface.upper()}, {workers} process(es): batching on vs off "
+            f"{on.requests_per_second / off.requests_per_second:.2f}x, vs minimal FastAPI JSON (as many "
+            f"processes) {on.requests_per_second / fastapi[workers].requests_per_second:.2f}x, "
+            f"p99 on / off {on.p99_ms / off.p99_ms:.2f}"
+        )
+    best = max(found.requests_per_second for (_i, _w, batch), found in lean.items() if batch)
+    print(f"ModelForge batched vs the best lean server: {batched.requests_per_second / best:.2f}x")
 
 
 if __name__ == "__main__":
