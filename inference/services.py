@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -50,8 +51,6 @@ class Timings:
 class PredictionOutcome:
     id: uuid.UUID
     model: MLModel
-    output_data: dict[str, Any]
-    warnings: list[str]
     cached: bool
     created_at: Any
     timings: Timings = field(default_factory=Timings)
@@ -60,6 +59,24 @@ class PredictionOutcome:
     values: dict[str, Any] | None = None
     shapes: dict[str, list[int]] = field(default_factory=dict)
     cache_key: str | None = None  # where the outputs are cached (None with skip_cache)
+    # The outputs as JSON-ready data and their warnings: given, or rendered from ``values`` on
+    # first use (/v2 answers from the arrays; when nothing is cached or recorded, the JSON
+    # rendering is never needed).
+    rendered: tuple[dict[str, Any], list[str]] | None = None
+    render: Callable[[], tuple[dict[str, Any], list[str]]] | None = field(default=None, repr=False)
+
+    @property
+    def output_data(self) -> dict[str, Any]:
+        return self._json()[0]
+
+    @property
+    def warnings(self) -> list[str]:
+        return self._json()[1]
+
+    def _json(self) -> tuple[dict[str, Any], list[str]]:
+        if self.rendered is None:
+            self.rendered = self.render() if self.render is not None else ({}, [])
+        return self.rendered
 
     @property
     def inference_time_ms(self) -> float:
@@ -185,39 +202,52 @@ def infer(
             cached = None
 
     values = None
+    rendered = None
     if cached is not None:
-        output_data, warnings = cached["output_data"], cached["warnings"]
+        rendered = cached["output_data"], cached["warnings"]
         shapes = cached.get("shapes") or {}
     else:
         names, raw_values, timings.queue, timings.compute = run_model(model, feeds)
-        output_data, warnings = encode_outputs(names, raw_values, model.output_schema)
         values = dict(zip(names, raw_values, strict=True))
         shapes = {name: list(value.shape) for name, value in values.items() if isinstance(value, np.ndarray)}
         if cache_key is not None:
+            rendered = encode_outputs(names, raw_values, model.output_schema)
+            output_data, warnings = rendered
             prediction_cache.set(cache_key, {"output_data": output_data, "warnings": warnings, "shapes": shapes})
 
     if requested_outputs is not None:
         wanted = set(requested_outputs)
-        output_data = {name: data for name, data in output_data.items() if name in wanted}
-        warnings = [text for text in warnings if text.partition("'")[2].partition("'")[0] in wanted]
+        if rendered is not None:
+            output_data, warnings = rendered
+            rendered = (
+                {name: data for name, data in output_data.items() if name in wanted},
+                [text for text in warnings if text.partition("'")[2].partition("'")[0] in wanted],
+            )
         shapes = {name: shape for name, shape in shapes.items() if name in wanted}
         if values is not None:
             values = {name: value for name, value in values.items() if name in wanted}
 
+    # The model ran and nothing was cached: the outputs are rendered as JSON only when asked for.
+    render = partial(_render, values, model.output_schema) if rendered is None else None
+
     outcome = PredictionOutcome(
         id=uuid.uuid4(),
         model=model,
-        output_data=output_data,
-        warnings=warnings,
         cached=cached is not None,
         created_at=timezone.now(),
         timings=timings,
         values=values,
         shapes=shapes,
         cache_key=cache_key,
+        rendered=rendered,
+        render=render,
     )
     _record(outcome, input_data=history_input, input_size=input_size, api_key=api_key, user=user)
     return outcome
+
+
+def _render(values: dict[str, Any], output_schema: list[dict]) -> tuple[dict[str, Any], list[str]]:
+    return encode_outputs(list(values), list(values.values()), output_schema)
 
 
 def predict_cached(
@@ -232,8 +262,7 @@ def predict_cached(
     outcome = PredictionOutcome(
         id=uuid.uuid4(),
         model=model,
-        output_data=cached["output_data"],
-        warnings=cached["warnings"],
+        rendered=(cached["output_data"], cached["warnings"]),
         cached=True,
         created_at=timezone.now(),
         timings=timings or Timings(),
