@@ -82,6 +82,28 @@ def api(url: str, key: str, method: str = "GET", body: dict | None = None) -> di
         return json.loads(response.read() or b"{}")
 
 
+def raw_per_row_us(mlp_path: Path, rng: np.random.Generator) -> dict[int, float]:
+    """What batching has to give: microseconds per row of raw session.run, alone and in 16s."""
+    import time
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(mlp_path), options, providers=["CPUExecutionProvider"])
+    found = {}
+    for rows in (1, 16):
+        feed = {"X": rng.standard_normal((rows, 256)).astype(np.float32)}
+        for _ in range(20):
+            session.run(None, feed)
+        runs = 1600 // rows
+        started = time.perf_counter()
+        for _ in range(runs):
+            session.run(None, feed)
+        found[rows] = (time.perf_counter() - started) / runs / rows * 1e6
+    return found
+
+
 def minimal_fastapi(mlp_path: Path, body: bytes, *, workers: int, connections: int, seconds: int):
     """The baseline: bench/minimal_server.py under uvicorn with this many worker processes."""
     port = free_port()
@@ -154,6 +176,9 @@ def main() -> None:
 
     rng = np.random.default_rng(1)
     mlp_row = rng.standard_normal((1, 256)).astype(np.float32)
+    per_row = raw_per_row_us(mlp_path, rng)
+    print(f"raw onnxruntime, one thread, wide MLP: {per_row[1]:.0f} us per row alone, "
+          f"{per_row[16]:.0f} us per row in a batch of 16", flush=True)  # fmt: skip
     iris_row = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
     mlp_binary, mlp_headers = binary_request("X", mlp_row, "probabilities")
     iris_binary, iris_headers = binary_request("X", iris_row, None)
@@ -230,7 +255,8 @@ def main() -> None:
                 results.append(found)
 
     print(f"\nMachine: {machine()}; {args.workers} workers each, {args.threads} threads per worker; "
-          f"batching max {args.max_batch} rows, delay {args.delay_us} us")  # fmt: skip
+          f"batching max {args.max_batch} rows, delay {args.delay_us} us; raw onnxruntime {per_row[1]:.0f} us "
+          f"per row alone, {per_row[16]:.0f} us in a batch of 16")  # fmt: skip
     print("| configuration | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|")
     for result in results:
         print(result.row())
