@@ -59,9 +59,9 @@ class PredictionOutcome:
     values: dict[str, Any] | None = None
     shapes: dict[str, list[int]] = field(default_factory=dict)
     cache_key: str | None = None  # where the outputs are cached (None with skip_cache)
-    # The outputs as JSON-ready data and their warnings: given, or rendered from ``values`` on
-    # first use (/v2 answers from the arrays; when nothing is cached or recorded, the JSON
-    # rendering is never needed).
+    # The outputs as JSON-ready data and their warnings: ``rendered`` when given, else made by
+    # ``render`` on first use (/v2 answers from the arrays; when nothing is cached or recorded,
+    # the JSON rendering is never needed). Every outcome is built with one of the two.
     rendered: tuple[dict[str, Any], list[str]] | None = None
     render: Callable[[], tuple[dict[str, Any], list[str]]] | None = field(default=None, repr=False)
 
@@ -75,7 +75,7 @@ class PredictionOutcome:
 
     def _json(self) -> tuple[dict[str, Any], list[str]]:
         if self.rendered is None:
-            self.rendered = self.render() if self.render is not None else ({}, [])
+            self.rendered = self.render()
         return self.rendered
 
     @property
