@@ -28,6 +28,7 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -43,12 +44,36 @@ BATCH = os.environ.get("BATCH", "1") == "1"
 MAX_BATCH = int(os.environ.get("MAX_BATCH", "32"))
 runner = ThreadPoolExecutor(int(os.environ.get("RUN_THREADS", "1")), thread_name_prefix="lean-run")
 
-_queue: list[tuple[np.ndarray, asyncio.Future]] = []
+
+class _Queued(NamedTuple):
+    rows: np.ndarray
+    future: asyncio.Future
+
+
+_queue: deque[_Queued] = deque()
 _running = False
 
 
 def _run(rows: np.ndarray) -> np.ndarray:
     return session.run([OUTPUT], {INPUT: rows})[0]
+
+
+def _take(queue: deque) -> list:
+    """The next batch, in arrival order: as many queued requests as fit in MAX_BATCH rows (a
+    larger request runs alone)."""
+    batch, total = [], 0
+    while queue and (not batch or total + queue[0].rows.shape[0] <= MAX_BATCH):
+        batch.append(queue.popleft())
+        total += batch[-1].rows.shape[0]
+    return batch
+
+
+def _run_merged(batch: list) -> list[np.ndarray]:
+    """One run over the batch's rows, split back into each request's share of the output."""
+    if len(batch) == 1:
+        return [_run(batch[0].rows)]
+    output = _run(np.concatenate([item.rows for item in batch]))
+    return np.split(output, np.cumsum([item.rows.shape[0] for item in batch])[:-1])
 
 
 async def _drain() -> None:
@@ -58,24 +83,15 @@ async def _drain() -> None:
     _running = True
     try:
         while _queue:
-            batch, total = [], 0
-            while _queue and total + _queue[0][0].shape[0] <= MAX_BATCH:
-                item = _queue.pop(0)
-                batch.append(item)
-                total += item[0].shape[0]
-            if not batch:  # one request larger than MAX_BATCH: run it alone
-                batch = [_queue.pop(0)]
-            rows = batch[0][0] if len(batch) == 1 else np.concatenate([item[0] for item in batch])
+            batch = _take(_queue)
             try:
-                output = await loop.run_in_executor(runner, _run, rows)
+                outputs = await loop.run_in_executor(runner, _run_merged, batch)
             except Exception as exc:
-                for _rows, future in batch:
-                    future.set_exception(exc)
+                for item in batch:
+                    item.future.set_exception(exc)
                 continue
-            offset = 0
-            for item_rows, future in batch:
-                future.set_result(output[offset : offset + item_rows.shape[0]])
-                offset += item_rows.shape[0]
+            for item, output in zip(batch, outputs, strict=True):
+                item.future.set_result(output)
     finally:
         _running = False
 
@@ -85,7 +101,7 @@ async def _infer(rows: np.ndarray) -> np.ndarray:
     if not BATCH:
         return await loop.run_in_executor(runner, _run, rows)
     future = loop.create_future()
-    _queue.append((rows, future))
+    _queue.append(_Queued(rows, future))
     if not _running:
         loop.create_task(_drain())
     return await future
@@ -151,22 +167,16 @@ def _schedule() -> None:
         with _ready:
             while not _waiting:
                 _ready.wait()
-            batch, total = [], 0
-            while _waiting and (not batch or total + _waiting[0].rows.shape[0] <= MAX_BATCH):
-                batch.append(_waiting.popleft())
-                total += batch[-1].rows.shape[0]
+            batch = _take(_waiting)
         try:
-            rows = batch[0].rows if len(batch) == 1 else np.concatenate([item.rows for item in batch])
-            output = _run(rows)
+            outputs = _run_merged(batch)
         except Exception as exc:
             for item in batch:
                 item.error = exc
                 item.done.set()
             continue
-        offset = 0
-        for item in batch:
-            item.output = output[offset : offset + item.rows.shape[0]]
-            offset += item.rows.shape[0]
+        for item, output in zip(batch, outputs, strict=True):
+            item.output = output
             item.done.set()
 
 
