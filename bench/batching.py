@@ -183,7 +183,6 @@ def main() -> None:
     mlp_binary, mlp_headers = binary_request("X", mlp_row, "probabilities")
     iris_binary, iris_headers = binary_request("X", iris_row, None)
     iris_json = json_request("X", iris_row)
-    results = []
 
     mlp_json = json.dumps({"input_data": {"X": mlp_row.tolist()}}).encode()
     baseline = minimal_fastapi(mlp_path, mlp_json, workers=args.workers, connections=c, seconds=s)
