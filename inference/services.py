@@ -27,6 +27,7 @@ from inference.limits import check_batch_rows, in_flight
 from inference.metrics import metrics
 from inference.sessions import get_pool
 from inference.tensors import DTYPES, decode_inputs, encode_outputs, tensor_digest
+from modelforge_site import ids
 from modelforge_site.exceptions import DomainError
 from registry.models import MLModel
 
@@ -231,7 +232,7 @@ def infer(
     render = partial(_render, values, model.output_schema) if rendered is None else None
 
     outcome = PredictionOutcome(
-        id=uuid.uuid4(),
+        id=ids.uuid4(),
         model=model,
         cached=cached is not None,
         created_at=timezone.now(),
@@ -260,7 +261,7 @@ def predict_cached(
     if cached is None:
         return None
     outcome = PredictionOutcome(
-        id=uuid.uuid4(),
+        id=ids.uuid4(),
         model=model,
         rendered=(cached["output_data"], cached["warnings"]),
         cached=True,

@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
+
+from modelforge_site import ids
 
 HEADER = "X-Request-ID"
 _VALID_ID = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
@@ -52,7 +53,7 @@ def request_id_from(incoming: str | None) -> str:
     """The client's id when it is sane, else a new one."""
     if incoming and _VALID_ID.fullmatch(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return ids.uuid4().hex
 
 
 def begin(*, method: str, path: str, incoming_id: str | None, inference: bool | None = None) -> RequestContext:
@@ -116,7 +117,7 @@ def finish(status: int, *, retry_after: bool = False) -> str:
     """Record the answered request (log line, metrics) and end its context; returns its id."""
     context = current()
     if context is None:  # not begun (cannot happen on our paths): still answer with an id
-        return uuid.uuid4().hex
+        return ids.uuid4().hex
     # The id stays current until the next request of this thread: Django logs a 4xx or 5xx
     # response ("Not Found: ...") after the middleware returns, and that line is this request's.
     context.finished = True
