@@ -45,14 +45,41 @@ class BatchConfig:
     timeout_us: int
 
 
-@dataclass
+class _Done:
+    """Set once by the scheduler, waited on by the request's thread: one lock, held until set
+    (a threading.Event builds a Condition and a waiter lock per wait; this is on every request)."""
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        """True once set; False when ``timeout`` seconds passed first."""
+        if self._lock.acquire(timeout=timeout):
+            self._lock.release()
+            return True
+        return self._set
+
+
+@dataclass(slots=True)
 class _Pending:
     feeds: dict[str, np.ndarray]
     rows: int
     signature: tuple
     enqueued: float
     deadline: float | None
-    done: threading.Event = field(default_factory=threading.Event)
+    done: _Done = field(default_factory=_Done)
     values: list[Any] | None = None
     error: BaseException | None = None
     queue_ms: float = 0.0
@@ -80,6 +107,11 @@ class ModelBatcher:
         self.config = config
         self._queue: deque[_Pending] = deque()
         self._cond = threading.Condition()
+        self._queued_rows = 0
+        # While the scheduler waits for a batch to fill: the rows it still wants. Requests that
+        # leave it short do not wake it (one thread switch per request saved); it looks again at
+        # the delay's end, or as soon as the queue holds what it wants.
+        self._wanted_rows: int | None = None
         self._thread: threading.Thread | None = None
         self.busy = False  # the scheduler is running a batch
         # Cleared for good once a merged run's outputs do not line up with its rows (the model
@@ -106,13 +138,16 @@ class ModelBatcher:
                     retry_after=1,
                 )
             self._queue.append(pending)
+            self._queued_rows += rows
             self._ensure_thread()
-            self._cond.notify()
+            if self._wanted_rows is None or self._queued_rows >= self._wanted_rows:
+                self._cond.notify()
         # A request never waits forever, even if the scheduler died: the timeout, or a generous cap.
         if not pending.done.wait(timeout if timeout else 300):
             with self._cond:
                 if pending in self._queue:
                     self._queue.remove(pending)
+                    self._queued_rows -= pending.rows
             raise QueueTimeout(
                 "The request waited longer than the model's timeout in its batching queue. Retry shortly.",
                 retry_after=1,
@@ -152,6 +187,7 @@ class ModelBatcher:
                     self._thread = None
                     return None  # idle: the next request starts a new scheduler
             first = self._queue.popleft()
+            self._queued_rows -= first.rows
             batch, rows = [first], first.rows
             target = min(config.preferred_batch_size or config.max_batch_size, config.max_batch_size)
             deadline = first.enqueued + config.max_queue_delay_us / 1e6
@@ -161,12 +197,17 @@ class ModelBatcher:
                     if rows + candidate.rows > config.max_batch_size:
                         break
                     batch.append(self._queue.popleft())
+                    self._queued_rows -= candidate.rows
                     rows += candidate.rows
                     continue
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
-                self._cond.wait(remaining)
+                self._wanted_rows = target - rows
+                try:
+                    self._cond.wait(remaining)
+                finally:
+                    self._wanted_rows = None
         return batch
 
     def _execute(self, batch: list[_Pending]) -> None:

@@ -220,3 +220,65 @@ def test_a_full_queue_is_refused_at_once_with_retry_after():
     first.join()
     second.join()
     assert [float(values[0][0][0]) for values, _, _ in results] == [400_000.0, 400_000.0]
+
+
+def _loaded(data: bytes):
+    class Loaded:
+        pass
+
+    loaded = Loaded()
+    loaded.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return loaded
+
+
+def test_a_batch_runs_as_soon_as_late_arrivals_fill_it_to_its_preferred_size():
+    # The delay is longer than the timeout: a scheduler that slept through the arrivals to the
+    # delay's end would answer every request 503 (queue_timeout) instead.
+    loaded = _loaded(dense_model())
+    config = BatchConfig(
+        max_batch_size=8, max_queue_delay_us=10_000_000, preferred_batch_size=4, max_queue_size=8, timeout_us=5_000_000
+    )
+    batcher = ModelBatcher(key="fill", session_provider=lambda: loaded, model_label=("fill", "1.0.0"), config=config)
+    before = counter("executions", "fill")
+    rows = [RNG.standard_normal((n, 8)).astype(np.float32) for n in (1, 1, 1, 1)]
+    results: dict[int, object] = {}
+
+    def send(index: int) -> None:
+        try:
+            results[index] = batcher.run({"X": rows[index]})[0][0]
+        except Exception as exc:  # noqa: BLE001 (the assertion below shows it)
+            results[index] = exc
+
+    first = threading.Thread(target=send, args=(0,))
+    first.start()
+    deadline = time.monotonic() + 10
+    while batcher.waiting():  # the scheduler has taken the first request and waits for more
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    time.sleep(0.05)
+    late = [threading.Thread(target=send, args=(i,)) for i in (1, 2, 3)]
+    for thread in late:
+        thread.start()
+    for thread in [first, *late]:
+        thread.join()
+
+    for index, X in enumerate(rows):
+        assert isinstance(results[index], np.ndarray), results[index]
+        np.testing.assert_allclose(results[index], loaded.session.run(None, {"X": X})[0], rtol=1e-6, atol=1e-6)
+    assert counter("executions", "fill") - before == 1  # one run for the four
+
+
+def test_a_request_still_short_of_the_batch_is_answered_at_its_timeout():
+    # One request, a batch that wants 8 rows and a delay past the timeout: it is never woken
+    # for more rows and waits out its timeout, answered 503 with Retry-After, not kept forever.
+    from inference.errors import QueueTimeout
+
+    loaded = _loaded(dense_model())
+    config = BatchConfig(
+        max_batch_size=8, max_queue_delay_us=5_000_000, preferred_batch_size=8, max_queue_size=4, timeout_us=200_000
+    )
+    batcher = ModelBatcher(key="short", session_provider=lambda: loaded, model_label=("short", "1.0.0"), config=config)
+    with pytest.raises(QueueTimeout) as waited:
+        batcher.run({"X": np.zeros((1, 8), dtype=np.float32)})
+    assert waited.value.status_code == 503
+    assert waited.value.retry_after >= 1
