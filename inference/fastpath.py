@@ -23,6 +23,8 @@ from urllib.parse import parse_qs
 
 import orjson
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.http.request import split_domain_port, validate_host
 from rest_framework import exceptions
 
@@ -80,12 +82,7 @@ class PredictFastPath:
             return False
         if settings.SECURE_SSL_REDIRECT and not _is_secure(environ):
             return False  # Django answers with the redirect
-        host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
-        domain, _port = split_domain_port(host)
-        allowed = settings.ALLOWED_HOSTS
-        if settings.DEBUG and not allowed:
-            allowed = [".localhost", "127.0.0.1", "[::1]"]
-        return bool(domain) and validate_host(domain, allowed)
+        return _host_allowed(environ.get("HTTP_HOST") or environ.get("SERVER_NAME", ""))
 
     # --- the exchange --------------------------------------------------------------------
     def _predict(self, environ, start_response, params: dict):
@@ -129,22 +126,60 @@ class PredictFastPath:
     @staticmethod
     def _respond(start_response, status: int, content: bytes, headers: dict[str, str], environ):
         # The headers SecurityMiddleware and XFrameOptionsMiddleware add to every Django response.
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("Referrer-Policy", settings.SECURE_REFERRER_POLICY or "same-origin")
-        headers.setdefault("Cross-Origin-Opener-Policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY or "same-origin")
-        headers.setdefault("X-Frame-Options", settings.X_FRAME_OPTIONS)
-        if settings.SECURE_HSTS_SECONDS and _is_secure(environ):
-            hsts = f"max-age={settings.SECURE_HSTS_SECONDS}"
-            if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
-                hsts += "; includeSubDomains"
-            if settings.SECURE_HSTS_PRELOAD:
-                hsts += "; preload"
-            headers.setdefault("Strict-Transport-Security", hsts)
+        for name, value in _security_headers(secure=_is_secure(environ)):
+            headers.setdefault(name, value)
         headers["Content-Length"] = str(len(content))
         # The request's id, its log line and its metrics (RequestLogMiddleware's work in Django).
         headers[request_log.HEADER] = request_log.finish(status, retry_after="Retry-After" in headers)
         start_response(_STATUS_LINES.get(status, f"{status} Error"), list(headers.items()))
         return [content]
+
+
+# What the settings say, worked out once: the allowed Host headers seen so far (at most
+# _HOSTS_KEPT, so random Host headers cannot grow it) and the security headers. Both are
+# forgotten when a setting changes (override_settings in the tests).
+_HOSTS_KEPT = 64
+_hosts: dict[str, bool] = {}
+_headers: dict[bool, tuple[tuple[str, str], ...]] = {}
+
+
+@receiver(setting_changed)
+def _forget_settings(**kwargs) -> None:
+    _hosts.clear()
+    _headers.clear()
+
+
+def _host_allowed(host: str) -> bool:
+    allowed = _hosts.get(host)
+    if allowed is None:
+        domain, _port = split_domain_port(host)
+        hosts = settings.ALLOWED_HOSTS
+        if settings.DEBUG and not hosts:
+            hosts = [".localhost", "127.0.0.1", "[::1]"]
+        allowed = bool(domain) and validate_host(domain, hosts)
+        if len(_hosts) < _HOSTS_KEPT:
+            _hosts[host] = allowed
+    return allowed
+
+
+def _security_headers(*, secure: bool) -> tuple[tuple[str, str], ...]:
+    headers = _headers.get(secure)
+    if headers is None:
+        found = [
+            ("X-Content-Type-Options", "nosniff"),
+            ("Referrer-Policy", settings.SECURE_REFERRER_POLICY or "same-origin"),
+            ("Cross-Origin-Opener-Policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY or "same-origin"),
+            ("X-Frame-Options", settings.X_FRAME_OPTIONS),
+        ]
+        if settings.SECURE_HSTS_SECONDS and secure:
+            hsts = f"max-age={settings.SECURE_HSTS_SECONDS}"
+            if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
+                hsts += "; includeSubDomains"
+            if settings.SECURE_HSTS_PRELOAD:
+                hsts += "; preload"
+            found.append(("Strict-Transport-Security", hsts))
+        headers = _headers[secure] = tuple(found)
+    return headers
 
 
 def _is_secure(environ) -> bool:

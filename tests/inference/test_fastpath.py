@@ -193,6 +193,39 @@ def test_requests_it_cannot_vouch_for_go_to_django(app, iris, predict_key, setti
     assert status == 400
 
 
+def test_a_host_is_judged_by_the_allowed_hosts_in_force(app, iris, predict_key, settings):
+    path = f"{MODELS}/{iris['id']}/predict"
+    body = orjson.dumps({"input_data": IRIS_ROW})
+    settings.ALLOWED_HOSTS = ["api.example.com", "testserver"]
+    status, _, _ = call(app, path, body, key=predict_key, host="api.example.com")
+    assert status == 200
+    settings.ALLOWED_HOSTS = ["testserver"]  # the host answered a moment ago is no longer allowed
+    status, _, _ = call(app, path, body, key=predict_key, host="api.example.com")
+    assert status == 400
+    # Many different made-up hosts: every one refused, however many were seen before.
+    for index in range(100):
+        status, _, _ = call(app, path, body, key=predict_key, host=f"h{index}.evil.example.com")
+        assert status == 400
+    status, headers, _ = call(app, path, body, key=predict_key)
+    assert status == 200
+    assert headers["X-Frame-Options"] == settings.X_FRAME_OPTIONS
+
+
+def test_security_headers_follow_the_settings(app, iris, predict_key, settings):
+    path = f"{MODELS}/{iris['id']}/predict"
+    body = orjson.dumps({"input_data": IRIS_ROW})
+    settings.SECURE_HSTS_SECONDS = 0
+    _, headers, _ = call(app, path, body, key=predict_key, **{"wsgi.url_scheme": "https"})
+    assert "Strict-Transport-Security" not in headers
+    settings.SECURE_HSTS_SECONDS = 3600
+    settings.SECURE_REFERRER_POLICY = "no-referrer"
+    _, headers, _ = call(app, path, body, key=predict_key, **{"wsgi.url_scheme": "https"})
+    assert headers["Strict-Transport-Security"].startswith("max-age=3600")
+    assert headers["Referrer-Policy"] == "no-referrer"
+    _, headers, _ = call(app, path, body, key=predict_key)  # plain HTTP: never HSTS
+    assert "Strict-Transport-Security" not in headers
+
+
 def test_https_redirect_is_left_to_django(iris, predict_key, settings):
     path = f"{MODELS}/{iris['id']}/predict"
     body = orjson.dumps({"input_data": IRIS_ROW})
