@@ -18,6 +18,4 @@ class Command(BaseCommand):
         deleted = history_cleanup()
         self.stdout.write(f"deleted {deleted} predictions older than {settings.HISTORY_RETENTION_DAYS} days")
         minutes = serving_stats_cleanup()
-        self.stdout.write(
-            f"deleted {minutes} serving minutes older than {settings.SERVING_STATS_RETENTION_DAYS} days"
-        )
+        self.stdout.write(f"deleted {minutes} serving minutes older than {settings.SERVING_STATS_RETENTION_DAYS} days")
