@@ -107,7 +107,6 @@ class ModelBatcher:
         self.config = config
         self._queue: deque[_Pending] = deque()
         self._cond = threading.Condition()
-        self._queued_rows = 0
         # While the scheduler waits for a batch to fill: the rows it still wants. Requests that
         # leave it short do not wake it (one thread switch per request saved); it looks again at
         # the delay's end, or as soon as the queue holds what it wants.
@@ -138,16 +137,15 @@ class ModelBatcher:
                     retry_after=1,
                 )
             self._queue.append(pending)
-            self._queued_rows += rows
             self._ensure_thread()
-            if self._wanted_rows is None or self._queued_rows >= self._wanted_rows:
+            # The scheduler took everything queued before it waited: the queue holds only arrivals since.
+            if self._wanted_rows is None or sum(p.rows for p in self._queue) >= self._wanted_rows:
                 self._cond.notify()
         # A request never waits forever, even if the scheduler died: the timeout, or a generous cap.
         if not pending.done.wait(timeout if timeout else 300):
             with self._cond:
                 if pending in self._queue:
                     self._queue.remove(pending)
-                    self._queued_rows -= pending.rows
             raise QueueTimeout(
                 "The request waited longer than the model's timeout in its batching queue. Retry shortly.",
                 retry_after=1,
@@ -187,7 +185,6 @@ class ModelBatcher:
                     self._thread = None
                     return None  # idle: the next request starts a new scheduler
             first = self._queue.popleft()
-            self._queued_rows -= first.rows
             batch, rows = [first], first.rows
             target = min(config.preferred_batch_size or config.max_batch_size, config.max_batch_size)
             deadline = first.enqueued + config.max_queue_delay_us / 1e6
@@ -197,7 +194,6 @@ class ModelBatcher:
                     if rows + candidate.rows > config.max_batch_size:
                         break
                     batch.append(self._queue.popleft())
-                    self._queued_rows -= candidate.rows
                     rows += candidate.rows
                     continue
                 remaining = deadline - time.perf_counter()
