@@ -212,7 +212,7 @@ def infer(
         values = dict(zip(names, raw_values, strict=True))
         shapes = {name: list(value.shape) for name, value in values.items() if isinstance(value, np.ndarray)}
         if cache_key is not None:
-            rendered = encode_outputs(names, raw_values, model.output_schema)
+            rendered = _render(values, model.output_schema)
             output_data, warnings = rendered
             prediction_cache.set(cache_key, {"output_data": output_data, "warnings": warnings, "shapes": shapes})
 
