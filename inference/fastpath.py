@@ -126,7 +126,7 @@ class PredictFastPath:
     @staticmethod
     def _respond(start_response, status: int, content: bytes, headers: dict[str, str], environ):
         # The headers SecurityMiddleware and XFrameOptionsMiddleware add to every Django response.
-        for name, value in _security_headers(secure=_is_secure(environ)):
+        for name, value in _security_headers(hsts=bool(settings.SECURE_HSTS_SECONDS) and _is_secure(environ)):
             headers.setdefault(name, value)
         headers["Content-Length"] = str(len(content))
         # The request's id, its log line and its metrics (RequestLogMiddleware's work in Django).
@@ -140,7 +140,7 @@ class PredictFastPath:
 # forgotten when a setting changes (override_settings in the tests).
 _HOSTS_KEPT = 64
 _hosts: dict[str, bool] = {}
-_headers: dict[bool, tuple[tuple[str, str], ...]] = {}
+_headers: dict[bool, tuple[tuple[str, str], ...]] = {}  # by whether HSTS is sent
 
 
 @receiver(setting_changed)
@@ -162,8 +162,8 @@ def _host_allowed(host: str) -> bool:
     return allowed
 
 
-def _security_headers(*, secure: bool) -> tuple[tuple[str, str], ...]:
-    headers = _headers.get(secure)
+def _security_headers(*, hsts: bool) -> tuple[tuple[str, str], ...]:
+    headers = _headers.get(hsts)
     if headers is None:
         found = [
             ("X-Content-Type-Options", "nosniff"),
@@ -171,14 +171,14 @@ def _security_headers(*, secure: bool) -> tuple[tuple[str, str], ...]:
             ("Cross-Origin-Opener-Policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY or "same-origin"),
             ("X-Frame-Options", settings.X_FRAME_OPTIONS),
         ]
-        if settings.SECURE_HSTS_SECONDS and secure:
-            hsts = f"max-age={settings.SECURE_HSTS_SECONDS}"
+        if hsts:
+            value = f"max-age={settings.SECURE_HSTS_SECONDS}"
             if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
-                hsts += "; includeSubDomains"
+                value += "; includeSubDomains"
             if settings.SECURE_HSTS_PRELOAD:
-                hsts += "; preload"
-            found.append(("Strict-Transport-Security", hsts))
-        headers = _headers[secure] = tuple(found)
+                value += "; preload"
+            found.append(("Strict-Transport-Security", value))
+        headers = _headers[hsts] = tuple(found)
     return headers
 
 
