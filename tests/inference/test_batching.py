@@ -188,14 +188,17 @@ def test_models_that_mix_rows_are_not_merged(batched_model):
         assert response.json()["output_data"]["Y"] == [[i + 1.0]]
 
 
-def test_a_full_queue_is_refused_at_once_with_retry_after():
-    session = ort.InferenceSession(slow_model(400_000), providers=["CPUExecutionProvider"])
-
+def _loaded(data: bytes):
     class Loaded:
         pass
 
     loaded = Loaded()
-    loaded.session = session
+    loaded.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return loaded
+
+
+def test_a_full_queue_is_refused_at_once_with_retry_after():
+    loaded = _loaded(slow_model(400_000))
     config = BatchConfig(
         max_batch_size=1, max_queue_delay_us=0, preferred_batch_size=None, max_queue_size=1, timeout_us=0
     )
@@ -220,15 +223,6 @@ def test_a_full_queue_is_refused_at_once_with_retry_after():
     first.join()
     second.join()
     assert [float(values[0][0][0]) for values, _, _ in results] == [400_000.0, 400_000.0]
-
-
-def _loaded(data: bytes):
-    class Loaded:
-        pass
-
-    loaded = Loaded()
-    loaded.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    return loaded
 
 
 def test_a_batch_runs_as_soon_as_late_arrivals_fill_it_to_its_preferred_size():
