@@ -119,9 +119,12 @@ def minimal_fastapi(mlp_path: Path, body: bytes, *, workers: int, connections: i
         return wrk(label, url, body, connections=connections, seconds=seconds)
 
 
-def lean_bound(mlp_path: Path, body: bytes, headers: dict, workers: int, batch: bool, args, interface: str):
+def lean_bound(
+    mlp_path: Path, body: bytes, headers: dict, workers: int, batch: bool, args, interface: str, work_us: int = 0
+):
     """bench/lean_server.py under granian: RSGI with as many run threads per process as cores
-    allow, or WSGI with the blocking threads ModelForge gets."""
+    allow, or WSGI with the blocking threads ModelForge gets; `work_us` of interpreter work per
+    request on top (bench/budget.py)."""
     run_threads = max(1, (os.cpu_count() or 1) // workers)
     port = free_port()
     env = dict(
@@ -130,6 +133,7 @@ def lean_bound(mlp_path: Path, body: bytes, headers: dict, workers: int, batch: 
         BATCH="1" if batch else "0",
         RUN_THREADS=str(run_threads),
         MAX_BATCH=str(args.max_batch),
+        WORK_US=str(work_us),
     )
     command = [
         PYTHON, "-m", "granian", "--interface", interface, "--host", "127.0.0.1", "--port", str(port),
@@ -143,6 +147,8 @@ def lean_bound(mlp_path: Path, body: bytes, headers: dict, workers: int, batch: 
         threads = f"asyncio, {run_threads} run thread(s)"
     url = f"http://127.0.0.1:{port}/"
     label = f"MLP lean {interface.upper()}, {workers} process(es), {threads}, batching {'on' if batch else 'off'}"
+    if work_us:
+        label += f", {work_us} us work"
     c, s = args.connections, args.seconds
     with running(command, env=env, ready_url=url, log_name="lean"):
         wrk("warm-up", url, body, connections=c, seconds=2, headers=headers)

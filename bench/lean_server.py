@@ -17,6 +17,10 @@ bench/batching.py runs both beside ModelForge to show how far batching can go on
 hand: whatever ratio these servers reach is an upper bound for a Python server that does more
 work per request.
 
+WORK_US=N adds N microseconds of interpreter work (a busy loop holding the GIL) to every request,
+standing in for a real server's checks and counts: bench/budget.py uses it to find how much
+per-request work batching can carry before a target ratio is lost.
+
     MODEL_PATH=model.onnx BATCH=1 granian --interface rsgi bench.lean_server:app
     MODEL_PATH=model.onnx BATCH=1 granian --interface wsgi --blocking-threads 16 bench.lean_server:wsgi_app
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -42,6 +47,7 @@ INPUT = session.get_inputs()[0].name
 OUTPUT = os.environ.get("OUTPUT", session.get_outputs()[-1].name)
 BATCH = os.environ.get("BATCH", "1") == "1"
 MAX_BATCH = int(os.environ.get("MAX_BATCH", "32"))
+WORK_SECONDS = int(os.environ.get("WORK_US", "0")) / 1e6
 runner = ThreadPoolExecutor(int(os.environ.get("RUN_THREADS", "1")), thread_name_prefix="lean-run")
 
 
@@ -107,7 +113,16 @@ async def _infer(rows: np.ndarray) -> np.ndarray:
     return await future
 
 
+def _work() -> None:
+    """WORK_US of interpreter time, as a real server's per-request Python work would take."""
+    if WORK_SECONDS:
+        end = time.perf_counter() + WORK_SECONDS
+        while time.perf_counter() < end:
+            pass
+
+
 def _parse(body: bytes, header_length: str | None) -> tuple[dict, np.ndarray]:
+    _work()
     length = int(header_length or "")
     header = orjson.loads(body[:length])
     return header, np.frombuffer(body[length:], dtype="<f4").reshape(header["inputs"][0]["shape"])
