@@ -14,6 +14,10 @@ Correctness comes first:
   result it would have had alone and a failing request fails alone;
 - a full queue (`max_queue_size` requests) rejects at once with 503 and Retry-After; a request
   that waits longer than `default_timeout_microseconds` is answered 503 too.
+
+Merged results equal the unbatched ones up to floating-point rounding: ONNX Runtime chooses its
+matrix kernels by row count, so a row run alone may differ from the same row in a larger run in
+the last bits (docs/architecture.md).
 """
 
 from __future__ import annotations
