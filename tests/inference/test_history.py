@@ -258,3 +258,34 @@ def test_cleanup_history_command_and_task_delete_old_rows(settings):
     assert Prediction.objects.count() == 1
     Prediction.objects.update(created_at=old)
     assert cleanup_history() == 1
+
+
+def _lz4_available() -> bool:
+    from django.db import connection
+
+    if connection.vendor != "postgresql" or connection.pg_version < 140000:
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
+        row = cursor.fetchone()
+    return row is not None and "lz4" in row[0]
+
+
+def test_large_recorded_inputs_are_stored_lz4_compressed_on_postgresql(adder, predict_client):
+    from django.db import connection
+
+    if not _lz4_available():
+        pytest.skip("needs PostgreSQL 14+ built with lz4")
+    rows = [[float(value), value / 7, value / 3] for value in range(300)]  # ~10 KB of JSON: compressed
+    answer = predict_ok(predict_client, adder["id"], {"X": rows, "Y": rows})
+    assert history.flush() == 1
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_column_compression(input_data), pg_column_compression(output_data) "
+            "FROM inference_prediction WHERE id = %s",
+            [answer["id"]],
+        )
+        assert cursor.fetchone() == ("lz4", "lz4")
+    stored = history_of(predict_client, adder["id"])["results"][0]
+    assert stored["input_data"] == {"X": rows, "Y": rows}  # read back whole
+    assert stored["output_data"] == answer["output_data"]
