@@ -13,21 +13,26 @@ from django.db import migrations
 COLUMNS = ("input_data", "output_data")
 
 
+def compression_methods(connection) -> set[str]:
+    """The column compression methods the database offers: none but on PostgreSQL 14+ (the
+    setting is new in 14), lz4 only where the server was built with it."""
+    if connection.vendor != "postgresql":
+        return set()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
+        row = cursor.fetchone()
+    return set(row[0]) if row else set()
+
+
 def _set_compression(method: str):
     def apply(apps, schema_editor):
-        connection = schema_editor.connection
-        if connection.vendor != "postgresql" or connection.pg_version < 140000:
+        if method not in compression_methods(schema_editor.connection):
             return
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
-            row = cursor.fetchone()
-            if row is None or method not in row[0]:
-                return
-            table = schema_editor.quote_name(apps.get_model("inference", "Prediction")._meta.db_table)
-            for column in COLUMNS:
-                # Names from the model and the constant above, never from input.
-                name = schema_editor.quote_name(column)
-                cursor.execute(f"ALTER TABLE {table} ALTER COLUMN {name} SET COMPRESSION {method}")
+        table = schema_editor.quote_name(apps.get_model("inference", "Prediction")._meta.db_table)
+        for column in COLUMNS:
+            # Names from the model and the constant above, never from input.
+            name = schema_editor.quote_name(column)
+            schema_editor.execute(f"ALTER TABLE {table} ALTER COLUMN {name} SET COMPRESSION {method}")
 
     return apply
 

@@ -7,6 +7,7 @@ about a second.
 
 from __future__ import annotations
 
+import importlib
 import uuid
 from datetime import datetime, timedelta
 
@@ -260,21 +261,11 @@ def test_cleanup_history_command_and_task_delete_old_rows(settings):
     assert cleanup_history() == 1
 
 
-def _lz4_available() -> bool:
-    from django.db import connection
-
-    if connection.vendor != "postgresql" or connection.pg_version < 140000:
-        return False
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
-        row = cursor.fetchone()
-    return row is not None and "lz4" in row[0]
-
-
 def test_large_recorded_inputs_are_stored_lz4_compressed_on_postgresql(adder, predict_client):
     from django.db import connection
 
-    if not _lz4_available():
+    migration = importlib.import_module("inference.migrations.0003_history_lz4")
+    if "lz4" not in migration.compression_methods(connection):
         pytest.skip("needs PostgreSQL 14+ built with lz4")
     rows = [[float(value), value / 7, value / 3] for value in range(300)]  # ~10 KB of JSON: compressed
     answer = predict_ok(predict_client, adder["id"], {"X": rows, "Y": rows})
