@@ -31,7 +31,9 @@ def test_sigterm_lets_the_running_job_complete_once_and_keeps_the_queue(
         first = stack.start_worker(f"warm-{os.getpid()}")
         slow = make_model(slow_model(), name="slow")
         iris = make_model(iris_model(), name="iris")
-        rows = iris_rows(1_500)
+        # 60 chunks of ~35-80 ms: seconds of work, so the job is still running when the test,
+        # starved of CPU by the other test worker, gets to the signal (15 chunks were not enough).
+        rows = iris_rows(6_000)
         running = created(create_file(jobs_client, slow, jsonl_bytes(rows), "rows.jsonl"))
         wait_status(jobs_client, running["id"], lambda job: job["progress"]["done"] > 0)
         waiting = created(create_inline(jobs_client, iris, {"X": [[1, 2, 3, 4]]}))
