@@ -117,7 +117,15 @@ def test_more_requests_than_the_batching_queue_holds_is_503_with_retry_after(
 ):
     settings.INFERENCE_TIMEOUT_SECONDS = 60
     sleepy = ready_model(make_sleepy_model(), name="sleepy")
-    batching = {"enabled": True, "max_batch_size": 1, "max_queue_delay_microseconds": 0, "max_queue_size": 1}
+    # No queue timeout: this test is about the full queue, and on a CPU-starved machine the first
+    # request's "second" of work has taken longer than the default 10 s the second one may wait.
+    batching = {
+        "enabled": True,
+        "max_batch_size": 1,
+        "max_queue_delay_microseconds": 0,
+        "max_queue_size": 1,
+        "default_timeout_microseconds": 0,
+    }
     patched = manage_client.patch(f"/api/v1/models/{sleepy['id']}", {"batching": batching}, format="json")
     assert patched.status_code == 200, patched.json()
     send = SENDERS[path]
