@@ -180,13 +180,15 @@ def test_an_aliased_version_cannot_be_deleted_until_the_alias_moves(manage_clien
     assert manage_client.delete(f"/api/v1/models/{iris['1.0.0'].pk}").status_code == 204
 
 
-def test_an_archived_target_keeps_its_alias(manage_client, iris):
+def test_an_aliased_version_cannot_be_archived_until_the_alias_moves(manage_client, iris):
     put_alias(manage_client, "iris", "production", "1.0.0")
-    assert manage_client.post(f"/api/v1/models/{iris['1.0.0'].pk}/archive").status_code == 200
-    (alias,) = manage_client.get(aliases_url("iris")).json()["aliases"]
-    assert (alias["version"], alias["status"]) == ("1.0.0", "archived")
-    # ... but it cannot be pointed at an archived version again.
+    refused = manage_client.post(f"/api/v1/models/{iris['1.0.0'].pk}/archive")
+    assert error_code(refused, 409) == "model_aliased"
+    assert "iris@production" in refused.json()["detail"]
+    assert MLModel.objects.get(pk=iris["1.0.0"].pk).status == "ready"
     put_alias(manage_client, "iris", "production", "1.1.0")
+    assert manage_client.post(f"/api/v1/models/{iris['1.0.0'].pk}/archive").status_code == 200
+    # ... and an alias cannot be pointed at an archived version.
     assert error_code(put_alias(manage_client, "iris", "production", "1.0.0"), 409) == "model_not_ready"
 
 
