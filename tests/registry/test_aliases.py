@@ -348,7 +348,9 @@ def test_admin_moves_an_alias_through_the_service_and_shows_the_audit_row(admin_
     options = form.content.decode()
     assert ">1.1.0<" in options and ">2.0.0<" in options and ">3.0.0<" not in options
 
-    response = admin_client.post(url, {"model": str(iris["2.0.0"].pk)})
+    confirmation = admin_client.post(url, {"model": str(iris["2.0.0"].pk)})  # asks first, moves nothing
+    assert confirmation.status_code == 200 and "1.0.0 → 2.0.0" in confirmation.content.decode()
+    response = admin_client.post(url, {"model": str(iris["2.0.0"].pk), "post": "yes"})
     assert response.status_code == 302, response.content[:3000]
     alias.refresh_from_db()
     assert alias.model_id == iris["2.0.0"].pk

@@ -16,17 +16,22 @@ from __future__ import annotations
 
 import io
 import re
+import threading
+import time
 
 import pytest
 from django.contrib.messages import get_messages
+from django.db import connection, transaction
 from django.urls import reverse
 
 from inference.serving_stats import serving_stats
 from registry import services
+from registry.errors import ModelAliased, ModelNotReady
 from registry.models import AliasEvent, MLModel, ModelAlias
 from registry.storage import ModelStore
 from tests.inference.api import predict
 from tests.registry.onnx_factories import make_iris_model
+from tests.registry.test_aliases import _waiting_on_locks
 from tests.registry.versions import scaled_version
 
 pytestmark = pytest.mark.django_db
@@ -117,6 +122,58 @@ def test_api_archive_goes_ahead_once_the_aliases_moved(manage_client, iris):
         services.alias_set(name="iris", alias=alias, version="1.1.0")
     response = manage_client.post(f"{MODELS}/{iris['1.0.0'].pk}/archive")
     assert (response.status_code, response.json()["status"]) == (200, "archived")
+
+
+# --- races: an alias and an archive at the same moment ------------------------------------------
+
+
+def _in_thread(call) -> tuple[threading.Thread, list]:
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # reported by the test thread
+            outcome.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def _wait_until_blocked(thread: threading.Thread) -> None:
+    deadline = time.monotonic() + 60  # a safety net: the wait ends on the lock wait being seen
+    while _waiting_on_locks() < 1 and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _waiting_on_locks() == 1, "the other call should be waiting on the version's row lock"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks need PostgreSQL")
+def test_an_archive_waiting_on_an_alias_being_created_is_refused_once_it_commits():
+    model = scaled_version("iris", "1.0.0", 1.0)
+    with transaction.atomic():
+        services.alias_set(name="iris", alias="production", version="1.0.0")  # not committed yet
+        thread, outcome = _in_thread(lambda: services.model_archive(model=MLModel.objects.get(pk=model.pk)))
+        _wait_until_blocked(thread)
+    thread.join(timeout=60)
+    assert isinstance(outcome[0], ModelAliased), outcome
+    assert status_of(model) == Status.READY
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks need PostgreSQL")
+def test_an_alias_waiting_on_an_archive_is_refused_once_it_commits():
+    model = scaled_version("iris", "1.0.0", 1.0)
+    with transaction.atomic():
+        services.model_archive(model=model)  # not committed yet
+        thread, outcome = _in_thread(lambda: services.alias_set(name="iris", alias="production", version="1.0.0"))
+        _wait_until_blocked(thread)
+    thread.join(timeout=60)
+    assert isinstance(outcome[0], ModelNotReady), outcome
+    assert not ModelAlias.objects.exists()
 
 
 # --- API: unarchive --------------------------------------------------------------------------------
