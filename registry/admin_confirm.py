@@ -86,19 +86,20 @@ def version_changes(models: Iterable[MLModel], *, act: str) -> dict:
     after = "archived" if act == "archive" else "deleted (row, history and, unless shared, file)"
     rows = []
     for model in models:
-        refusal = version_refusal(model, aliases[model.pk], act=act)
-        last_hour, last_day = traffic[model.pk]
         unchanged = act == "archive" and model.status == Status.ARCHIVED
+        refusal = "" if unchanged else version_refusal(model, aliases[model.pk], act=act)
+        last_hour, last_day = traffic[model.pk]
         rows.append(
             {
                 "cells": [
                     _cell(_version_link(model)),
-                    _cell(f"{model.get_status_display()} → {after}"),
+                    _cell(model.get_status_display() if unchanged else f"{model.get_status_display()} → {after}"),
                     _cell(", ".join(f"@{alias}" for alias in aliases[model.pk]) or NONE),
                     _cell(last_hour, numeric=True),
                     _cell(last_day, numeric=True),
                 ],
                 "refused": bool(refusal),
+                "unchanged": unchanged,
                 "last_day": last_day,
                 "outcome": refusal or ("Already archived: nothing changes." if unchanged else f"Will be {act}d."),
             }
@@ -119,7 +120,7 @@ def version_changes(models: Iterable[MLModel], *, act: str) -> dict:
 def archive_page(modeladmin, request, models: list[MLModel], *, hidden, cancel_url: str, action_url: str = ""):
     """The page before archiving `models` (one from the model page, several from the action)."""
     changes = version_changes(models, act="archive")
-    going = [row for row in changes["rows"] if not row["refused"]]
+    going = [row for row in changes["rows"] if not row["refused"] and not row["unchanged"]]
     traffic = sum(row["last_day"] > 0 for row in going)
     lead = (
         f"Archive {len(going)} of {len(models)} version{'s' * (len(models) != 1)}? An archived version is kept and "

@@ -393,11 +393,16 @@ def model_unarchive(*, model: MLModel) -> MLModel:
     if failure is not None and failure.code == StorageUnavailable.code:
         raise StorageUnavailable(failure.detail)
     if failure is not None:
+        problem = "is missing" if failure.code == "file_missing" else "no longer matches its sha256"
+        detail = (
+            f"{model} stays archived: its stored file (sha256 {sha256[:12]}…) {problem}. Put the original file "
+            "back in the model storage, or register the model as a new version."
+        )
         MLModel.objects.filter(pk=model.pk, status=Status.ARCHIVED, file_sha256=sha256).update(
-            error_code=failure.code, error_message=failure.detail, updated_at=now
+            error_code=failure.code, error_message=detail, updated_at=now
         )
         model.refresh_from_db()
-        raise StoredFileInvalid(f"{model} stays archived: {failure.detail}", code=failure.code)
+        raise StoredFileInvalid(detail, code=failure.code)
     # Compare-and-set: only the archived row with the file just verified moves.
     moved = MLModel.objects.filter(pk=model.pk, status=Status.ARCHIVED, file_sha256=sha256).update(
         status=Status.UPLOADED, updated_at=now
