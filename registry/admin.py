@@ -395,6 +395,9 @@ class MLModelAdmin(ModelPageMixin, admin.ModelAdmin):
     # button) a version an alias points at; the service refuses it too if an alias was pointed
     # at it after the page was shown.
 
+    def get_deleted_objects(self, objs, request):
+        return admin_confirm.version_deleted_objects(self, objs, request)
+
     def render_delete_form(self, request, context):
         context.update(admin_confirm.delete_context([context["object"]]))
         return super().render_delete_form(request, context)

@@ -19,10 +19,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
+from django.db.models import Count
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
+from inference.models import Prediction, ServingMinute
 from inference.stats import recent_requests
 from registry import selectors
 from registry.errors import ModelNotFound
@@ -151,6 +153,47 @@ def delete_context(models: list[MLModel]) -> dict:
         "mf_lead": "Deleting cannot be undone: the version's prediction history and serving statistics go with it.",
         "mf_notes": [TRAFFIC_NOTE],
     }
+
+
+def version_deleted_objects(modeladmin, objs, request):
+    """ModelAdmin.get_deleted_objects for versions: what Django's delete pages list.
+
+    Django would list, and load, every row the delete takes along; a version's prediction
+    history can hold millions. This lists the versions with a count of each kind of row
+    (predictions, serving minutes), the aliases as the protected objects (their foreign key
+    PROTECTs the version), and the delete permissions missing for what goes along, as Django's
+    own does.
+    """
+    objs = list(objs)
+    ids = [model.pk for model in objs]
+    related = {
+        kind: dict(kind.objects.filter(model_id__in=ids).values_list("model_id").annotate(n=Count("pk")).order_by())
+        for kind in (Prediction, ServingMinute)
+    }
+    to_delete: list = []
+    for model in objs:
+        children = [
+            f"{count:,} {kind._meta.verbose_name if count == 1 else kind._meta.verbose_name_plural}"
+            for kind, counts in related.items()
+            if (count := counts.get(model.pk, 0))
+        ]
+        to_delete += [_version_link(model), children] if children else [_version_link(model)]
+    model_count = {MLModel._meta.verbose_name_plural: len(objs)}
+    perms_needed = set()
+    for kind, counts in related.items():
+        if not counts:
+            continue
+        model_count[kind._meta.verbose_name_plural] = sum(counts.values())
+        kind_admin = modeladmin.admin_site._registry.get(kind)
+        if kind_admin is not None and not kind_admin.has_delete_permission(request):
+            perms_needed.add(kind._meta.verbose_name)
+    protected = [
+        format_html(
+            'Model alias: <a href="{}">{}</a>', reverse("admin:registry_modelalias_change", args=[alias.pk]), alias
+        )
+        for alias in ModelAlias.objects.filter(model_id__in=ids).order_by("name", "alias")
+    ]
+    return to_delete, model_count, perms_needed, protected
 
 
 # --- aliases: move, create, delete --------------------------------------------------------------

@@ -24,6 +24,7 @@ from django.contrib.messages import get_messages
 from django.db import connection, transaction
 from django.urls import reverse
 
+from inference.history import history
 from inference.serving_stats import serving_stats
 from registry import services
 from registry.errors import ModelAliased, ModelNotReady
@@ -317,10 +318,14 @@ def test_delete_page_shows_what_goes_and_deletes_only_when_confirmed(admin_clien
     for _ in range(3):
         predict(predictor, str(iris["1.1.0"].pk), {"X": ROW}, skip_cache=True)
     serving_stats.flush()
+    history.flush()
     url = reverse("admin:registry_mlmodel_delete", args=[iris["1.1.0"].pk])
     page = admin_client.get(url)
     text = text_of(page)
     assert "Ready → deleted" in text and "3 3" in text and "Will be deleted." in text
+    # What goes along is counted, not listed row by row (a history can hold millions).
+    assert "3 predictions" in text and "1 serving minute" in text
+    assert "Prediction:" not in text
     assert MLModel.objects.filter(pk=iris["1.1.0"].pk).exists()
     admin_client.post(url, {"post": "yes"})
     assert not MLModel.objects.filter(pk=iris["1.1.0"].pk).exists()
