@@ -229,6 +229,11 @@ def test_api_unarchive_needs_the_manage_scope(read_client, api_client):
     assert status_of(model) == Status.ARCHIVED
 
 
+def test_unarchive_of_an_unknown_id_is_404_model_not_found(manage_client):
+    response = manage_client.post(f"{MODELS}/00000000-0000-4000-8000-000000000000/unarchive")
+    assert (response.status_code, response.json()["code"]) == (404, "model_not_found")
+
+
 def test_unarchive_of_a_version_archived_without_a_file_goes_back_to_pending(manage_client):
     model = services.model_create(name="empty", version="1.0.0")
     services.model_archive(model=model)
