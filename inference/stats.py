@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from inference.models import LATENCY_BOUNDS_MS, LATENCY_FIELDS, ServingMinute
@@ -123,3 +123,24 @@ def latency_histogram(*, since: datetime, model_id=None) -> list[dict]:
 def last_day() -> datetime:
     """The ``since`` of the dashboard: 24 hours ago."""
     return timezone.now() - timedelta(hours=24)
+
+
+def recent_requests(*, model_ids) -> dict:
+    """Requests each model version answered in the last hour and the last 24 hours:
+    ``{model_id: (last_hour, last_day)}``, (0, 0) for a version without traffic. For the
+    admin's confirmation pages, which say what an archive, delete or alias move takes away.
+    Counts lag by up to SERVING_STATS_FLUSH_SECONDS (the processes' buffers).
+    """
+    now = timezone.now()
+    hour_ago = (now - timedelta(hours=1)).replace(second=0, microsecond=0)
+    ids = list(model_ids)
+    rows = (
+        _minutes(now - timedelta(hours=24))
+        .filter(model_id__in=ids)
+        .values("model_id")
+        .annotate(day=Sum("requests"), hour=Sum("requests", filter=Q(minute__gte=hour_ago)))
+        .order_by()
+    )
+    counts = {model_id: (0, 0) for model_id in ids}
+    counts.update({row["model_id"]: (row["hour"] or 0, row["day"] or 0) for row in rows})
+    return counts

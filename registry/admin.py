@@ -12,18 +12,20 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.db.models import Count
 from django.http import HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
+from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from modelforge_site.exceptions import DomainError
-from registry import services
+from registry import admin_confirm, services
 from registry.forms import MLModelAddForm, MLModelChangeForm, ModelAliasAddForm, ModelAliasChangeForm
 from registry.model_page import ModelPageMixin
-from registry.models import AliasEvent, MLModel, ModelAlias, Tag
+from registry.models import DEFAULT_ALIAS, AliasEvent, MLModel, ModelAlias, Tag
 
 Status = MLModel.Status
 
@@ -213,7 +215,7 @@ class MLModelAdmin(ModelPageMixin, admin.ModelAdmin):
     list_select_related = ("created_by", "created_by_key")
     ordering = ("name", "-version_key", "-created_at")
     list_per_page = 50
-    actions = ("validate_selected", "archive_selected")
+    actions = ("validate_selected", "archive_selected", "unarchive_selected", "delete_selected")
     readonly_fields = (
         "name",
         "version",
@@ -388,12 +390,41 @@ class MLModelAdmin(ModelPageMixin, admin.ModelAdmin):
         for formset in formsets:
             self.save_formset(request, form, formset, change=change)
 
+    # --- deleting: Django's confirmation pages, with what the delete takes away ---------------
+    # An alias's foreign key PROTECTs its version, so Django's pages already refuse (no confirm
+    # button) a version an alias points at; the service refuses it too if an alias was pointed
+    # at it after the page was shown.
+
+    def get_deleted_objects(self, objs, request):
+        return admin_confirm.version_deleted_objects(self, objs, request)
+
+    def render_delete_form(self, request, context):
+        context.update(admin_confirm.delete_context([context["object"]]))
+        return super().render_delete_form(request, context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except DomainError as exc:
+            messages.error(request, f"Not deleted: {exc.detail}")
+            return HttpResponseRedirect(request.get_full_path())
+
     def delete_model(self, request, obj: MLModel) -> None:
         services.model_delete(model=obj)
 
     def delete_queryset(self, request, queryset) -> None:
         for model in queryset:
-            services.model_delete(model=model)
+            try:
+                services.model_delete(model=model)
+            except DomainError as exc:
+                self.message_user(request, f"Not deleted: {exc.detail}", messages.ERROR)
+
+    @admin.action(description="Delete selected models", permissions=["delete"])
+    def delete_selected(self, request, queryset):
+        response = django_delete_selected(self, request, queryset)
+        if response is not None:  # the confirmation page (a lazy TemplateResponse)
+            response.context_data.update(admin_confirm.delete_context(list(queryset)))
+        return response
 
     # --- actions -------------------------------------------------------------------------------
 
@@ -422,7 +453,16 @@ class MLModelAdmin(ModelPageMixin, admin.ModelAdmin):
             self.message_user(request, f"Not validated: {reason}", messages.WARNING)
 
     @admin.action(description="Archive selected models", permissions=["change"])
-    def archive_selected(self, request, queryset) -> None:
+    def archive_selected(self, request, queryset):
+        """A page listing the versions, their aliases and traffic first; archives on its Confirm."""
+        if not admin_confirm.confirmed(request):
+            return admin_confirm.archive_page(
+                self,
+                request,
+                list(queryset),
+                hidden=admin_confirm.posted_fields(request),
+                cancel_url=request.get_full_path(),
+            )
         archived, refused = 0, []
         for model in queryset:
             try:
@@ -439,6 +479,21 @@ class MLModelAdmin(ModelPageMixin, admin.ModelAdmin):
         )
         for reason in refused:
             self.message_user(request, f"Not archived: {reason}", messages.WARNING)
+        return None
+
+    @admin.action(description="Unarchive selected models (re-verified and validated again)", permissions=["change"])
+    def unarchive_selected(self, request, queryset) -> None:
+        refused = []
+        for model in queryset:
+            try:
+                model = services.model_unarchive(model=model)
+            except DomainError as exc:
+                refused.append(f"{_model_label(model)}: {exc.detail}")
+                continue
+            self.log_change(request, model, f"Unarchived: {model.get_status_display().lower()}")
+            _report_result(request, model)
+        for reason in refused:
+            self.message_user(request, f"Not unarchived: {reason}", messages.ERROR)
 
 
 @admin.register(Tag)
@@ -490,6 +545,7 @@ class ModelAliasAdmin(admin.ModelAdmin):
     search_fields = ("name", "alias")
     list_select_related = ("model", "updated_by", "updated_by_key")
     ordering = ("name", "alias")
+    actions = ("delete_selected",)
     readonly_fields = ("name", "alias", "target_status", "updated_at", "updated_by_display", "audit_trail")
 
     def get_form(self, request, obj=None, change=False, **kwargs):
@@ -526,6 +582,10 @@ class ModelAliasAdmin(admin.ModelAdmin):
         return alias_history_table(events)
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        if request.method == "POST" and not admin_confirm.confirmed(request):
+            page = self._confirmation(request, object_id)
+            if page is not None:
+                return page
         try:
             return super().changeform_view(request, object_id, form_url, extra_context)
         except DomainError as exc:
@@ -533,6 +593,43 @@ class ModelAliasAdmin(admin.ModelAdmin):
             # meanwhile). Nothing was saved; say why on the same page.
             messages.error(request, exc.detail)
             return HttpResponseRedirect(request.get_full_path())
+
+    def _confirmation(self, request, object_id):
+        """The page before a valid form moves an alias (or creates the default alias, which
+        takes the requests without a version): from -> to and the traffic the alias's version
+        carries. None when the form has errors (the form page shows them), changes nothing, or
+        the user may not make it (Django's view answers that)."""
+        obj = self.get_object(request, object_id) if object_id else None
+        if object_id and (obj is None or not self.has_change_permission(request, obj)):
+            return None
+        if not object_id and not self.has_add_permission(request):
+            return None
+        current_id = obj.model_id if obj is not None else None
+        # Validating a ModelForm writes the values into its instance; obj is not saved here.
+        form = self.get_form(request, obj, change=obj is not None)(request.POST, request.FILES, instance=obj)
+        if not form.is_valid():
+            return None
+        target = form.cleaned_data["model"]
+        if target.pk == current_id:
+            return None
+        name = obj.name if obj is not None else target.name
+        alias = obj.alias if obj is not None else form.cleaned_data["alias"]
+        if obj is None and alias != DEFAULT_ALIAS:
+            return None  # a new alias other than the default takes no traffic from anything
+        cancel = (
+            reverse("admin:registry_modelalias_change", args=[obj.pk])
+            if obj is not None
+            else reverse("admin:registry_modelalias_changelist")
+        )
+        return admin_confirm.alias_page(
+            self,
+            request,
+            name=name,
+            alias=alias,
+            target=target,
+            hidden=admin_confirm.posted_fields(request),
+            cancel_url=cancel,
+        )
 
     def save_model(self, request, obj: ModelAlias, form, change: bool) -> None:
         target = form.cleaned_data["model"]
@@ -542,12 +639,33 @@ class ModelAliasAdmin(admin.ModelAdmin):
         obj.pk = result.alias.pk
         obj.refresh_from_db()
 
+    def render_delete_form(self, request, context):
+        context.update(admin_confirm.alias_delete_context([context["object"]]))
+        return super().render_delete_form(request, context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except DomainError as exc:
+            messages.error(request, f"Not deleted: {exc.detail}")
+            return HttpResponseRedirect(reverse("admin:registry_modelalias_changelist"))
+
     def delete_model(self, request, obj: ModelAlias) -> None:
         services.alias_delete(name=obj.name, alias=obj.alias, actor=request.user)
 
     def delete_queryset(self, request, queryset) -> None:
         for alias in queryset:
-            services.alias_delete(name=alias.name, alias=alias.alias, actor=request.user)
+            try:
+                services.alias_delete(name=alias.name, alias=alias.alias, actor=request.user)
+            except DomainError as exc:
+                self.message_user(request, f"Not deleted: {exc.detail}", messages.ERROR)
+
+    @admin.action(description="Delete selected aliases", permissions=["delete"])
+    def delete_selected(self, request, queryset):
+        response = django_delete_selected(self, request, queryset)
+        if response is not None:  # the confirmation page (a lazy TemplateResponse)
+            response.context_data.update(admin_confirm.alias_delete_context(list(queryset.select_related("model"))))
+        return response
 
 
 @admin.register(AliasEvent)

@@ -60,7 +60,16 @@ class ModelNotReady(Conflict):
 
 
 class ModelAliased(Conflict):
+    """A version an alias points at is not archived or deleted; the detail names the aliases."""
+
     code = "model_aliased"
+
+
+class StoredFileInvalid(Conflict):
+    """The stored file of a version is gone (`file_missing`) or no longer hashes to its
+    sha256 (`checksum_mismatch`)."""
+
+    code = "checksum_mismatch"
 
 
 class ConflictingParameters(DomainError):

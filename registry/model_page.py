@@ -26,8 +26,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from modelforge_site.exceptions import DomainError
-from registry import selectors, services
-from registry.models import DEFAULT_ALIAS, MLModel
+from registry import admin_confirm, selectors, services
+from registry.models import DEFAULT_ALIAS, MLModel, ModelAlias
 from registry.versioning import parse_version
 
 Status = MLModel.Status
@@ -37,7 +37,8 @@ ALIAS_EVENTS = 20
 # The serving actions of the model page: name -> (label, what it does, in words).
 SERVING_ACTIONS = {
     "validate": ("Validate", "Run the checks again in the sandbox."),
-    "archive": ("Archive", "Keep the row and file, never serve them again."),
+    "archive": ("Archive", "Keep the row and file, never serve them again (asks for confirmation first)."),
+    "unarchive": ("Unarchive", "Verify the stored file's sha256, validate it again, and serve it if ready."),
     "preload": ("Preload session", "Load the ONNX Runtime session now, in the process that answers."),
     "evict": ("Evict session", "Drop the session from that process's pool; the next request loads it."),
 }
@@ -243,6 +244,7 @@ class ModelPageMixin:
                     "url": reverse("admin:registry_mlmodel_serving", args=[model.pk, name]),
                 }
                 for name, (label, help_text) in SERVING_ACTIONS.items()
+                if name != ("archive" if model.status == Status.ARCHIVED else "unarchive")
             ],
             "mf_add_url": reverse("admin:registry_mlmodel_add"),
             "mf_next_version": next_version(model),
@@ -295,6 +297,16 @@ class ModelPageMixin:
         if not self.has_change_permission(request, model):
             raise PermissionDenied
         alias = request.POST.get("alias", "").strip() or DEFAULT_ALIAS
+        if not admin_confirm.confirmed(request) and self._alias_takes_traffic(model, alias):
+            return admin_confirm.alias_page(
+                self,
+                request,
+                name=model.name,
+                alias=alias,
+                target=model,
+                hidden=[("alias", alias)],
+                cancel_url=reverse("admin:registry_mlmodel_change", args=[model.pk]) + "#mf-aliases",
+            )
         try:
             change = services.alias_set(name=model.name, alias=alias, version=model.version, actor=request.user)
         except DomainError as exc:
@@ -307,6 +319,16 @@ class ModelPageMixin:
                 messages.success(request, f"Alias {model.name}@{alias} now points at {model.version}{was}.")
         return HttpResponseRedirect(reverse("admin:registry_mlmodel_change", args=[model.pk]) + "#mf-aliases")
 
+    @staticmethod
+    def _alias_takes_traffic(model: MLModel, alias: str) -> bool:
+        """Pointing `alias` at `model` moves requests (so it is confirmed first): the alias
+        exists and points elsewhere, or it is the default alias. A refusal (a bad name, a
+        version that is not ready) is left to the service, which says why."""
+        if model.status != Status.READY:
+            return False
+        current = ModelAlias.objects.filter(name=model.name, alias=alias).values_list("model_id", flat=True).first()
+        return current != model.pk if current is not None else alias == DEFAULT_ALIAS
+
     # --- serving actions ----------------------------------------------------------------------
 
     def serving_action_view(self, request, object_id, action):
@@ -317,6 +339,14 @@ class ModelPageMixin:
             raise Http404("No such action.")
         if not self.has_change_permission(request, model):
             raise PermissionDenied
+        if action == "archive" and not admin_confirm.confirmed(request):
+            return admin_confirm.archive_page(
+                self,
+                request,
+                [model],
+                hidden=[],
+                cancel_url=reverse("admin:registry_mlmodel_change", args=[model.pk]),
+            )
         try:
             text = getattr(self, f"_serving_{action}")(request, model)
         except DomainError as exc:
@@ -336,6 +366,13 @@ class ModelPageMixin:
         services.model_archive(model=model)
         messages.success(request, f"Archived {model.name} {model.version}: kept and listed, never served.")
         return "Archived"
+
+    def _serving_unarchive(self, request, model: MLModel) -> str:
+        from registry.admin import _report_result
+
+        model = services.model_unarchive(model=model)
+        _report_result(request, model)
+        return f"Unarchived: {model.get_status_display().lower()}"
 
     def _serving_preload(self, request, model: MLModel) -> str:
         from inference.services import ensure_servable

@@ -26,10 +26,12 @@ from registry.errors import (
     InvalidTransition,
     ModelAliased,
     ModelArchived,
+    ModelNotFound,
     ModelNotReady,
     ModelTooLarge,
     NoFile,
     StorageUnavailable,
+    StoredFileInvalid,
 )
 from registry.models import ALIAS_RULE, AliasEvent, MLModel, ModelAlias, Tag, validate_alias
 from registry.storage import FileTooLarge, ModelStore, StoredFileMismatch, sha256_of_file
@@ -252,20 +254,31 @@ def model_validate(*, model: MLModel) -> MLModel:
     return model
 
 
-def _check_file(sha256: str) -> sandbox.SandboxResult:
+def _verify_stored_file(sha256: str) -> tuple[Path | None, sandbox.SandboxResult | None]:
+    """The local path of the stored file if its bytes still hash to `sha256`, else the failure
+    (file_missing, checksum_mismatch, or the storage being unavailable)."""
     try:
         path = ModelStore().fetch(sha256)
     except FileNotFoundError:
-        return sandbox.SandboxResult(False, None, "file_missing", "The stored model file is missing; upload it again.")
+        return None, sandbox.SandboxResult(
+            False, None, "file_missing", "The stored model file is missing; upload it again."
+        )
     except StoredFileMismatch:
         path = None
     except StorageUnavailable as exc:
-        return sandbox.SandboxResult(False, None, exc.code, f"{exc.detail} Validate again then.")
+        return None, sandbox.SandboxResult(False, None, exc.code, f"{exc.detail} Validate again then.")
     if path is None or sha256_of_file(path) != sha256:
         logger.error("checksum mismatch on stored model file", extra={"sha256": sha256})
-        return sandbox.SandboxResult(
+        return None, sandbox.SandboxResult(
             False, None, "checksum_mismatch", "The stored file no longer matches its sha256; upload it again."
         )
+    return path, None
+
+
+def _check_file(sha256: str) -> sandbox.SandboxResult:
+    path, failure = _verify_stored_file(sha256)
+    if failure is not None:
+        return failure
     return sandbox.inspect_in_sandbox(
         path,
         memory_mb=settings.VALIDATION_MEMORY_MB,
@@ -303,34 +316,116 @@ def model_register(
     return model_validate(model=model)
 
 
+def _refuse_if_aliased(model: MLModel, act: str) -> None:
+    """409 `model_aliased`, naming the aliases, if any alias points at `model`.
+
+    Archiving or deleting the target of an alias would take the alias's traffic down (a
+    request for `production` would get 409 model_archived or 404): the alias is moved first,
+    on purpose, by whoever owns it. Call with the version's row locked (see alias_set).
+    """
+    aliases = sorted(ModelAlias.objects.filter(model_id=model.pk).values_list("alias", flat=True))
+    if aliases:
+        names = ", ".join(f"{model.name}@{alias}" for alias in aliases)
+        them = "them" if len(aliases) > 1 else "it"
+        raise ModelAliased(
+            f"{model} cannot be {act}: {'aliases' if len(aliases) > 1 else 'the alias'} {names} "
+            f"{'point' if len(aliases) > 1 else 'points'} at it. Move {them} to another version "
+            f"(PUT /api/v1/models/by-name/{model.name}/aliases/<alias>) or delete {them} first."
+        )
+
+
+def _lock_version(model: MLModel) -> MLModel:
+    """The version's row, locked until the transaction ends (404 if it is gone). NO KEY, like
+    alias_set's lock on its target: the two queue on each other, while history and job rows
+    that reference the version are not held up."""
+    locked = MLModel.objects.select_for_update(no_key=True).filter(pk=model.pk).first()
+    if locked is None:
+        raise ModelNotFound(f"{model} no longer exists.")
+    return locked
+
+
 def model_archive(*, model: MLModel) -> MLModel:
-    """Archive: the row and file are kept and listed, but never served again."""
-    if model.status == Status.VALIDATING:
-        raise InvalidTransition(f"{model} is being validated; archive it once validation ends.")
-    MLModel.objects.filter(pk=model.pk).exclude(status=Status.VALIDATING).update(
-        status=Status.ARCHIVED, updated_at=timezone.now()
-    )
-    invalidation.notify("models")
+    """Archive: the row and file are kept and listed, but never served again.
+
+    A version an alias points at is not archived (409 `model_aliased`, naming the aliases).
+    The row lock orders this with `alias_set`, which locks its target too: an alias cannot be
+    pointed at a version while it is being archived, nor the version archived under a new alias.
+    Archiving an archived version changes nothing.
+    """
+    with transaction.atomic():
+        current = _lock_version(model)
+        if current.status == Status.ARCHIVED:
+            model.refresh_from_db()
+            return model
+        if current.status == Status.VALIDATING:
+            raise InvalidTransition(f"{model} is being validated; archive it once validation ends.")
+        _refuse_if_aliased(current, "archived")
+        MLModel.objects.filter(pk=model.pk).update(status=Status.ARCHIVED, updated_at=timezone.now())
+        invalidation.notify("models")
+    logger.info("model archived", extra={"model": str(model)})
     model.refresh_from_db()
     return model
+
+
+def model_unarchive(*, model: MLModel) -> MLModel:
+    """Bring an archived version back, re-verified as if it had just been uploaded.
+
+    The stored file must still hash to the version's sha256; a version whose file is gone or
+    changed stays archived (409 `file_missing` or `checksum_mismatch`, also written to the
+    row's error fields so the admin shows it). Then the version is `uploaded` again and
+    validated by `model_validate`, as after an upload: it ends ready, or error with the reason
+    (the checks may have grown stricter since it was archived). A version archived before it
+    had a file goes back to pending.
+    """
+    if model.status != Status.ARCHIVED:
+        raise InvalidTransition(f"{model} is {model.status}, not archived: there is nothing to unarchive.")
+    sha256 = model.file_sha256
+    now = timezone.now()
+    if not sha256:
+        MLModel.objects.filter(pk=model.pk, status=Status.ARCHIVED, file_sha256="").update(
+            status=Status.PENDING, updated_at=now
+        )
+        invalidation.notify("models")
+        model.refresh_from_db()
+        return model
+    # Hashing (and on a remote store, downloading) is slow: no transaction is open.
+    _, failure = _verify_stored_file(sha256)
+    if failure is not None and failure.code == StorageUnavailable.code:
+        raise StorageUnavailable(failure.detail)
+    if failure is not None:
+        problem = "is missing" if failure.code == "file_missing" else "no longer matches its sha256"
+        detail = (
+            f"{model} stays archived: its stored file (sha256 {sha256[:12]}…) {problem}. Put the original file "
+            "back in the model storage, or register the model as a new version."
+        )
+        MLModel.objects.filter(pk=model.pk, status=Status.ARCHIVED, file_sha256=sha256).update(
+            error_code=failure.code, error_message=detail, updated_at=now
+        )
+        model.refresh_from_db()
+        raise StoredFileInvalid(detail, code=failure.code)
+    # Compare-and-set: only the archived row with the file just verified moves.
+    moved = MLModel.objects.filter(pk=model.pk, status=Status.ARCHIVED, file_sha256=sha256).update(
+        status=Status.UPLOADED, updated_at=now
+    )
+    model.refresh_from_db()
+    if not moved:
+        raise InvalidTransition(f"{model} changed to {model.status} meanwhile; nothing was unarchived.")
+    invalidation.notify("models")
+    logger.info("model unarchived", extra={"model": str(model), "sha256": sha256})
+    return model_validate(model=model)
 
 
 def model_delete(*, model: MLModel) -> None:
     """Delete the row; the file goes too unless another version has the same bytes.
 
-    A version an alias points at is not deleted (409 `model_aliased`): move or delete the alias
-    first. The row lock orders this with `alias_set`, which locks its target too, so an alias
-    cannot be pointed at a version while it is being deleted.
+    A version an alias points at is not deleted (409 `model_aliased`, naming the aliases):
+    move or delete the aliases first. The row lock orders this with `alias_set`, which locks
+    its target too, so an alias cannot be pointed at a version while it is being deleted.
     """
     sha256 = model.file_sha256
     with transaction.atomic():
         MLModel.objects.select_for_update().filter(pk=model.pk).first()
-        aliases = sorted(ModelAlias.objects.filter(model_id=model.pk).values_list("alias", flat=True))
-        if aliases:
-            raise ModelAliased(
-                f"{model} is the target of the alias(es) {', '.join(aliases)}. Move them to another version "
-                f"(PUT /api/v1/models/by-name/{model.name}/aliases/<alias>) or delete them first."
-            )
+        _refuse_if_aliased(model, "deleted")
         model.delete()
         transaction.on_commit(lambda: _discard_if_unreferenced(sha256))
         invalidation.notify("models")

@@ -73,8 +73,8 @@ def actor_of(request):
     list=extend_schema(summary="List models", responses={200: ModelSerializer(many=True), **_errors(400, 401, 403)}),
     retrieve=extend_schema(summary="Get a model", responses={200: ModelSerializer, **_errors(401, 403, 404)}),
     destroy=extend_schema(
-        summary="Delete a model version and, unless shared, its file",
-        responses={204: None, **_errors(401, 403, 404)},
+        summary="Delete a model version and, unless shared, its file (409 `model_aliased` while an alias points at it)",
+        responses={204: None, **_errors(401, 403, 404, 409)},
     ),
 )
 class ModelViewSet(
@@ -159,13 +159,43 @@ class ModelViewSet(
         return Response(ModelSerializer(model).data)
 
     @extend_schema(
-        summary="Archive a model version: kept and listed, never served",
+        summary="Archive a model version: kept and listed, never served (409 `model_aliased` while an alias "
+        "points at it)",
         request=None,
         responses={200: ModelSerializer, **_errors(401, 403, 404, 409)},
     )
     @action(detail=True, methods=["post"])
     def archive(self, request, pk=None):
         model = services.model_archive(model=self.get_object())
+        return Response(ModelSerializer(model).data)
+
+    @extend_schema(
+        summary="Unarchive a model version: its stored file is re-verified (sha256) and validated again",
+        description=(
+            "The version becomes `uploaded` and is validated as after an upload: it ends `ready`, or `error` "
+            "with the reason. A version whose stored file is gone or no longer matches its sha256 stays "
+            "archived (409 `file_missing` or `checksum_mismatch`)."
+        ),
+        request=None,
+        responses={
+            200: ModelSerializer,
+            **error_responses(
+                {
+                    **_ERRORS,
+                    409: "`invalid_status` (not archived), `file_missing` or `checksum_mismatch` (stays archived).",
+                    503: "`storage_unavailable`: the stored file could not be read; nothing changed.",
+                },
+                401,
+                403,
+                404,
+                409,
+                503,
+            ),
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def unarchive(self, request, pk=None):
+        model = services.model_unarchive(model=self.get_object())
         return Response(ModelSerializer(model).data)
 
 

@@ -409,7 +409,10 @@ def test_archive_action_archives_and_reports_refusals(admin_client):
     ready = register("ready", "1.0.0")
     busy = make_model("busy", status=Status.VALIDATING)
 
-    response = run_action(admin_client, "archive_selected", ready, busy)
+    page = run_action(admin_client, "archive_selected", ready, busy)  # the confirmation page first
+    assert page.status_code == 200 and MLModel.objects.get(pk=ready.pk).status == Status.READY
+    selected = {"action": "archive_selected", "_selected_action": [str(ready.pk), str(busy.pk)], "post": "yes"}
+    response = admin_client.post(CHANGELIST, selected)
 
     assert response.status_code == 302
     ready.refresh_from_db()

@@ -180,13 +180,15 @@ def test_an_aliased_version_cannot_be_deleted_until_the_alias_moves(manage_clien
     assert manage_client.delete(f"/api/v1/models/{iris['1.0.0'].pk}").status_code == 204
 
 
-def test_an_archived_target_keeps_its_alias(manage_client, iris):
+def test_an_aliased_version_cannot_be_archived_until_the_alias_moves(manage_client, iris):
     put_alias(manage_client, "iris", "production", "1.0.0")
-    assert manage_client.post(f"/api/v1/models/{iris['1.0.0'].pk}/archive").status_code == 200
-    (alias,) = manage_client.get(aliases_url("iris")).json()["aliases"]
-    assert (alias["version"], alias["status"]) == ("1.0.0", "archived")
-    # ... but it cannot be pointed at an archived version again.
+    refused = manage_client.post(f"/api/v1/models/{iris['1.0.0'].pk}/archive")
+    assert error_code(refused, 409) == "model_aliased"
+    assert "iris@production" in refused.json()["detail"]
+    assert MLModel.objects.get(pk=iris["1.0.0"].pk).status == "ready"
     put_alias(manage_client, "iris", "production", "1.1.0")
+    assert manage_client.post(f"/api/v1/models/{iris['1.0.0'].pk}/archive").status_code == 200
+    # ... and an alias cannot be pointed at an archived version.
     assert error_code(put_alias(manage_client, "iris", "production", "1.0.0"), 409) == "model_not_ready"
 
 
@@ -346,7 +348,9 @@ def test_admin_moves_an_alias_through_the_service_and_shows_the_audit_row(admin_
     options = form.content.decode()
     assert ">1.1.0<" in options and ">2.0.0<" in options and ">3.0.0<" not in options
 
-    response = admin_client.post(url, {"model": str(iris["2.0.0"].pk)})
+    confirmation = admin_client.post(url, {"model": str(iris["2.0.0"].pk)})  # asks first, moves nothing
+    assert confirmation.status_code == 200 and "1.0.0 → 2.0.0" in confirmation.content.decode()
+    response = admin_client.post(url, {"model": str(iris["2.0.0"].pk), "post": "yes"})
     assert response.status_code == 302, response.content[:3000]
     alias.refresh_from_db()
     assert alias.model_id == iris["2.0.0"].pk

@@ -123,7 +123,7 @@ def test_preload_and_evict_act_on_the_session_pool(admin_client, iris):
 def test_archive_and_validate_from_the_page_use_the_services_and_are_logged(admin_client, iris):
     url = lambda action: reverse("admin:registry_mlmodel_serving", args=[iris.pk, action])  # noqa: E731
     admin_client.post(url("validate"))
-    response = admin_client.post(url("archive"), follow=True)
+    response = admin_client.post(url("archive"), {"post": "yes"}, follow=True)  # as confirmed
     iris.refresh_from_db()
     assert iris.status == Status.ARCHIVED
     html = response.content.decode()
@@ -137,8 +137,9 @@ def test_archive_and_validate_from_the_page_use_the_services_and_are_logged(admi
 def test_moving_the_production_alias_from_the_page_is_audited(admin_client, iris, ops_user):
     newer = register(version="1.1.0")
     alias_url = lambda model: reverse("admin:registry_mlmodel_alias", args=[model.pk])  # noqa: E731
-    admin_client.post(alias_url(iris), {"alias": "production"})
-    response = admin_client.post(alias_url(newer), {"alias": "production"}, follow=True)
+    # Confirmed, as from the confirmation page each move shows first.
+    admin_client.post(alias_url(iris), {"alias": "production", "post": "yes"})
+    response = admin_client.post(alias_url(newer), {"alias": "production", "post": "yes"}, follow=True)
     assert ModelAlias.objects.get(name="iris", alias="production").model_id == newer.pk
     moved = AliasEvent.objects.get(action=AliasEvent.Action.MOVED)
     assert (moved.from_version, moved.to_version, moved.actor_user_id) == ("1.0.0", "1.1.0", ops_user.pk)
