@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 from access.models import APIKey, Scope
 from access.throttling import KeyRateThrottle
 from inference import services
-from inference.cache import body_memo, prediction_cache
+from inference.cache import body_memo, cache_tenant, prediction_cache
 from inference.errors import InvalidInput
 from inference.models import Prediction
 from inference.serializers import PredictionSerializer, PredictRequestSerializer, PredictResponseSerializer
@@ -91,7 +91,8 @@ def predict_from_body(*, model: MLModel, body: bytes, api_key, user) -> tuple[by
     request_log.bind_model(model)
     timings = services.Timings()
     caller = {"model": model, "api_key": api_key, "user": user, "input_size": len(body), "timings": timings}
-    remembered = body_memo.get(model, body)
+    tenant = cache_tenant(api_key=api_key, user=user)
+    remembered = body_memo.get(model, body, tenant=tenant)
     if remembered is not None:
         cache_key, input_data = remembered
         timings.parse = (time.perf_counter() - started) * 1000
@@ -102,7 +103,7 @@ def predict_from_body(*, model: MLModel, body: bytes, api_key, user) -> tuple[by
     timings.parse = (time.perf_counter() - started) * 1000
     outcome = services.predict(input_data=input_data, skip_cache=skip_cache, **caller)
     if outcome.cache_key is not None:
-        body_memo.put(model, body, outcome.cache_key, input_data)
+        body_memo.put(model, body, outcome.cache_key, input_data, tenant=tenant)
     return render_prediction(outcome)
 
 

