@@ -9,6 +9,8 @@ import io
 
 import orjson
 import pytest
+from django.core.management import call_command
+from django.test import Client
 from onnx import TensorProto, helper
 
 from tests.jobs.api import create_file, created, result_url, wait_finished
@@ -100,3 +102,54 @@ def test_cache_never_tells_one_key_what_another_sent(sender, ready_model, make_k
     assert cache_state(key_b) == ("MISS", False)
     assert cache_state(key_b) == ("HIT", True)
     assert cache_state(key_a) == ("HIT", True)
+
+
+# --- 3. brute force on the admin login ---------------------------------------------------------
+
+LOGIN = "/admin/login/?next=/admin/"
+
+
+def log_in(client: Client, password: str, *, username: str = "ops", address: str = "203.0.113.7", **headers):
+    return client.post(LOGIN, {"username": username, "password": password}, REMOTE_ADDR=address, **headers)
+
+
+def logged_in(response) -> bool:
+    return response.status_code == 302 and response["Location"] == "/admin/"
+
+
+@pytest.mark.django_db
+def test_admin_login_locks_after_repeated_failures_until_reset(ops_user, settings):
+    assert settings.AXES_FAILURE_LIMIT == 5
+    client = Client()
+    for _ in range(4):
+        response = log_in(client, "wrong")
+        assert response.status_code == 200  # the login form again, with its error
+        assert "Please enter the correct username and password" in response.content.decode()
+    locked = log_in(client, "wrong")
+    assert locked.status_code == 429
+    assert "Login locked" in locked.content.decode()
+
+    # Locked even with the right password, and no session is created.
+    response = log_in(client, "ops-password-123")
+    assert response.status_code == 429
+    assert "axes_reset" in response.content.decode()
+    assert client.get("/admin/").status_code == 302  # still sent to the login page
+
+    call_command("axes_reset", stdout=io.StringIO())
+    assert logged_in(log_in(client, "ops-password-123"))
+    assert client.get("/admin/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_admin_login_lock_holds_across_addresses_and_forwarded_headers(ops_user):
+    # A guesser who changes address (or claims another with X-Forwarded-For) at every try
+    # still locks the username; one who changes username still locks the address.
+    for attempt in range(5):
+        log_in(Client(), "wrong", address=f"198.51.100.{attempt}", HTTP_X_FORWARDED_FOR=f"192.0.2.{attempt}")
+    assert log_in(Client(), "ops-password-123", address="198.51.100.99").status_code == 429
+
+    call_command("axes_reset", stdout=io.StringIO())
+    for attempt in range(5):
+        log_in(Client(), "wrong", username=f"user{attempt}", HTTP_X_FORWARDED_FOR=f"192.0.2.{attempt}")
+    assert log_in(Client(), "ops-password-123").status_code == 429  # same address, right password
+    assert logged_in(log_in(Client(), "ops-password-123", address="198.51.100.200"))  # another address
