@@ -185,7 +185,8 @@ class PredictionCache:
 def cache_tenant(*, api_key=None, user=None) -> str:
     """Whose entries a request reads and writes: its API key's, else its session user's."""
     if api_key is not None:
-        return f"key:{api_key.pk}"
+        # The prefix is unique and public; the key's pk holds its stored hash, kept out of Redis.
+        return f"key:{api_key.prefix}"
     if getattr(user, "pk", None) is not None:
         return f"user:{user.pk}"
     return "anonymous"

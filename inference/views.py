@@ -31,6 +31,7 @@ from inference.tensors import parse_json_body
 from modelforge_site import request_log
 from modelforge_site.datetime_filters import UtcIsoDateTimeFilter
 from modelforge_site.exceptions import PayloadTooLarge
+from modelforge_site.list_filters import StrictFilterBackend
 from modelforge_site.strict_input import UNAUTHENTICATED, error_responses
 from registry.errors import ModelNotFound
 from registry.models import MLModel
@@ -217,7 +218,7 @@ class ModelPredictionsView(generics.ListAPIView):
 
     serializer_class = PredictionSerializer
     filterset_class = PredictionFilter
-    filter_backends = (filters.DjangoFilterBackend,)
+    filter_backends = (StrictFilterBackend,)
     required_scopes = {"GET": Scope.PREDICT}
 
     @extend_schema(

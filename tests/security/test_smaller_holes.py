@@ -153,3 +153,61 @@ def test_admin_login_lock_holds_across_addresses_and_forwarded_headers(ops_user)
         log_in(Client(), "wrong", username=f"user{attempt}", HTTP_X_FORWARDED_FOR=f"192.0.2.{attempt}")
     assert log_in(Client(), "ops-password-123").status_code == 429  # same address, right password
     assert logged_in(log_in(Client(), "ops-password-123", address="198.51.100.200"))  # another address
+
+
+# --- 4. filter values a list cannot use ----------------------------------------------------------
+
+LISTS = {"models": "/api/v1/models", "jobs": "/api/v1/jobs", "predictions": "/api/v1/models/{model}/predictions"}
+BAD_FILTERS = [
+    ("models", "created_after=yesterday", "created_after", "ISO 8601 date-time"),
+    ("jobs", "created_after=yesterday", "created_after", "ISO 8601 date-time"),
+    ("predictions", "created_after=yesterday", "created_after", "ISO 8601 date-time"),
+    ("predictions", "created_before=2026-13-01", "created_before", "ISO 8601 date-time"),
+    ("models", "status=bogus", "status", "one of pending, uploaded, validating, ready, error, archived"),
+    ("jobs", "status=done", "status", "one of pending, queued, running, completed, failed, cancelled"),
+    ("jobs", "priority=urgent", "priority", "one of high, normal, low"),
+    ("jobs", "model=not-a-uuid", "model", "a UUID"),
+    ("predictions", "cached=maybe", "cached", "one of true, false"),
+    ("models", "ordering=bogus", "ordering", "fields among created_at, file_size, name, status"),
+    ("models", "ordering=-name,owner", "ordering", "cannot order by 'owner'"),
+    ("models", "page=abc", "page", "a whole number from 1"),
+    ("jobs", "page=0", "page", "a whole number from 1"),
+]
+
+
+@pytest.fixture
+def list_client(client_for, make_model):
+    client = client_for("read", "predict")
+    client.model = make_model(make_iris_model(zipmap=False), name="iris")
+    return client
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("route", "query", "parameter", "expected"), BAD_FILTERS)
+def test_list_refuses_a_filter_value_it_cannot_use(list_client, route, query, parameter, expected):
+    response = list_client.get(LISTS[route].format(model=list_client.model.pk) + "?" + query)
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert body["code"] == "invalid_filter"
+    assert body["detail"].startswith(f"{parameter}: ")
+    assert expected in body["detail"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("route", sorted(LISTS))
+def test_list_refuses_a_parameter_it_does_not_take(list_client, route):
+    response = list_client.get(LISTS[route].format(model=list_client.model.pk) + "?created_since=2026-01-01&page=1")
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert body["code"] == "unknown_parameter"
+    assert "'created_since'" in body["detail"] and "created_after" in body["detail"]
+
+
+@pytest.mark.django_db
+def test_created_after_filters_models_and_an_empty_value_is_no_filter(list_client):
+    old, new = "2020-01-01T00:00:00Z", "2999-01-01T00:00:00Z"
+    models = LISTS["models"]
+    assert list_client.get(f"{models}?created_after={old}").json()["count"] == 1
+    assert list_client.get(f"{models}?created_after={new}").json()["count"] == 0
+    assert list_client.get(f"{models}?created_before={new}&status=ready&ordering=-version").json()["count"] == 1
+    assert list_client.get(f"{models}?created_after=&status=").json()["count"] == 1
