@@ -7,7 +7,8 @@ instead, with a detail naming the parameter and the form it takes:
 
 ``invalid_filter``     a parameter the list takes, with a value it cannot use: not an ISO 8601
                        date-time, not one of the choices, not a UUID, an ordering field the
-                       list does not offer, a page that is not a whole number from 1
+                       list does not offer, a page that is not a whole number from 1 (rendered
+                       as any validation error, so ``errors`` names the parameter too)
 ``unknown_parameter``  a parameter the list does not take (the detail lists those it does)
 
 An empty value still means "no filter", as django-filter has it. Only lists are checked this
@@ -18,16 +19,22 @@ from __future__ import annotations
 
 from django_filters import filters as django_filters
 from django_filters.rest_framework import DjangoFilterBackend
+from rest_framework.exceptions import ErrorDetail, ValidationError
 from rest_framework.filters import OrderingFilter, SearchFilter
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.settings import api_settings
 
 from modelforge_site.exceptions import DomainError
 
 DATE_TIME_FORM = "an ISO 8601 date-time such as 2026-01-01T00:00:00Z"
 
 
-class InvalidFilter(DomainError):
-    code = "invalid_filter"
+class UnknownParameter(DomainError):
+    code = "unknown_parameter"
+
+
+def invalid_filter(parameter: str, message: str) -> ValidationError:
+    return ValidationError({parameter: [ErrorDetail(message, code="invalid_filter")]})
 
 
 def _expected_form(query_filter) -> str:
@@ -63,9 +70,10 @@ def _accepted_parameters(view, queryset) -> set[str]:
     for name in ("page_query_param", "page_size_query_param"):
         if getattr(paginator, name, None):
             accepted.add(getattr(paginator, name))
-    format_override = getattr(view.get_content_negotiator().settings, "URL_FORMAT_OVERRIDE", None)
-    if format_override:
-        accepted.add(format_override)
+    # DRF's ?format= (a renderer; on the job routes, which turn that off, a file format) is no
+    # filter but never an unknown parameter either.
+    if api_settings.URL_FORMAT_OVERRIDE:
+        accepted.add(api_settings.URL_FORMAT_OVERRIDE)
     return accepted
 
 
@@ -78,19 +86,19 @@ class StrictFilterBackend(DjangoFilterBackend):
         accepted = _accepted_parameters(view, queryset)
         unknown = sorted(set(request.query_params) - accepted)
         if unknown:
-            raise InvalidFilter(
+            raise UnknownParameter(
                 f"This list takes no parameter {', '.join(map(repr, unknown))}. "
-                f"It takes: {', '.join(sorted(accepted))}.",
-                code="unknown_parameter",
+                f"It takes: {', '.join(sorted(accepted))}."
             )
         filterset = self.get_filterset(request, queryset, view)
         if filterset is None:
             return queryset
         if not filterset.is_valid():
             name, messages = next(iter(filterset.errors.items()))
-            raise InvalidFilter(
-                f"{name}: {' '.join(messages)} Expected {_expected_form(filterset.filters[name])}; "
-                f"got {request.query_params.get(name)!r}."
+            raise invalid_filter(
+                name,
+                f"{' '.join(messages)} Expected {_expected_form(filterset.filters[name])}; "
+                f"got {request.query_params.get(name)!r}.",
             )
         return filterset.qs
 
@@ -105,9 +113,10 @@ class StrictOrderingFilter(OrderingFilter):
             terms = [term.strip() for term in raw.split(",")]
             bad = [term for term in terms if term.removeprefix("-") not in offered]
             if bad:
-                raise InvalidFilter(
-                    f"{self.ordering_param}: cannot order by {', '.join(map(repr, bad))}. Expected comma-separated "
-                    f"fields among {', '.join(sorted(offered))}, each optionally prefixed with - for descending."
+                raise invalid_filter(
+                    self.ordering_param,
+                    f"Cannot order by {', '.join(map(repr, bad))}. Expected comma-separated fields among "
+                    f"{', '.join(sorted(offered))}, each optionally prefixed with - for descending.",
                 )
         return super().get_ordering(request, queryset, view)
 
@@ -119,5 +128,5 @@ class StrictPageNumberPagination(PageNumberPagination):
         raw = request.query_params.get(self.page_query_param)
         malformed = raw is not None and not (raw.isascii() and raw.isdigit() and int(raw) >= 1)
         if malformed and raw not in self.last_page_strings:
-            raise InvalidFilter(f"{self.page_query_param}: expected a whole number from 1; got {raw!r}.")
+            raise invalid_filter(self.page_query_param, f"Expected a whole number from 1; got {raw!r}.")
         return super().get_page_number(request, paginator)
