@@ -9,10 +9,15 @@ import io
 
 import orjson
 import pytest
+from django.contrib.admin.utils import quote
 from django.core.management import call_command
 from django.test import Client
+from django.urls import reverse
 from onnx import TensorProto, helper
 
+from access.models import APIKey
+from inference.history import history
+from jobs.models import Job
 from tests.jobs.api import create_file, created, result_url, wait_finished
 from tests.registry.onnx_factories import make_iris_model
 from tests.security.battery import IRIS_ROW, SENDERS
@@ -169,7 +174,7 @@ BAD_FILTERS = [
     ("jobs", "model=not-a-uuid", "model", "a UUID"),
     ("predictions", "cached=maybe", "cached", "one of true, false"),
     ("models", "ordering=bogus", "ordering", "fields among created_at, file_size, name, status"),
-    ("models", "ordering=-name,owner", "ordering", "cannot order by 'owner'"),
+    ("models", "ordering=-name,owner", "ordering", "Cannot order by 'owner'"),
     ("models", "page=abc", "page", "a whole number from 1"),
     ("jobs", "page=0", "page", "a whole number from 1"),
 ]
@@ -191,6 +196,7 @@ def test_list_refuses_a_filter_value_it_cannot_use(list_client, route, query, pa
     assert body["code"] == "invalid_filter"
     assert body["detail"].startswith(f"{parameter}: ")
     assert expected in body["detail"]
+    assert list(body["errors"]) == [parameter]
 
 
 @pytest.mark.django_db
@@ -211,3 +217,78 @@ def test_created_after_filters_models_and_an_empty_value_is_no_filter(list_clien
     assert list_client.get(f"{models}?created_after={new}").json()["count"] == 0
     assert list_client.get(f"{models}?created_before={new}&status=ready&ordering=-version").json()["count"] == 1
     assert list_client.get(f"{models}?created_after=&status=").json()["count"] == 1
+
+
+# --- 5. confirmations in the admin, and the key shown once -------------------------------------
+
+
+@pytest.fixture
+def admin_client(ops_user):
+    client = Client()
+    client.force_login(ops_user)
+    return client
+
+
+@pytest.mark.django_db
+def test_revoking_a_key_shows_what_changes_and_nothing_changes_before_confirming(admin_client, make_key, make_model):
+    iris = make_model(make_iris_model(zipmap=False), name="iris")
+    api_key, raw = make_key("read", "predict", name="billing-svc")
+    user = Client(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    for row in ([[5.1, 3.5, 1.4, 0.2]], [[6.7, 3.0, 5.2, 2.3]]):
+        body = orjson.dumps({"input_data": {"X": row}})
+        assert user.post(f"/api/v1/models/{iris.pk}/predict", body, content_type="application/json").status_code == 200
+    history.flush()
+    revoke_url = reverse("admin:access_apikey_revoke", args=[quote(api_key.pk)])
+
+    page = admin_client.get(revoke_url)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "billing-svc" in html and api_key.prefix in html and "read, predict" in html
+    assert "cannot be undone" in html and "active &rarr; revoked" in html
+    assert '<td class="mf-predictions">2</td>' in html and '<td class="mf-jobs">0</td>' in html
+    assert "ago)" in html  # its last use
+    # Neither the page nor a POST without the confirmation changes anything.
+    assert admin_client.post(revoke_url).status_code == 200
+    assert user.get("/api/v1/models").status_code == 200
+
+    done = admin_client.post(revoke_url, {"confirm": "yes"})
+    assert done.status_code == 302
+    refused = user.get("/api/v1/models")
+    assert (refused.status_code, refused.json()["code"]) == (401, "api_key_revoked")
+
+
+@pytest.mark.django_db
+def test_cancelling_a_job_shows_status_and_progress_then_needs_a_confirming_post(admin_client, jobs_client, make_model):
+    iris = make_model(make_iris_model(zipmap=False), name="iris")
+    job = created(create_file(jobs_client, iris, b'{"X": [1, 2, 3, 4]}\n' * 10, "rows.jsonl"))
+    Job.objects.filter(pk=job["id"]).update(status=Job.Status.RUNNING, progress_done=4)
+    cancel_url = reverse("admin:jobs_job_cancel", args=[job["id"]])
+
+    page = admin_client.get(cancel_url)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Cancel job?" in html and "iris:1.0.0" in html and "key:jobs-a" in html
+    assert "Running</span> &rarr; cancelled" in html and "4 / 10 (40%)" in html
+    assert admin_client.post(cancel_url).status_code == 200
+    assert Job.objects.get(pk=job["id"]).status == Job.Status.RUNNING
+
+    assert admin_client.post(cancel_url, {"confirm": "yes"}).status_code == 302
+    assert Job.objects.get(pk=job["id"]).status == Job.Status.CANCELLED
+    result = jobs_client.get(result_url(job["id"]))
+    assert (result.status_code, result.json()["code"]) == (409, "job_cancelled")
+
+
+@pytest.mark.django_db
+def test_reloading_the_key_created_page_creates_no_second_key_and_hides_the_key(admin_client):
+    form = {"name": "ci", "scopes": ["read"], "expiry_date_0": "", "expiry_date_1": ""}
+    answer = admin_client.post(reverse("admin:access_apikey_add"), form)
+    assert answer.status_code == 302  # redirect after POST: a reload repeats the GET, not the POST
+    api_key = APIKey.objects.get()
+    first = admin_client.get(answer["Location"]).content.decode()
+    raw = first.split('id="mf-raw-key" value="', 1)[1].split('"', 1)[0]
+    assert api_key.is_valid(raw)
+
+    reloaded = admin_client.get(answer["Location"])
+    assert reloaded.status_code == 200
+    assert raw not in reloaded.content.decode()
+    assert APIKey.objects.count() == 1
