@@ -111,7 +111,7 @@ class ScopedAPIKeyAdmin(APIKeyModelAdmin):
         # service created.
         obj.pk = api_key.pk
         obj.refresh_from_db()
-        request._mf_raw_key = raw_key  # for response_add only; never stored
+        request._mf_raw_key = raw_key  # for response_add, which keeps it for its one display
 
     def response_add(self, request, obj: APIKey, post_url_continue=None):
         """Redirect to the page that shows the raw key once. A reload of that page (or of the
