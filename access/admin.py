@@ -1,11 +1,22 @@
-"""API keys in the admin: created and revoked through access.services; the raw key is shown once."""
+"""API keys in the admin: created and revoked through access.services; the raw key is shown once.
+
+Creating a key answers with a redirect (post/redirect/get): the raw key waits in the session
+for the one page that shows it, which takes it out, so reloading that page neither creates a
+second key nor shows the key again. Revoking (from the key's page or the list's action) first
+shows what will change, the key's recent use included; only the confirming POST revokes.
+"""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django import forms
-from django.contrib import admin
+from django.conf import settings
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
+from django.db.models import Count
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -16,6 +27,12 @@ from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from access import services
 from access.models import ALL_SCOPES, APIKey, Scope
+from inference.models import Prediction
+from jobs.models import Job
+
+# The session entry holding a new key's raw value until its one display.
+NEW_KEY_SESSION = "mf_new_api_key"
+RECENT_USE = timedelta(hours=24)
 
 # The library registers its own concrete APIKey model, which ModelForge does not use.
 if admin.site.is_registered(LibraryAPIKey):
@@ -94,22 +111,38 @@ class ScopedAPIKeyAdmin(APIKeyModelAdmin):
         # service created.
         obj.pk = api_key.pk
         obj.refresh_from_db()
-        request._mf_raw_key = raw_key  # for response_add only; never stored
+        request._mf_raw_key = raw_key  # for response_add, which keeps it for its one display
 
     def response_add(self, request, obj: APIKey, post_url_continue=None):
-        """The raw key on a page of its own, answered to the POST that created it: it is never
-        put in a message (a cookie or the session) nor cached by the browser."""
+        """Redirect to the page that shows the raw key once. A reload of that page (or of the
+        answer to the POST, which is now a redirect) cannot create a second key. The raw key waits
+        in the session (server-side, not in a cookie or a message) only until that page is shown."""
         raw_key = getattr(request, "_mf_raw_key", None)
         if raw_key is None:
             return super().response_add(request, obj, post_url_continue)
+        request.session[NEW_KEY_SESSION] = {"pk": obj.pk, "raw": raw_key}
+        return HttpResponseRedirect(reverse("admin:access_apikey_created", args=[quote(obj.pk)]))
+
+    def created_view(self, request, object_id):
+        """The new key's raw value, taken out of the session as it is shown: a second visit finds
+        it gone. Never cached by the browser."""
+        api_key = self.get_object(request, unquote(object_id))
+        if api_key is None:
+            raise Http404("No API key with this id.")
+        if not self.has_view_or_change_permission(request, api_key):
+            raise PermissionDenied
+        pending = request.session.get(NEW_KEY_SESSION)
+        raw_key = None
+        if pending and pending.get("pk") == api_key.pk:
+            raw_key = request.session.pop(NEW_KEY_SESSION)["raw"]
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
-            "title": f"API key “{obj.name}” created",
-            "api_key": obj,
+            "title": f"API key “{api_key.name}” created",
+            "api_key": api_key,
             "raw_key": raw_key,
-            "scopes": ", ".join(obj.scopes),
-            "change_url": reverse("admin:access_apikey_change", args=[quote(obj.pk)]),
+            "scopes": ", ".join(api_key.scopes),
+            "change_url": reverse("admin:access_apikey_change", args=[quote(api_key.pk)]),
             "changelist_url": reverse("admin:access_apikey_changelist"),
         }
         response = TemplateResponse(request, "admin/access/apikey/created.html", context)
@@ -122,7 +155,10 @@ class ScopedAPIKeyAdmin(APIKeyModelAdmin):
         revoke = path(
             "<path:object_id>/revoke/", self.admin_site.admin_view(self.revoke_view), name="access_apikey_revoke"
         )
-        return [revoke, *super().get_urls()]
+        created = path(
+            "<path:object_id>/created/", self.admin_site.admin_view(self.created_view), name="access_apikey_created"
+        )
+        return [revoke, created, *super().get_urls()]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         api_key = self.get_object(request, unquote(object_id))
@@ -134,22 +170,92 @@ class ScopedAPIKeyAdmin(APIKeyModelAdmin):
         return super().change_view(request, object_id, form_url, extra_context=context)
 
     def revoke_view(self, request, object_id):
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
+        """GET (or a POST without ``confirm=yes``): what revoking will change. The confirming POST
+        revokes."""
+        if request.method not in ("GET", "POST"):
+            return HttpResponseNotAllowed(["GET", "POST"])
         api_key = self.get_object(request, unquote(object_id))
         if api_key is None:
             raise Http404("No API key with this id.")
-        if not self.has_change_permission(request, api_key):
+        if not self.has_change_permission(request):
             raise PermissionDenied
-        services.api_key_revoke(api_key=api_key)
-        self.log_change(request, api_key, "Revoked")
-        self.message_user(request, f"Revoked “{api_key.name}”; revocation cannot be undone.")
-        return HttpResponseRedirect(reverse("admin:access_apikey_change", args=[quote(api_key.pk)]))
-
-    @admin.action(description="Revoke selected keys", permissions=["change"])
-    def revoke_selected(self, request, queryset) -> None:
-        revoked = 0
-        for api_key in queryset.filter(revoked=False):
+        key_url = reverse("admin:access_apikey_change", args=[quote(api_key.pk)])
+        if api_key.revoked:
+            self.message_user(request, f"“{api_key.name}” is already revoked.", level=messages.WARNING)
+            return HttpResponseRedirect(key_url)
+        if request.method == "POST" and request.POST.get("confirm") == "yes":
             services.api_key_revoke(api_key=api_key)
-            revoked += 1
-        self.message_user(request, f"Revoked {revoked} key{'s' * (revoked != 1)}; revocation cannot be undone.")
+            self.log_change(request, api_key, "Revoked")
+            self.message_user(request, f"Revoked “{api_key.name}”; revocation cannot be undone.")
+            return HttpResponseRedirect(key_url)
+        return self._revoke_confirmation(
+            request, [api_key], form_action=request.path, hidden=[("confirm", "yes")], back_url=key_url
+        )
+
+    @admin.action(description="Revoke selected keys…", permissions=["change"])
+    def revoke_selected(self, request, queryset):
+        """First a page saying what will change; the confirming POST (``post=yes``) revokes."""
+        active = list(queryset.filter(revoked=False).order_by("name"))
+        if not active:
+            self.message_user(request, "None of the selected keys is active; nothing to revoke.", messages.WARNING)
+            return None
+        if request.POST.get("post") == "yes":
+            for api_key in active:
+                services.api_key_revoke(api_key=api_key)
+                self.log_change(request, api_key, "Revoked")
+            revoked = len(active)
+            self.message_user(request, f"Revoked {revoked} key{'s' * (revoked != 1)}; revocation cannot be undone.")
+            return None
+        hidden = [("action", "revoke_selected"), ("post", "yes")]
+        hidden += [(helpers.ACTION_CHECKBOX_NAME, api_key.pk) for api_key in active]
+        return self._revoke_confirmation(
+            request,
+            active,
+            form_action=reverse("admin:access_apikey_changelist"),
+            hidden=hidden,
+            back_url=reverse("admin:access_apikey_changelist"),
+            skipped=queryset.filter(revoked=True).count(),
+        )
+
+    def _revoke_confirmation(self, request, api_keys, *, form_action, hidden, back_url, skipped=0):
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Revoke API key?" if len(api_keys) == 1 else f"Revoke {len(api_keys)} API keys?",
+            "rows": key_recent_use(api_keys),
+            "recent_hours": int(RECENT_USE.total_seconds() // 3600),
+            "sampled": settings.HISTORY_SAMPLE_RATE < 1,
+            "sample_percent": round(settings.HISTORY_SAMPLE_RATE * 100, 1),
+            "skipped": skipped,
+            "form_action": form_action,
+            "hidden": hidden,
+            "back_url": back_url,
+        }
+        return TemplateResponse(request, "admin/access/apikey/revoke_confirmation.html", context)
+
+
+def key_recent_use(api_keys: list[APIKey]) -> list[dict]:
+    """Each key with what it did lately: its last use, and the predictions recorded and jobs
+    created with it in the last RECENT_USE (two grouped queries, whatever the number of keys)."""
+    since = timezone.now() - RECENT_USE
+    pks = [api_key.pk for api_key in api_keys]
+
+    def counts(model) -> dict:
+        rows = (
+            model.objects.filter(api_key__in=pks, created_at__gte=since)
+            .order_by()
+            .values("api_key")
+            .annotate(count=Count("pk"))
+        )
+        return {row["api_key"]: row["count"] for row in rows}
+
+    predictions, jobs = counts(Prediction), counts(Job)
+    return [
+        {
+            "key": api_key,
+            "scopes": ", ".join(api_key.scopes) or "none",
+            "predictions": predictions.get(api_key.pk, 0),
+            "jobs": jobs.get(api_key.pk, 0),
+        }
+        for api_key in api_keys
+    ]

@@ -5,6 +5,10 @@ verdict is then kept in memory, keyed by a digest of the whole presented key (a 
 never matches), for up to API_KEY_CACHE_SECONDS. Revoking or changing a key notifies every
 process (modelforge_site.invalidation), so revocation takes effect at once; the TTL only bounds
 the delay if such a message were lost. Expiry is checked on every request.
+
+A key's ``last_used_at`` (shown in the admin, and before revoking it) is written when a key is
+looked up, not from the cache, and only when it is more than LAST_USED_PRECISION old: at most
+one conditional UPDATE a minute per key, none on the cached hot path.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -21,6 +26,7 @@ from access.models import APIKey
 from modelforge_site import invalidation, request_log
 
 MAX_CACHED_KEYS = 10_000
+LAST_USED_PRECISION = timedelta(minutes=1)
 
 
 class InvalidKey(exceptions.AuthenticationFailed):
@@ -77,6 +83,8 @@ def authenticate_key(raw: str) -> APIKey:
         if api_key is None or not api_key.is_valid(raw):
             raise InvalidKey()
         key_cache.put(digest, api_key)
+        if not api_key.revoked:
+            _touch(api_key)
     if api_key.revoked:
         raise exceptions.AuthenticationFailed(
             "This API key has been revoked. Ask an operator for a new key.", code="api_key_revoked"
@@ -88,3 +96,12 @@ def authenticate_key(raw: str) -> APIKey:
         )
     request_log.bind_key(api_key)
     return api_key
+
+
+def _touch(api_key: APIKey) -> None:
+    """Record the use; update(), not save(), so that no process drops its cached keys for it."""
+    now = timezone.now()
+    if api_key.last_used_at is not None and now - api_key.last_used_at < LAST_USED_PRECISION:
+        return
+    APIKey.objects.filter(pk=api_key.pk).exclude(last_used_at__gte=now - LAST_USED_PRECISION).update(last_used_at=now)
+    api_key.last_used_at = now

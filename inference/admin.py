@@ -16,6 +16,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from inference.models import Prediction
+from modelforge_site.csv_cells import csv_cell, csv_row
 
 EMPTY = "—"
 EXPORT_CHUNK_ROWS = 2000
@@ -35,8 +36,6 @@ EXPORT_COLUMNS = (
     ("output_data", "output_data"),
     ("warnings", "warnings"),
 )
-# A cell a spreadsheet would run as a formula (OWASP "CSV injection") starts with a quote instead.
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 class DateRangeFilter(admin.FieldListFilter):
@@ -103,15 +102,12 @@ class DateRangeFilter(admin.FieldListFilter):
 
 
 def _csv_cell(value) -> object:
-    if value is None:
-        return ""
     if isinstance(value, dict | list):
         value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
-        return "'" + value
-    return value
+    elif isinstance(value, datetime):
+        value = value.isoformat()
+    # Inputs, outputs and key names come from clients: no cell may run as a spreadsheet formula.
+    return csv_cell(value)
 
 
 class _Echo:
@@ -125,7 +121,7 @@ def csv_rows(queryset):
     """The CSV text of a queryset of predictions, one line at a time, read in chunks (the rows
     are never all in memory)."""
     writer = csv.writer(_Echo())
-    yield writer.writerow([header for _, header in EXPORT_COLUMNS])
+    yield writer.writerow(csv_row(header for _, header in EXPORT_COLUMNS))
     fields = [field for field, _ in EXPORT_COLUMNS]
     for row in queryset.values_list(*fields).iterator(chunk_size=EXPORT_CHUNK_ROWS):
         yield writer.writerow([_csv_cell(value) for value in row])

@@ -1,4 +1,12 @@
-"""The prediction cache: outputs keyed by the model file's sha256 and a digest of the inputs.
+"""The prediction cache: outputs keyed by the caller, the model file's sha256 and a digest of
+the inputs.
+
+Tenancy: per caller (an API key, or a staff user's session). A shared cache would tell a key
+what another key sent: its first request for an input answered `X-Cache: HIT` (or simply
+faster) proves that someone else asked the same question of the same model. Hiding that would
+need hits and misses made indistinguishable in headers, body and timing; keying by caller
+costs only the hit rate across keys and leaks nothing. So a key's first request for any input
+is a MISS whatever other keys sent, and its own repeats are HITs (/api/v1 and /v2 alike).
 
 Two levels: a small in-process LRU (PREDICTION_CACHE_LOCAL_MB) in front of Django's cache
 (Redis in production, shared by every process; local memory under `make run`). Keying by
@@ -83,8 +91,8 @@ class PredictionCache:
         self._skip_until = 0.0
 
     @staticmethod
-    def key(sha256: str, digest: str) -> str:
-        return f"pred:{sha256}:{digest}"
+    def key(sha256: str, digest: str, *, tenant: str) -> str:
+        return f"pred:{tenant}:{sha256}:{digest}"
 
     @property
     def available(self) -> bool:
@@ -174,14 +182,25 @@ class PredictionCache:
             self._trip(exc)
 
 
+def cache_tenant(*, api_key=None, user=None) -> str:
+    """Whose entries a request reads and writes: its API key's, else its session user's."""
+    if api_key is not None:
+        # The prefix is unique and public; the key's pk holds its stored hash, kept out of Redis.
+        return f"key:{api_key.prefix}"
+    if getattr(user, "pk", None) is not None:
+        return f"user:{user.pk}"
+    return "anonymous"
+
+
 class BodyMemo:
     """Request bodies already validated into a cache key, so a byte-identical repeat skips
     parsing and validation and goes straight to the prediction cache.
 
     Validation is a pure function of the body, the model's schema (fixed by its sha256), its
-    allow_non_finite flag and the input limits, so all of these are part of the memo key: the
-    memo can only ever return the key the full path would compute. Only small bodies that did
-    not ask to skip the cache are remembered; the cache itself still decides hit or miss.
+    allow_non_finite flag and the input limits, so all of these are part of the memo key, and so
+    is the cache tenant the cache key holds: the memo can only ever return the key the full path
+    would compute for this caller. Only small bodies that did not ask to skip the cache are
+    remembered; the cache itself still decides hit or miss.
     """
 
     MAX_BODY_BYTES = 16 * 1024
@@ -192,8 +211,9 @@ class BodyMemo:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _key(model, body: bytes) -> tuple:
+    def _key(model, body: bytes, tenant: str) -> tuple:
         return (
+            tenant,
             model.file_sha256,
             model.allow_non_finite,
             settings.MAX_INPUT_ELEMENTS,
@@ -201,18 +221,18 @@ class BodyMemo:
             hashlib.blake2b(body, digest_size=20).digest(),
         )
 
-    def get(self, model, body: bytes) -> tuple[str, Any] | None:
-        """(cache key, parsed input_data) for a body seen before, else None."""
+    def get(self, model, body: bytes, *, tenant: str) -> tuple[str, Any] | None:
+        """(cache key, parsed input_data) for a body this caller sent before, else None."""
         if len(body) > self.MAX_BODY_BYTES:
             return None
         with self._lock:
-            return self._entries.get(self._key(model, body))
+            return self._entries.get(self._key(model, body, tenant))
 
-    def put(self, model, body: bytes, cache_key: str, input_data: Any) -> None:
+    def put(self, model, body: bytes, cache_key: str, input_data: Any, *, tenant: str) -> None:
         if len(body) > self.MAX_BODY_BYTES:
             return
         with self._lock:
-            self._entries[self._key(model, body)] = (cache_key, input_data)
+            self._entries[self._key(model, body, tenant)] = (cache_key, input_data)
             if len(self._entries) > self.MAX_ENTRIES:
                 self._entries.popitem(last=False)
 

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from inference import deadlines
 from inference.batching import batchable_schema, batchers
-from inference.cache import prediction_cache
+from inference.cache import cache_tenant, prediction_cache
 from inference.errors import InferenceFailed, ModelArchived, ModelNotReady
 from inference.history import history
 from inference.limits import check_batch_rows, in_flight
@@ -197,7 +197,8 @@ def infer(
     cache_key = None
     cached = None
     if not skip_cache:
-        cache_key = prediction_cache.key(model.file_sha256, tensor_digest(feeds))
+        tenant = cache_tenant(api_key=api_key, user=user)  # per caller: see inference/cache.py
+        cache_key = prediction_cache.key(model.file_sha256, tensor_digest(feeds), tenant=tenant)
         cached = prediction_cache.get(cache_key)
         if cached is not None and exact and cached["warnings"]:
             cached = None

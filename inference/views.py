@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 from access.models import APIKey, Scope
 from access.throttling import KeyRateThrottle
 from inference import services
-from inference.cache import body_memo, prediction_cache
+from inference.cache import body_memo, cache_tenant, prediction_cache
 from inference.errors import InvalidInput
 from inference.models import Prediction
 from inference.serializers import PredictionSerializer, PredictRequestSerializer, PredictResponseSerializer
@@ -31,6 +31,7 @@ from inference.tensors import parse_json_body
 from modelforge_site import request_log
 from modelforge_site.datetime_filters import UtcIsoDateTimeFilter
 from modelforge_site.exceptions import PayloadTooLarge
+from modelforge_site.list_filters import StrictFilterBackend
 from modelforge_site.strict_input import UNAUTHENTICATED, error_responses
 from registry.errors import ModelNotFound
 from registry.models import MLModel
@@ -91,7 +92,8 @@ def predict_from_body(*, model: MLModel, body: bytes, api_key, user) -> tuple[by
     request_log.bind_model(model)
     timings = services.Timings()
     caller = {"model": model, "api_key": api_key, "user": user, "input_size": len(body), "timings": timings}
-    remembered = body_memo.get(model, body)
+    tenant = cache_tenant(api_key=api_key, user=user)
+    remembered = body_memo.get(model, body, tenant=tenant)
     if remembered is not None:
         cache_key, input_data = remembered
         timings.parse = (time.perf_counter() - started) * 1000
@@ -102,7 +104,7 @@ def predict_from_body(*, model: MLModel, body: bytes, api_key, user) -> tuple[by
     timings.parse = (time.perf_counter() - started) * 1000
     outcome = services.predict(input_data=input_data, skip_cache=skip_cache, **caller)
     if outcome.cache_key is not None:
-        body_memo.put(model, body, outcome.cache_key, input_data)
+        body_memo.put(model, body, outcome.cache_key, input_data, tenant=tenant)
     return render_prediction(outcome)
 
 
@@ -216,7 +218,7 @@ class ModelPredictionsView(generics.ListAPIView):
 
     serializer_class = PredictionSerializer
     filterset_class = PredictionFilter
-    filter_backends = (filters.DjangoFilterBackend,)
+    filter_backends = (StrictFilterBackend,)
     required_scopes = {"GET": Scope.PREDICT}
 
     @extend_schema(

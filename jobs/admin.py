@@ -1,10 +1,16 @@
-"""Jobs in the Django admin: read-only rows the system writes; actions go through jobs.services."""
+"""Jobs in the Django admin: read-only rows the system writes; actions go through jobs.services.
+
+Cancelling (from the job's page or the list's action) first shows what will change: each job's
+status -> cancelled and its progress. Only the confirming POST cancels.
+"""
 
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -124,16 +130,44 @@ class JobAdmin(admin.ModelAdmin):
         return job
 
     def cancel_view(self, request, object_id):
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
-        job = self._job_for_action(request, object_id)
-        try:
-            services.job_cancel(job=job)
-        except DomainError as exc:
-            self.message_user(request, f"Not cancelled: {exc.detail}", level=messages.WARNING)
-        else:
-            self.message_user(request, f"Job {str(job.pk)[:8]} is cancelled.")
-        return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.pk]))
+        """GET (or a POST without ``confirm=yes``): what cancelling will change. The confirming
+        POST cancels."""
+        if request.method not in ("GET", "POST"):
+            return HttpResponseNotAllowed(["GET", "POST"])
+        job = self.get_object(request, object_id)
+        if job is None:
+            raise Http404("No job with this id.")
+        if not self.has_cancel_permission(request, job):
+            raise PermissionDenied
+        job_url = reverse("admin:jobs_job_change", args=[job.pk])
+        if job.status not in Job.ACTIVE:
+            self.message_user(request, f"Not cancelled: the job has already {job.status}.", level=messages.WARNING)
+            return HttpResponseRedirect(job_url)
+        if request.method == "POST" and request.POST.get("confirm") == "yes":
+            try:
+                services.job_cancel(job=job)
+            except DomainError as exc:  # it finished between the page and the click
+                self.message_user(request, f"Not cancelled: {exc.detail}", level=messages.WARNING)
+            else:
+                self.message_user(request, f"Job {str(job.pk)[:8]} is cancelled.")
+            return HttpResponseRedirect(job_url)
+        return self._cancel_confirmation(
+            request, [job], form_action=request.path, hidden=[("confirm", "yes")], back_url=job_url
+        )
+
+    def _cancel_confirmation(self, request, jobs: list[Job], *, form_action, hidden, back_url, skipped=0):
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Cancel job?" if len(jobs) == 1 else f"Cancel {len(jobs)} jobs?",
+            "rows": [(job, self.status_badge(job), self.progress(job)) for job in jobs],
+            "cancelled_badge": self.status_badge(Job(status=Status.CANCELLED)),
+            "skipped": skipped,
+            "form_action": form_action,
+            "hidden": hidden,
+            "back_url": back_url,
+        }
+        return TemplateResponse(request, "admin/jobs/job/cancel_confirmation.html", context)
 
     def retry_view(self, request, object_id):
         if request.method != "POST":
@@ -211,8 +245,26 @@ class JobAdmin(admin.ModelAdmin):
             return format_html("{}", "—")
         return format_html('<pre style="white-space:pre-wrap;max-height:30em;overflow:auto">{}</pre>', job.traceback)
 
-    @admin.action(description="Cancel selected jobs", permissions=["cancel"])
-    def cancel_jobs(self, request, queryset) -> None:
+    @admin.action(description="Cancel selected jobs…", permissions=["cancel"])
+    def cancel_jobs(self, request, queryset):
+        """First a page saying what will change; the confirming POST (``post=yes``) cancels."""
+        if request.POST.get("post") != "yes":
+            selected = list(queryset.select_related("api_key", "user"))
+            active = [job for job in selected if job.status in Job.ACTIVE]
+            if not active:
+                self.message_user(request, "None of the selected jobs is active; nothing to cancel.", messages.WARNING)
+                return None
+            hidden = [("action", "cancel_jobs"), ("post", "yes")]
+            hidden += [(helpers.ACTION_CHECKBOX_NAME, job.pk) for job in active]
+            changelist = reverse("admin:jobs_job_changelist")
+            return self._cancel_confirmation(
+                request,
+                active,
+                form_action=changelist,
+                hidden=hidden,
+                back_url=changelist,
+                skipped=len(selected) - len(active),
+            )
         cancelled = skipped = 0
         for job in queryset:
             if job.status not in Job.ACTIVE:

@@ -43,6 +43,7 @@ from inference.errors import InvalidInput
 from inference.services import decode_model_inputs
 from inference.tensors import DTYPES, decode_inputs, encode_outputs, parse_json_body
 from jobs.errors import BadRow, InvalidInputFile, UnsupportedFormat, UnsupportedOutput
+from modelforge_site.csv_cells import csv_row
 from registry.models import MLModel
 
 FORMATS = ("jsonl", "csv", "npy")
@@ -645,9 +646,11 @@ def _flatten(name: str, value: Any, out: dict[str, Any]) -> None:
 
 
 def export_csv(path: Path) -> Iterator[bytes]:
-    """Stream an output JSONL file as CSV (header from the first row), in blocks."""
+    """Stream an output JSONL file as CSV (header from the first row), in blocks. Cells are
+    spreadsheet-safe (modelforge_site.csv_cells): numbers stay numbers, formula-like text is quoted."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # CRLF line ends (RFC 4180) also make the writer quote a cell holding a lone CR.
+    writer = csv.writer(buffer, lineterminator="\r\n")
     header: list[str] | None = None
     with open(path, "rb") as handle:
         for line in handle:
@@ -656,8 +659,9 @@ def export_csv(path: Path) -> Iterator[bytes]:
                 _flatten(name, value, row)
             if header is None:
                 header = list(row)
-                writer.writerow(header)
-            writer.writerow(["" if row.get(column) is None else row.get(column) for column in header])
+                # Output names and map keys come from the uploaded model: escaped like any cell.
+                writer.writerow(csv_row(header))
+            writer.writerow(csv_row(row.get(column) for column in header))
             if buffer.tell() >= _CSV_BLOCK:
                 yield buffer.getvalue().encode()
                 buffer.seek(0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.http import FileResponse, Http404, StreamingHttpResponse
-from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -37,6 +36,7 @@ from jobs.models import Job
 from jobs.serializers import CeleryHealthSerializer, JobCreateSerializer, JobResultSerializer, JobSerializer
 from jobs.storage import JobFiles
 from modelforge_site.exceptions import PayloadTooLarge, error_body
+from modelforge_site.list_filters import StrictFilterBackend
 from modelforge_site.strict_input import UNAUTHENTICATED, ErrorSerializer, error_responses
 from registry import selectors
 from registry.errors import ModelNotFound
@@ -136,7 +136,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
     parser_classes = (StrictJSONParser, parsers.MultiPartParser)
     content_negotiation_class = JobContentNegotiation
     filterset_class = JobFilter
-    filter_backends = (DjangoFilterBackend,)
+    filter_backends = (StrictFilterBackend,)
     lookup_value_regex = UUID_PATTERN
     http_method_names = ("get", "post", "delete", "head", "options")
     required_scopes = {

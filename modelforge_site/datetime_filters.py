@@ -28,3 +28,7 @@ class UtcIsoDateTimeField(IsoDateTimeField):
 
 class UtcIsoDateTimeFilter(IsoDateTimeFilter):
     field_class = UtcIsoDateTimeField
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("help_text", "An ISO 8601 date-time, e.g. 2026-01-01T00:00:00Z.")
+        super().__init__(*args, **kwargs)

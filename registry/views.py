@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from django.http import Http404
-from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, parsers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.filters import OrderingFilter, SearchFilter
+from rest_framework.filters import SearchFilter
 from rest_framework.response import Response
 
 from access.models import Scope
 from access.throttling import KeyRateThrottle
 from modelforge_site.exceptions import DomainError
+from modelforge_site.list_filters import StrictFilterBackend, StrictOrderingFilter
 from modelforge_site.strict_input import UNAUTHENTICATED, error_responses
 from registry import selectors, services
 from registry.errors import ModelNotFound
@@ -55,7 +55,7 @@ _ALIAS_PARAMETER = OpenApiParameter(
 )
 
 
-class SemverOrderingFilter(OrderingFilter):
+class SemverOrderingFilter(StrictOrderingFilter):
     """`ordering=version` sorts by semver precedence, not by the string."""
 
     def get_ordering(self, request, queryset, view):
@@ -89,7 +89,7 @@ class ModelViewSet(
     lookup_value_regex = "[0-9a-fA-F-]{36}"
     filterset_class = MLModelFilter
     search_fields = ("name", "description")
-    filter_backends = (DjangoFilterBackend, SearchFilter, SemverOrderingFilter)
+    filter_backends = (StrictFilterBackend, SearchFilter, SemverOrderingFilter)
     ordering_fields = ("created_at", "updated_at", "name", "version", "file_size", "status")
     ordering = ("name", "-version_key")
     http_method_names = ("get", "post", "patch", "delete", "head", "options")

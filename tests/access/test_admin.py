@@ -11,6 +11,7 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
+from access.admin import NEW_KEY_SESSION
 from access.models import APIKey
 
 pytestmark = pytest.mark.django_db
@@ -42,8 +43,11 @@ def raw_key_in(html: str, api_key: APIKey) -> str:
 
 
 def create_key(admin_client, name: str = "ci", scopes=("read",)) -> tuple[APIKey, str]:
-    """Create a key through the add form; returns the row and the raw key from the answer."""
-    response = admin_client.post(ADD, {"name": name, "scopes": list(scopes), "expiry_date_0": "", "expiry_date_1": ""})
+    """Create a key through the add form; returns the row and the raw key from the page the
+    answer redirects to."""
+    response = admin_client.post(
+        ADD, {"name": name, "scopes": list(scopes), "expiry_date_0": "", "expiry_date_1": ""}, follow=True
+    )
     assert response.status_code == 200 and "shown only this once" in response.content.decode()
     api_key = APIKey.objects.get(name=name)
     return api_key, raw_key_in(response.content.decode(), api_key)
@@ -55,11 +59,15 @@ def test_only_the_scoped_api_key_model_is_in_the_admin():
 
 
 def test_add_form_creates_a_scoped_key_and_shows_the_raw_key_once(admin_client):
-    response = admin_client.post(
+    created = admin_client.post(
         ADD, {"name": "ci", "scopes": ["predict", "read"], "expiry_date_0": "", "expiry_date_1": ""}
     )
 
     api_key = APIKey.objects.get(name="ci")
+    # Redirect after POST: the page that shows the key is a GET of its own.
+    assert created.status_code == 302
+    assert created["Location"] == reverse("admin:access_apikey_created", args=[quote(api_key.pk)])
+    response = admin_client.get(created["Location"])
     assert api_key.scopes == ["read", "predict"]
     assert api_key.expiry_date is None
     assert not api_key.revoked
@@ -74,6 +82,23 @@ def test_add_form_creates_a_scoped_key_and_shows_the_raw_key_once(admin_client):
 
     assert raw not in admin_client.get(CHANGELIST).content.decode()
     assert raw not in admin_client.get(change_url(api_key)).content.decode()
+
+
+def test_reloading_the_created_page_neither_creates_a_key_nor_shows_it_again(admin_client):
+    created = admin_client.post(ADD, {"name": "ci", "scopes": ["read"], "expiry_date_0": "", "expiry_date_1": ""})
+    first = admin_client.get(created["Location"])
+    api_key = APIKey.objects.get()
+    raw = raw_key_in(first.content.decode(), api_key)
+
+    reloaded = admin_client.get(created["Location"])
+
+    assert reloaded.status_code == 200
+    html = reloaded.content.decode()
+    assert raw not in html and 'id="mf-raw-key"' not in html
+    assert "was shown once, when it was created, and cannot be shown again" in html
+    assert "no-store" in reloaded["Cache-Control"]
+    assert APIKey.objects.count() == 1
+    assert NEW_KEY_SESSION not in admin_client.session  # nothing of the raw key is left behind
 
 
 def test_add_form_requires_name_and_a_known_scope(admin_client):
@@ -111,11 +136,18 @@ def test_changelist_shows_name_prefix_and_scopes(admin_client, make_key):
     assert "read, manage" in html
 
 
-def test_revoke_action_revokes_and_the_key_gets_401(admin_client, api_client):
+def test_revoke_action_confirms_then_revokes_and_the_key_gets_401(admin_client, api_client):
     api_key, raw = create_key(admin_client, scopes=["read"])
     assert api_client.get(MODELS, HTTP_AUTHORIZATION=f"Bearer {raw}").status_code == 200
 
-    response = admin_client.post(CHANGELIST, {"action": "revoke_selected", "_selected_action": [api_key.pk]})
+    selected = {"action": "revoke_selected", "_selected_action": [api_key.pk]}
+    confirmation = admin_client.post(CHANGELIST, selected)
+    assert confirmation.status_code == 200
+    assert "Revoke API key?" in confirmation.content.decode()
+    api_key.refresh_from_db()
+    assert not api_key.revoked  # nothing changes before the confirming POST
+
+    response = admin_client.post(CHANGELIST, {**selected, "post": "yes"})
 
     assert response.status_code == 302
     assert messages_of(response)[-1] == "Revoked 1 key; revocation cannot be undone."
@@ -166,10 +198,13 @@ def test_key_state_is_shown_in_words_and_the_page_revokes(admin_client, api_clie
     assert ">Active<" in html and ">Expired<" in html and ">Revoked<" in html
 
     page = admin_client.get(change_url(live)).content.decode()
-    assert "State: Active" in page and "Revoke this key" in page
-    response = admin_client.post(reverse("admin:access_apikey_revoke", args=[quote(live.pk)]), follow=True)
+    revoke_url = reverse("admin:access_apikey_revoke", args=[quote(live.pk)])
+    assert "State: Active" in page and f'href="{revoke_url}"' in page
+    response = admin_client.post(revoke_url, {"confirm": "yes"}, follow=True)
     assert "Revoked “live”; revocation cannot be undone." in messages_of(response)
     assert "State: Revoked" in response.content.decode()
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     assert api_client.get("/api/v1/models").status_code == 401
-    assert admin_client.get(reverse("admin:access_apikey_revoke", args=[quote(live.pk)])).status_code == 405
+    again = admin_client.get(revoke_url, follow=True)
+    assert "“live” is already revoked." in messages_of(again)
+    assert admin_client.put(revoke_url).status_code == 405

@@ -191,3 +191,20 @@ def test_cache_metrics_with_redis_down_answer_json_not_a_crash(redis_only, manag
     assert reset.status_code == 503, reset.content[:300]
     assert reset["Content-Type"] == "application/json"
     assert reset.json()["code"]
+
+
+def test_cache_is_per_key_across_both_protocols(iris, predict_client, client_for):
+    """Tenancy (inference/cache.py): a key reads only what it computed itself, through /api/v1
+    and /v2 alike; another key's first request for the same input is a MISS."""
+    other = client_for("predict", name="other-tenant")
+    v2_body = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
+
+    def v2_cache(client) -> str:
+        response = client.post("/v2/models/iris/infer", v2_body, format="json")
+        assert response.status_code == 200, response.content
+        return response["X-Cache"]
+
+    assert predict_ok(predict_client, iris["id"], {"X": ROW})["cached"] is False
+    assert v2_cache(predict_client) == "HIT"  # the same key, the other protocol
+    assert v2_cache(other) == "MISS"
+    assert predict_ok(other, iris["id"], {"X": ROW})["cached"] is True

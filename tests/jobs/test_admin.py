@@ -73,11 +73,17 @@ def test_jobs_are_read_only_in_the_admin(admin_client, jobs):
     assert 'name="_save"' not in html
 
 
-def test_cancel_action_goes_through_the_service(admin_client, jobs):
+def test_cancel_action_confirms_then_goes_through_the_service(admin_client, jobs):
     queued, finished = jobs(Job.Status.QUEUED), jobs(Job.Status.COMPLETED, output_file="output-1.jsonl")
-    response = admin_client.post(
-        CHANGELIST, {"action": "cancel_jobs", "_selected_action": [queued.pk, finished.pk]}, follow=True
-    )
+    selected = {"action": "cancel_jobs", "_selected_action": [queued.pk, finished.pk]}
+    confirmation = admin_client.post(CHANGELIST, selected)
+    assert confirmation.status_code == 200
+    html = confirmation.content.decode()
+    assert "Cancel job?" in html and str(queued.pk)[:8] in html and str(finished.pk)[:8] not in html
+    assert "1 selected job already finished is left as it is." in html
+    assert Job.objects.get(pk=queued.pk).status == Job.Status.QUEUED  # nothing changes before confirming
+
+    response = admin_client.post(CHANGELIST, {**selected, "post": "yes"}, follow=True)
     assert "Cancelled 1 job(s); 1 had already finished." in messages_of(response)
     assert Job.objects.get(pk=queued.pk).status == Job.Status.CANCELLED
     assert Job.objects.get(pk=finished.pk).status == Job.Status.COMPLETED
@@ -123,9 +129,10 @@ def test_job_page_refreshes_while_active_with_a_progress_bar_and_a_cancel_button
     html = job_page(admin_client, running).content.decode()
     assert '<meta http-equiv="refresh" content="2">' in html
     assert "Job running" in html and '<progress max="10" value="4"' in html and "4 / 10 (40%)" in html
-    assert ">Cancel job</button>" in html and "Retry as a new job" not in html
+    cancel_url = reverse("admin:jobs_job_cancel", args=[running.pk])
+    assert f'href="{cancel_url}"' in html and "Retry as a new job" not in html
 
-    response = admin_client.post(reverse("admin:jobs_job_cancel", args=[running.pk]), follow=True)
+    response = admin_client.post(cancel_url, {"confirm": "yes"}, follow=True)
     assert Job.objects.get(pk=running.pk).status == Job.Status.CANCELLED
     html = response.content.decode()
     assert f"Job {str(running.pk)[:8]} is cancelled." in html
@@ -156,7 +163,8 @@ def test_job_buttons_need_the_change_permission(client, jobs, django_user_model)
     queued = jobs(Job.Status.QUEUED)
     html = job_page(client, queued).content.decode()
     assert "Cancel job" not in html
-    assert client.post(reverse("admin:jobs_job_cancel", args=[queued.pk])).status_code == 403
+    assert client.post(reverse("admin:jobs_job_cancel", args=[queued.pk]), {"confirm": "yes"}).status_code == 403
+    assert client.get(reverse("admin:jobs_job_cancel", args=[queued.pk])).status_code == 403
     assert Job.objects.get(pk=queued.pk).status == Job.Status.QUEUED
     actions = client.get(CHANGELIST).content.decode()
     assert "cancel_jobs" not in actions

@@ -281,7 +281,7 @@ def test_list_is_newest_first_and_filters(jobs_client, make_model):
     assert ids(f"?model={iris.pk}") == [third["id"], first["id"]]
     assert ids("?status=cancelled") == [third["id"]]
     assert ids(f"?status=pending&model={iris.pk}") == [first["id"]]
-    assert error(jobs_client.get(JOBS + "?status=bogus"), 400) == "invalid_choice"
+    assert error(jobs_client.get(JOBS + "?status=bogus"), 400) == "invalid_filter"
 
 
 @pytest.mark.parametrize("query", ["wait=31", "wait=-1", "wait=soon", "format=xml"])

@@ -205,6 +205,6 @@ def test_history_time_filters_take_any_offset_and_refuse_out_of_range(iris, clie
     response = client.get(f"/api/v1/models/{iris['id']}/predictions", {"created_after": value})
     assert response.status_code == status, response.content[:300]
     if status == 400:
-        assert response.json()["code"] == "invalid"
+        assert response.json()["code"] == "invalid_filter"
         assert "created_after" in response.json()["errors"]
     assert client.get(f"/api/v1/models/{iris['id']}/predictions").status_code == 200
