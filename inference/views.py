@@ -212,7 +212,8 @@ class PredictionFilter(filters.FilterSet):
 
 
 class ModelPredictionsView(generics.ListAPIView):
-    """A model's prediction history, newest first: the caller's own (staff see all)."""
+    """A model's prediction history, newest first: the key's own (a session with
+    `inference.view_prediction` sees all)."""
 
     serializer_class = PredictionSerializer
     filterset_class = PredictionFilter

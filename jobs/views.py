@@ -1,8 +1,9 @@
 """Jobs API: /api/v1/jobs, and /api/v1/health/celery.
 
-Every job route needs the `predict` scope and sees only the caller's own jobs (staff signed in
-to the admin see all): another key's job is a 404 on every route, exactly like a job that does
-not exist.
+Every job route needs the `predict` scope and sees only the caller's own jobs: another key's job
+is a 404 on every route, exactly like a job that does not exist. An admin session needs the
+Django permissions of the route instead, and with `jobs.view_job` sees every job
+(access.permissions).
 """
 
 from __future__ import annotations
