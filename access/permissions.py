@@ -33,6 +33,8 @@ from access.models import APIKey, Scope
 # computes, and `add` on the row it creates (a prediction, a job).
 MODELS_VIEW = "registry.view_mlmodel"
 RUN_MODEL = (MODELS_VIEW, "inference.add_prediction")
+# The serving figures per model, jobs by status, queues: /metrics and the admin's dashboard.
+METRICS_VIEW = MODELS_VIEW
 
 
 def _alias_put(request, view) -> tuple[str, ...]:
@@ -89,7 +91,7 @@ SESSION_PERMISSIONS: dict[tuple[str, str], Required] = {
     ("job-result", "GET"): ("jobs.view_job",),
     ("health-celery", "GET"): ("jobs.view_job",),  # queues and unfinished jobs
     # Prometheus: model names, their traffic and latency, jobs by status.
-    ("metrics", "GET"): (MODELS_VIEW,),
+    ("metrics", "GET"): (METRICS_VIEW,),
 }
 
 
@@ -104,7 +106,7 @@ def required_scope(request, view) -> str:
     return Scope.READ if request.method in permissions.SAFE_METHODS else Scope.MANAGE
 
 
-def _may(user, permission: str) -> bool:
+def may(user, permission: str) -> bool:
     """`user.has_perm`, with `change` implying `view` as in the admin (has_view_permission)."""
     if user.has_perm(permission):
         return True
@@ -161,7 +163,7 @@ class HasScope(permissions.BasePermission):
         if required is None:
             self.message = "This route is not open to admin sessions; use an API key."
             return False
-        missing = [permission for permission in required if not _may(user, permission)]
+        missing = [permission for permission in required if not may(user, permission)]
         if missing:
             self.message = (
                 f"Your account lacks the permission {' and '.join(map(repr, missing))} needed here "

@@ -555,3 +555,14 @@ def test_v2_takes_no_session(world, django_user_model):
         response = client.post(url, orjson.dumps(body), content_type="application/json")
         assert response.status_code == 401, (url, response.content)
         assert response.json()["code"] == "not_authenticated"
+
+
+def test_admin_dashboard_needs_the_metrics_permission(world, django_user_model):
+    """The dashboard shows what /metrics does (traffic per model, jobs, queues): a staff user
+    without that permission is refused it and not offered the link; a viewer sees it."""
+    refused = staff_client(django_user_model, set(), username="nobody")
+    assert refused.get("/admin/dashboard/").status_code == 403
+    assert "mf-dashboard-link" not in refused.get("/admin/").content.decode()
+    viewer = staff_client(django_user_model, {"registry.view_mlmodel"}, username="viewer")
+    assert viewer.get("/admin/dashboard/").status_code == 200
+    assert "mf-dashboard-link" in viewer.get("/admin/").content.decode()
