@@ -50,7 +50,7 @@ UUID_PATTERN = "[0-9a-fA-F-]{36}"
 _ERRORS = {
     400: "Invalid request or input; `code` names the rule (e.g. `invalid_input_file`, `invalid_shape`).",
     401: UNAUTHENTICATED,
-    403: "The key lacks the `predict` scope.",
+    403: "`missing_scope`: the key lacks `predict`; `permission_denied`: the session lacks the Django permission.",
     404: "No such job (or another key's), or no such model.",
     409: "Conflict with the job's or the model's status (e.g. `job_not_finished`, `model_not_ready`).",
     413: "The input file is over JOB_MAX_INPUT_FILE_MB (`input_file_too_large`) or the body over the limit.",
