@@ -566,3 +566,13 @@ def test_admin_dashboard_needs_the_metrics_permission(world, django_user_model):
     viewer = staff_client(django_user_model, {"registry.view_mlmodel"}, username="viewer")
     assert viewer.get("/admin/dashboard/").status_code == 200
     assert "mf-dashboard-link" in viewer.get("/admin/").content.decode()
+
+
+def test_options_describes_a_route_without_its_data(world, django_user_model):
+    """OPTIONS answers what the schema says (any staff session) and nothing of the rows."""
+    client = staff_client(django_user_model, set(), username="nobody")
+    for url in ("/api/v1/jobs", f"/api/v1/jobs/{world.done.pk}", "/api/v1/models/by-name/iris/aliases/production"):
+        response = client.options(url)
+        assert response.status_code == 200, (url, response.content)
+        assert b"6.3" not in response.content and str(world.done.pk).encode() not in response.content
+        assert "actions" not in response.json()  # no form for writes it may not make
