@@ -1,10 +1,98 @@
-"""Scope checks: reads need `read`, registry writes `manage`, inference `predict`."""
+"""Who may use a route of /api/v1 (and /metrics): an API key by its scope, an admin session by
+its Django permissions.
+
+API keys: reads need `read`, registry writes `manage`, inference and jobs `predict`
+(`required_scopes` on each view; `required_scope` below).
+
+Sessions (a staff user signed in to the admin, using the browsable API, the docs or a script
+with the session cookie) get from the API exactly what their Django permissions give them in
+the admin, no more: `SESSION_PERMISSIONS` maps every route and method to the permissions it
+needs, the way the admin asks for them (listing and reading need `view` or `change`, as the
+admin's `has_view_permission` has it; archive and validate are `change` actions there;
+delete is `delete`). Superusers have every permission. A route missing from the table is
+refused to sessions (fail closed): adding a route means deciding here what a session needs.
+
+"See everyone's objects": jobs and predictions are per key (a key sees only its own); a session
+that may view jobs (predictions) in the admin lists and reads all of them through the API, one
+without is refused. The querysets' `visible_to` scope the rows the same way (`sees_all`).
+
+Every refusal is `403 permission_denied` naming the missing permission.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from django.apps import apps
 from rest_framework import permissions
 
 from access.models import APIKey, Scope
+
+# Models of the registry, and the permissions of running a model. Predicting (or creating a
+# job) with a session needs `view` on the model, because the answer reveals what the model
+# computes, and `add` on the row it creates (a prediction, a job).
+MODELS_VIEW = "registry.view_mlmodel"
+RUN_MODEL = (MODELS_VIEW, "inference.add_prediction")
+# The serving figures per model, jobs by status, queues: /metrics and the admin's dashboard.
+METRICS_VIEW = MODELS_VIEW
+
+
+def _alias_put(request, view) -> tuple[str, ...]:
+    """Creating an alias needs `add`, moving one `change`: the admin's two forms.
+
+    Looked up through the app registry, not imported: access is below the registry. The
+    alias may be created between this check and the write (then a user with `add` only has
+    moved it); the admin's add form has the same window.
+    """
+    alias_model = apps.get_model("registry", "ModelAlias")
+    exists = alias_model.objects.filter(name=view.kwargs.get("name"), alias=view.kwargs.get("alias")).exists()
+    return ("registry.change_modelalias",) if exists else ("registry.add_modelalias",)
+
+
+Required = tuple[str, ...] | Callable[..., tuple[str, ...]]
+
+# (URL name, method) -> the Django permissions a session needs, all of them. HEAD is GET.
+# OPTIONS describes the route (as the schema does) and needs a staff session only.
+SESSION_PERMISSIONS: dict[tuple[str, str], Required] = {
+    # The OpenAPI schema and its pages describe the API, no data: any staff session.
+    ("schema", "GET"): (),
+    ("swagger-ui", "GET"): (),
+    ("redoc", "GET"): (),
+    # Registry: models
+    ("model-list", "GET"): (MODELS_VIEW,),
+    ("model-list", "POST"): ("registry.add_mlmodel",),  # register, and upload + validate with a file
+    ("model-detail", "GET"): (MODELS_VIEW,),
+    ("model-detail", "PATCH"): ("registry.change_mlmodel",),
+    ("model-detail", "DELETE"): ("registry.delete_mlmodel",),
+    ("model-upload", "POST"): ("registry.change_mlmodel",),
+    ("model-validate", "POST"): ("registry.change_mlmodel",),  # an admin action with `change`
+    ("model-archive", "POST"): ("registry.change_mlmodel",),  # an admin action with `change`
+    ("model-unarchive", "POST"): ("registry.change_mlmodel",),
+    ("model-by-name-versions", "GET"): (MODELS_VIEW,),
+    ("model-by-name-latest", "GET"): (MODELS_VIEW,),
+    # Registry: aliases (the list comes with the aliases' audit trail, as the admin's alias page)
+    ("model-by-name-aliases", "GET"): ("registry.view_modelalias",),
+    ("model-by-name-alias-set", "PUT"): _alias_put,
+    ("model-by-name-alias-set", "DELETE"): ("registry.delete_modelalias",),
+    # Inference
+    ("model-predict", "POST"): RUN_MODEL,
+    ("model-by-name-predict", "POST"): RUN_MODEL,
+    ("model-predictions", "GET"): ("inference.view_prediction",),
+    ("prediction-detail", "GET"): ("inference.view_prediction",),
+    # The cache holds predictions: its counters are theirs to read, resetting them is a change.
+    ("cache-metrics", "GET"): ("inference.view_prediction",),
+    ("cache-metrics-reset", "POST"): ("inference.change_prediction",),
+    # Jobs
+    ("job-list", "GET"): ("jobs.view_job",),
+    ("job-list", "POST"): (MODELS_VIEW, "jobs.add_job"),
+    ("job-detail", "GET"): ("jobs.view_job",),
+    ("job-detail", "DELETE"): ("jobs.delete_job",),
+    ("job-cancel", "POST"): ("jobs.change_job",),  # the admin's cancel needs `change`
+    ("job-result", "GET"): ("jobs.view_job",),
+    ("health-celery", "GET"): ("jobs.view_job",),  # queues and unfinished jobs
+    # Prometheus: model names, their traffic and latency, jobs by status.
+    ("metrics", "GET"): (METRICS_VIEW,),
+}
 
 
 def required_scope(request, view) -> str:
@@ -18,24 +106,71 @@ def required_scope(request, view) -> str:
     return Scope.READ if request.method in permissions.SAFE_METHODS else Scope.MANAGE
 
 
+def may(user, permission: str) -> bool:
+    """`user.has_perm`, with `change` implying `view` as in the admin (has_view_permission)."""
+    if user.has_perm(permission):
+        return True
+    app_label, _, codename = permission.partition(".")
+    if codename.startswith("view_"):
+        return user.has_perm(f"{app_label}.change_{codename.removeprefix('view_')}")
+    return False
+
+
+def session_permissions(request, view) -> tuple[str, ...] | None:
+    """The permissions a session needs for this request, or None when the route has no entry."""
+    match = getattr(request, "resolver_match", None)
+    method = "GET" if request.method == "HEAD" else request.method
+    if method == "OPTIONS":
+        return ()
+    required = SESSION_PERMISSIONS.get((getattr(match, "url_name", None), method))
+    if callable(required):
+        return required(request, view)
+    return required
+
+
+def sees_all(request, model: str) -> bool:
+    """Whether a session may see every key's rows of `model` ("jobs.job"): as in the admin,
+    where a user who may view, change or delete a model's rows finds any of them by its id.
+    Which of these a route needs is the route's check (HasScope); this scopes the rows."""
+    user = request.user
+    if isinstance(request.auth, APIKey) or not getattr(user, "is_authenticated", False):
+        return False
+    if not (user.is_active and user.is_staff):
+        return False
+    app_label, _, model_name = model.partition(".")
+    return any(user.has_perm(f"{app_label}.{action}_{model_name}") for action in ("view", "change", "delete"))
+
+
 class HasScope(permissions.BasePermission):
-    """API keys need the scope; staff signed in to the admin may do everything."""
+    """API keys need the scope; staff sessions need the Django permissions of the route."""
 
     def has_permission(self, request, view) -> bool:
-        scope = required_scope(request, view)
         if isinstance(request.auth, APIKey):
+            scope = required_scope(request, view)
             if request.auth.has_scope(scope):
                 return True
             self.message = f"This API key lacks the '{scope}' scope needed here."
             self.code = "missing_scope"
             return False
         user = request.user
-        if user and user.is_authenticated and user.is_staff and user.is_active:
-            return True
-        if user and user.is_authenticated:
+        if not (user and user.is_authenticated):
+            return False  # 401 from the authenticators' header
+        self.code = "permission_denied"
+        if not (user.is_staff and user.is_active):
             self.message = "Only staff users may use the API with a session; use an API key."
-            self.code = "permission_denied"
-        return False
+            return False
+        required = session_permissions(request, view)
+        if required is None:
+            self.message = "This route is not open to admin sessions; use an API key."
+            return False
+        missing = [permission for permission in required if not may(user, permission)]
+        if missing:
+            self.message = (
+                f"Your account lacks the permission {' and '.join(map(repr, missing))} needed here "
+                "(the same as in the admin); ask an administrator to grant it, or use an API key."
+            )
+            return False
+        return True
 
 
 def is_staff_request(request) -> bool:

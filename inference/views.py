@@ -42,7 +42,7 @@ PREDICT_FIELDS = {"input_data", "skip_cache"}
 _ERRORS = {
     400: "Invalid input: `code` names the rule (e.g. `invalid_shape`, `non_finite_value`) and the input.",
     401: UNAUTHENTICATED,
-    403: "The key lacks the `predict` scope.",
+    403: "`missing_scope`: the key lacks `predict`; `permission_denied`: the session lacks the Django permission.",
     404: "No such model, version or alias (or no ready version of that name).",
     409: "`model_not_ready` or `model_archived`.",
     429: "`throttled`: the key spent its predict budget (THROTTLE_RATE_PREDICT); see Retry-After.",
@@ -214,7 +214,8 @@ class PredictionFilter(filters.FilterSet):
 
 
 class ModelPredictionsView(generics.ListAPIView):
-    """A model's prediction history, newest first: the caller's own (staff see all)."""
+    """A model's prediction history, newest first: the key's own (a session with
+    `inference.view_prediction` sees all)."""
 
     serializer_class = PredictionSerializer
     filterset_class = PredictionFilter

@@ -16,15 +16,14 @@ from django.db.models import Q
 
 class JobQuerySet(models.QuerySet):
     def visible_to(self, request):
-        """A key sees only its own jobs; staff signed in to the admin see all."""
+        """A key sees only its own jobs; an admin session that may view, change or delete
+        jobs sees all (which it may do is its route's check), other sessions none (access.permissions)."""
         from access.models import APIKey
+        from access.permissions import sees_all
 
         if isinstance(request.auth, APIKey):
             return self.filter(api_key=request.auth)
-        user = request.user
-        if user and user.is_authenticated and getattr(user, "is_staff", False):
-            return self
-        return self.none()
+        return self if sees_all(request, "jobs.job") else self.none()
 
     def active(self):
         return self.filter(status__in=Job.ACTIVE)

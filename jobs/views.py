@@ -1,8 +1,9 @@
 """Jobs API: /api/v1/jobs, and /api/v1/health/celery.
 
-Every job route needs the `predict` scope and sees only the caller's own jobs (staff signed in
-to the admin see all): another key's job is a 404 on every route, exactly like a job that does
-not exist.
+Every job route needs the `predict` scope and sees only the caller's own jobs: another key's job
+is a 404 on every route, exactly like a job that does not exist. An admin session needs the
+Django permissions of the route instead, and with `jobs.view_job` sees every job
+(access.permissions).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ UUID_PATTERN = "[0-9a-fA-F-]{36}"
 _ERRORS = {
     400: "Invalid request or input; `code` names the rule (e.g. `invalid_input_file`, `invalid_shape`).",
     401: UNAUTHENTICATED,
-    403: "The key lacks the `predict` scope.",
+    403: "`missing_scope`: the key lacks `predict`; `permission_denied`: the session lacks the Django permission.",
     404: "No such job (or another key's), or no such model.",
     409: "Conflict with the job's or the model's status (e.g. `job_not_finished`, `model_not_ready`).",
     413: "The input file is over JOB_MAX_INPUT_FILE_MB (`input_file_too_large`) or the body over the limit.",

@@ -32,7 +32,7 @@ from registry.serializers import (
 _ERRORS = {
     400: "Invalid input; `code` says which rule failed.",
     401: UNAUTHENTICATED,
-    403: "The key lacks the scope this route needs.",
+    403: "`missing_scope`: the key lacks the scope; `permission_denied`: the session lacks the Django permission.",
     404: "No such model.",
     409: "Conflict with the model's current state (e.g. `duplicate_version`, `model_archived`, `model_aliased`).",
     413: "The file is over MAX_MODEL_SIZE_MB (`model_too_large`).",
