@@ -54,6 +54,7 @@ def world(client_for):
         staged=services.stage_stream(io.BytesIO(make_iris_model(zipmap=False))),
     )
     blank = services.model_create(name="blank", version="1.0.0")
+    shelved = services.model_archive(model=ready_version(make_iris_model(zipmap=False), name="iris", version="0.9.0"))
 
     theirs = client_for("predict", name="theirs")
     body = orjson.dumps({"input_data": {"X": THEIR_INPUT}})
@@ -71,7 +72,14 @@ def world(client_for):
     metrics = prediction_cache.metrics()
     assert metrics["hits"] >= 1 and metrics["misses"] >= 1
     return SimpleNamespace(
-        iris=iris, spare=spare, unvalidated=unvalidated, blank=blank, prediction=prediction, done=done, queued=queued
+        iris=iris,
+        spare=spare,
+        unvalidated=unvalidated,
+        blank=blank,
+        shelved=shelved,
+        prediction=prediction,
+        done=done,
+        queued=queued,
     )
 
 
@@ -131,6 +139,10 @@ def _described(world, response):
 
 def _deleted(world, response):
     assert not MLModel.objects.filter(pk=world.spare.pk).exists()
+
+
+def _unarchived(world, response):
+    assert MLModel.objects.get(pk=world.shelved.pk).status != MLModel.Status.ARCHIVED
 
 
 def _uploaded(world, response):
@@ -263,6 +275,14 @@ ROUTES = [
         lambda w: f"/api/v1/models/{w.spare.pk}/archive",
         _needs("registry.change_mlmodel"),
         effect=_archived,
+    ),  # fmt: skip
+    Route(
+        "model-unarchive",
+        "POST",
+        lambda w: f"/api/v1/models/{w.shelved.pk}/unarchive",
+        _needs("registry.change_mlmodel"),
+        ok=(200, 202),
+        effect=_unarchived,
     ),  # fmt: skip
     Route("model-by-name-versions", "GET", lambda w: "/api/v1/models/by-name/iris/versions", _needs(VIEW_MODEL)),
     Route("model-by-name-latest", "GET", lambda w: "/api/v1/models/by-name/iris/latest", _needs(VIEW_MODEL)),
