@@ -162,6 +162,43 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+# Credentials never reach a log line: a query parameter named like one (a key sent as ?api_key=,
+# ?key=, ?token=, ...; no route reads one, but clients send them, and a refused request's line
+# carries its full path) has its value replaced, and so does anything shaped like one of our keys
+# (`<8-character prefix>.<32-character secret>`: the prefix stays, it names the key).
+_CREDENTIAL_PARAM = re.compile(
+    r"(?i)((?:^|[?&;])(?:api[_-]?key|apikey|key|token|access[_-]?token|auth|authorization|bearer|password|passwd"
+    r"|secret|signature|sig|session|sessionid|csrftoken|csrfmiddlewaretoken)=)[^&;\s'\"]+"
+)
+_KEY_SHAPE = re.compile(r"\b([A-Za-z0-9]{8})\.[A-Za-z0-9]{32}\b")
+REDACTED = "[redacted]"
+_RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id"}
+
+
+def redact(text: str) -> str:
+    """`text` with credential values replaced by [redacted]."""
+    return _KEY_SHAPE.sub(rf"\1.{REDACTED}", _CREDENTIAL_PARAM.sub(rf"\1{REDACTED}", text))
+
+
+class RedactCredentialsFilter(logging.Filter):
+    """On the log handler: takes credentials out of the message and of every extra field
+    (Django's request logger passes the request itself, whose repr is its full path)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        for name, value in record.__dict__.items():
+            if name in _RECORD_FIELDS or value is None or isinstance(value, (int, float, bool)):
+                continue
+            text = value if isinstance(value, str) else repr(value)
+            clean = redact(text)
+            if clean != text:
+                record.__dict__[name] = clean
+        return True
+
+
 class RequestLogMiddleware:
     """Django's side: the first middleware, so it sees every response, errors included."""
 
