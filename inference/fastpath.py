@@ -35,7 +35,7 @@ from inference.serving import serving_cache
 from inference.v2.fastpath import INFER_PATH as V2_INFER_PATH
 from inference.v2.fastpath import infer_from_environ as v2_infer_from_environ
 from inference.views import check_body_size, predict_from_body
-from modelforge_site import request_log
+from modelforge_site import body_gate, request_log
 from modelforge_site.exceptions import DomainError, error_body
 
 logger = logging.getLogger(__name__)
@@ -63,12 +63,14 @@ class PredictFastPath:
                 match = _BY_ID.match(path) or _BY_NAME.match(path)
                 if match is not None and self._eligible(environ):
                     request_log.begin_inference(environ)
+                    environ[body_gate.UNREAD] = True  # until read_body has it all
                     return self._predict(environ, start_response, match.groupdict())
             elif path.startswith("/v2/models/") and path.endswith(("/infer", "/infer/")):
                 # /v2 infer: the same eligibility, the same exchange as its Django view.
                 match = V2_INFER_PATH.match(path)
                 if match is not None and self._eligible(environ):
                     request_log.begin_inference(environ)
+                    environ[body_gate.UNREAD] = True
                     reply = v2_infer_from_environ(environ, match.groupdict())
                     return self._respond(start_response, reply.status, reply.content, reply.headers, environ)
         return self.django_app(environ, start_response)
@@ -101,7 +103,7 @@ class PredictFastPath:
                 model = serving_cache.by_name(params["name"], version or None, alias or None)
             length = int(environ["CONTENT_LENGTH"])
             check_body_size(length)
-            body = environ["wsgi.input"].read(length) if length else b""
+            body = body_gate.read_body(environ, length)
             content, headers = predict_from_body(model=model, body=body, api_key=api_key, user=_Principal())
             return self._respond(start_response, 200, content, headers, environ)
         except exceptions.APIException as exc:
@@ -129,6 +131,8 @@ class PredictFastPath:
         for name, value in _security_headers(hsts=bool(settings.SECURE_HSTS_SECONDS) and _is_secure(environ)):
             headers.setdefault(name, value)
         headers["Content-Length"] = str(len(content))
+        if environ[body_gate.UNREAD] and environ["CONTENT_LENGTH"] != "0":
+            headers["Connection"] = "close"  # refused before its body was read: drop the rest with the connection
         # The request's id, its log line and its metrics (RequestLogMiddleware's work in Django).
         headers[request_log.HEADER] = request_log.finish(status, retry_after="Retry-After" in headers)
         start_response(_STATUS_LINES.get(status, f"{status} Error"), list(headers.items()))

@@ -162,6 +162,63 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+# Credentials never reach a log line: a query parameter named like one (a key sent as ?api_key=,
+# ?key=, ?token=, ...; no route reads one, but clients send them, and a refused request's line
+# carries its full path) has its value replaced, and so does anything shaped like one of our keys
+# (`<8-character prefix>.<32-character secret>`: the prefix stays, it names the key). This runs on
+# every record, the request line of every predict included: cheap tests first ('=' present, a '.'
+# with room for a key around it), the regular expressions only when they may match.
+_CREDENTIAL_PARAM = re.compile(
+    r"(?i)((?:^|[?&;])(?:api[_-]?key|apikey|key|token|access[_-]?token|auth|authorization|bearer|password|passwd"
+    r"|secret|signature|sig|session|sessionid|csrftoken|csrfmiddlewaretoken)=)[^&;\s'\"]+"
+)
+_KEY_SHAPE = re.compile(r"([A-Za-z0-9]{8})\.[A-Za-z0-9]{32}")
+_KEY_LENGTH = 41
+REDACTED = "[redacted]"
+_RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id"}
+
+
+def _has_key_shape(text: str) -> bool:
+    dot = text.find(".", 8)
+    while dot != -1 and dot + 33 <= len(text):
+        if _KEY_SHAPE.match(text, dot - 8):
+            return True
+        dot = text.find(".", dot + 1)
+    return False
+
+
+def _may_hold_credential(text: str) -> bool:
+    return ("=" in text and _CREDENTIAL_PARAM.search(text) is not None) or (
+        len(text) >= _KEY_LENGTH and _has_key_shape(text)
+    )
+
+
+def redact(text: str) -> str:
+    """`text` with credential values replaced by [redacted]."""
+    if not _may_hold_credential(text):
+        return text
+    return _KEY_SHAPE.sub(rf"\1.{REDACTED}", _CREDENTIAL_PARAM.sub(rf"\1{REDACTED}", text))
+
+
+class RedactCredentialsFilter(logging.Filter):
+    """On the log handler: takes credentials out of the message, its arguments and every extra
+    field (Django's request logger passes the request itself, whose repr is its full path)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if any(_may_hold_credential(text) for text in (record.msg, *args) if isinstance(text, str)):
+            record.msg, record.args = redact(record.getMessage()), None
+        fields = record.__dict__
+        for name in fields.keys() - _RECORD_FIELDS:
+            value = fields[name]
+            if value is None or isinstance(value, (int, float, bool)):
+                continue
+            text = value if isinstance(value, str) else repr(value)
+            if _may_hold_credential(text):
+                fields[name] = redact(text)
+        return True
+
+
 class RequestLogMiddleware:
     """Django's side: the first middleware, so it sees every response, errors included."""
 

@@ -263,6 +263,20 @@ if MODEL_CACHE_MAX_MB <= 0:
     raise ImproperlyConfigured("MODEL_CACHE_MAX_MB must be a positive number of megabytes.")
 MAX_REQUEST_BODY_BYTES = env.int("MAX_REQUEST_BODY_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+# Request bodies (modelforge_site/body_gate.py): a body must arrive within BODY_READ_TIMEOUT_SECONDS
+# plus one second per BODY_MIN_RATE_BYTES_PER_SECOND bytes of its length, else 408; at most
+# BODY_READ_SLOTS threads per process wait on bodies at once (keep it below the server's threads,
+# so probes and bodiless requests always find one), the others get 503 at once; and at most
+# BODY_READERS_MAX reader threads per process wait on clients.
+BODY_READ_TIMEOUT_SECONDS = env.float("BODY_READ_TIMEOUT_SECONDS", default=10.0)
+BODY_MIN_RATE_BYTES_PER_SECOND = env.int("BODY_MIN_RATE_BYTES_PER_SECOND", default=64 * 1024)
+BODY_READ_SLOTS = env.int("BODY_READ_SLOTS", default=2)
+BODY_READERS_MAX = env.int("BODY_READERS_MAX", default=32)
+if BODY_READ_TIMEOUT_SECONDS <= 0 or min(BODY_MIN_RATE_BYTES_PER_SECOND, BODY_READ_SLOTS, BODY_READERS_MAX) <= 0:
+    raise ImproperlyConfigured(
+        "BODY_READ_TIMEOUT_SECONDS, BODY_MIN_RATE_BYTES_PER_SECOND, BODY_READ_SLOTS and BODY_READERS_MAX "
+        "must be positive."
+    )
 
 # Verified API keys and servable models are cached per process for this long at most; writes
 # invalidate them everywhere at once (see modelforge_site/invalidation.py).
@@ -450,7 +464,10 @@ if LOG_FORMAT not in {"plain", "json"}:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "modelforge_site.request_log.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "modelforge_site.request_log.RequestIdFilter"},
+        "redact": {"()": "modelforge_site.request_log.RedactCredentialsFilter"},  # never log a credential
+    },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
         "json": {
@@ -459,7 +476,9 @@ LOGGING = {
             "timestamp": True,
         },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id", "redact"]}
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }

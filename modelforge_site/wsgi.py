@@ -1,4 +1,5 @@
-"""WSGI entry point: Django, with the predict fast path in front (inference.fastpath)."""
+"""WSGI entry point: Django behind the body gate (modelforge_site.body_gate), with the predict
+fast path in front of both (inference.fastpath), which reads its bodies only after its key check."""
 
 import gc
 import os
@@ -12,8 +13,9 @@ django_application = get_wsgi_application()
 from inference.fastpath import PredictFastPath  # noqa: E402  (needs Django set up)
 from inference.sessions import preload_flagged  # noqa: E402
 from modelforge_site import shutdown  # noqa: E402
+from modelforge_site.body_gate import BodyGate  # noqa: E402
 
-application = PredictFastPath(django_application)
+application = PredictFastPath(BodyGate(django_application))
 shutdown.install()  # readiness turns 503 on SIGTERM (modelforge_site/shutdown.py)
 
 # Each server process imports this module once: load the sessions of models flagged `preload`

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from inference.v2.views import Reply, infer_reply
+from modelforge_site.body_gate import read_body
 
 INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer/?$")
 
@@ -18,7 +19,7 @@ def infer_from_environ(environ, params: dict) -> Reply:
         name=params["name"],
         version=params.get("version"),
         content_length=length,
-        read_body=lambda: environ["wsgi.input"].read(length) if length else b"",
+        read_body=lambda: read_body(environ, length),
         header_length=environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"),
         content_encoding=environ.get("HTTP_CONTENT_ENCODING"),
     )
