@@ -12,8 +12,10 @@ django_application = get_wsgi_application()
 from inference.fastpath import PredictFastPath  # noqa: E402  (needs Django set up)
 from inference.sessions import preload_flagged  # noqa: E402
 from modelforge_site import shutdown  # noqa: E402
+from modelforge_site.unread_body import CloseUnreadBodies  # noqa: E402
 
-application = PredictFastPath(django_application)
+# Outermost: a response given before the request body was read says `Connection: close`.
+application = CloseUnreadBodies(PredictFastPath(django_application))
 shutdown.install()  # readiness turns 503 on SIGTERM (modelforge_site/shutdown.py)
 
 # Each server process imports this module once: load the sessions of models flagged `preload`
