@@ -15,6 +15,8 @@ import http.client
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -156,3 +158,46 @@ def kill_under_requests(server: Server, victim: int) -> None:
     # The requests of the dead worker lost their connection; none got an HTTP error.
     assert len(outcomes) == IN_FLIGHT
     assert all(outcome == 200 or isinstance(outcome, str) for outcome in outcomes), outcomes
+
+
+POOL_SESSIONS_AFTER = """
+import django; django.setup()
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from inference import metrics
+metrics.POOL_SESSIONS.set({sessions})
+{then}
+"""
+
+
+def test_the_live_gauges_of_a_killed_worker_leave_metrics_with_it(tmp_path):
+    """/metrics sums the session-pool gauges over the server's live processes. A worker that is
+    SIGKILLed runs no finalizer; the process that starts in its place forgets it."""
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        "DJANGO_SETTINGS_MODULE": "modelforge_site.settings",
+    }
+
+    def run(sessions: int, then: str) -> subprocess.CompletedProcess:
+        code = POOL_SESSIONS_AFTER.format(sessions=sessions, then=then)
+        command = [sys.executable, "-c", code]
+        folder = granian_server.BASE_DIR
+        return subprocess.run(command, env=env, cwd=folder, capture_output=True, text=True, timeout=120)
+
+    killed = run(3, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert list(tmp_path.glob(f"gauge_live*_{killed_pid(tmp_path)}.db"))  # left behind
+
+    replacement = run(
+        1,
+        "registry = CollectorRegistry(); MultiProcessCollector(registry)\n"
+        "print(registry.get_sample_value('modelforge_session_pool_sessions'))",
+    )
+    assert replacement.returncode == 0, replacement.stderr
+    assert replacement.stdout.strip().splitlines()[-1] == "1.0"  # not 4.0: the dead one's 3 are gone
+
+
+def killed_pid(folder: Path) -> str:
+    (path,) = folder.glob("gauge_live*_*.db")
+    return path.stem.rpartition("_")[2]
