@@ -31,5 +31,7 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=5 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/api/v1/live', timeout=4)"]
 # sh -c to expand WEB_WORKERS / WEB_THREADS and to empty the Prometheus multiprocess folder (so
 # /metrics sums the workers of this start only); exec hands PID 1 to granian, so SIGTERM
-# reaches it and in-flight requests finish.
-CMD ["sh", "-c", "export PROMETHEUS_MULTIPROC_DIR=\"${PROMETHEUS_MULTIPROC_DIR:-/tmp/prometheus}\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && rm -f \"$PROMETHEUS_MULTIPROC_DIR\"/*.db && exec granian --interface wsgi --host 0.0.0.0 --port 8000 --workers \"$WEB_WORKERS\" --blocking-threads \"$WEB_THREADS\" --no-access-log modelforge_site.wsgi:application"]
+# reaches it and in-flight requests finish. --respawn-failed-workers: a worker that dies is
+# replaced while the others serve on (docs/operations.md, "A process dies"); the Kubernetes
+# Deployment (deploy/k8s/api.yaml) runs this command as it is.
+CMD ["sh", "-c", "export PROMETHEUS_MULTIPROC_DIR=\"${PROMETHEUS_MULTIPROC_DIR:-/tmp/prometheus}\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && rm -f \"$PROMETHEUS_MULTIPROC_DIR\"/*.db && exec granian --interface wsgi --host 0.0.0.0 --port 8000 --workers \"$WEB_WORKERS\" --blocking-threads \"$WEB_THREADS\" --respawn-failed-workers --no-access-log modelforge_site.wsgi:application"]

@@ -26,6 +26,10 @@ run: migrate
 
 # The production server configuration, chosen by measurement (docs/performance.md): granian
 # serving the WSGI app, one worker per core. WEB_WORKERS and WEB_THREADS override.
+# --respawn-failed-workers: a worker that dies (SIGKILL, out of memory, a crash in a native
+# library) is replaced while the others serve on; without it granian stops them all and exits
+# (docs/operations.md, "A process dies"). Any other granian option can be set by its GRANIAN_*
+# environment variable.
 WEB_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 WEB_THREADS ?= 4
 # Prometheus multiprocess mode: every worker writes its metrics here, /metrics adds them up;
@@ -34,7 +38,7 @@ PROMETHEUS_MULTIPROC_DIR ?= var/prometheus
 serve: migrate
 	mkdir -p $(PROMETHEUS_MULTIPROC_DIR) && rm -f $(PROMETHEUS_MULTIPROC_DIR)/*.db
 	PROMETHEUS_MULTIPROC_DIR=$(abspath $(PROMETHEUS_MULTIPROC_DIR)) $(BIN)/granian --interface wsgi --host $(HOST) --port $(PORT) --workers $(WEB_WORKERS) \
-		--blocking-threads $(WEB_THREADS) --no-access-log modelforge_site.wsgi:application
+		--blocking-threads $(WEB_THREADS) --respawn-failed-workers --no-access-log modelforge_site.wsgi:application
 
 # Asynchronous jobs on Celery (set CELERY_BROKER_URL; without it `make run` runs jobs in-process).
 # A worker takes the high queue first, then normal, then low (docs/jobs.md). Run one beat only.

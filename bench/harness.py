@@ -189,6 +189,6 @@ def serve_command(port: int, workers: int, threads: int) -> list[str]:
     """The production server command, as `make serve` runs it."""
     return [
         PYTHON, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
-        "--workers", str(workers), "--blocking-threads", str(threads), "--no-access-log",
+        "--workers", str(workers), "--blocking-threads", str(threads), "--respawn-failed-workers", "--no-access-log",
         "modelforge_site.wsgi:application",
     ]  # fmt: skip

@@ -166,6 +166,35 @@ def _forget_process() -> None:
     multiprocess.mark_process_dead(os.getpid())
 
 
+def forget_dead_processes() -> list[int]:
+    """Remove the live gauges of processes that ended without their finalizers (SIGKILL, an
+    out-of-memory kill), so the pool gauges sum live processes only. Each server process does it
+    once when it starts: a web worker granian starts in place of a killed one clears its
+    predecessor's. Returns the pids forgotten."""
+    from pathlib import Path
+
+    from prometheus_client import multiprocess
+
+    forgotten = []
+    for path in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("gauge_live*_*.db"):
+        pid = path.stem.rpartition("_")[2]
+        if pid.isdigit() and not _alive(int(pid)) and int(pid) not in forgotten:
+            multiprocess.mark_process_dead(int(pid))
+            forgotten.append(int(pid))
+    return forgotten
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 if MULTIPROCESS:
     atexit.register(_forget_process)
     multiprocessing.util.Finalize(None, _forget_process, exitpriority=50)
+    forget_dead_processes()

@@ -126,10 +126,12 @@ class ServingStats:
             return written
 
     def _ensure_thread(self) -> None:
-        if self._thread is not None or settings.SERVING_STATS_FLUSH_SECONDS <= 0:
+        # Started again if it is gone (its loop survives any Exception of a flush; this covers
+        # the rest), as the batching scheduler is.
+        if (self._thread is not None and self._thread.is_alive()) or settings.SERVING_STATS_FLUSH_SECONDS <= 0:
             return
         with self._lock:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="serving-stats-writer", daemon=True)
                 self._thread.start()
 

@@ -90,8 +90,9 @@ class BodyGate:
         length = environ.get("CONTENT_LENGTH") or ""
         if (not length or length == "0") and "HTTP_TRANSFER_ENCODING" not in environ:
             return self.app(environ, start_response)  # no body: nothing to gate
+        body = None
         if admits(environ):
-            environ["wsgi.input"] = BodyInput(environ["wsgi.input"], _content_length(length), environ)
+            body = environ["wsgi.input"] = BodyInput(environ["wsgi.input"], _content_length(length), environ)
         else:
             withhold(environ)
             path = get_path_info(environ)
@@ -103,7 +104,10 @@ class BodyGate:
                 return [b""]
 
         def closing_start_response(status, headers, exc_info=None):
-            if environ.get(UNREAD):
+            # Withheld, cut off, or admitted and answered before the view read it all (throttled,
+            # refused by a permission, too large): granian cannot reuse the connection, and would
+            # close it without telling the client (bench/keepalive_race.py).
+            if environ.get(UNREAD) or (body is not None and body.unread):
                 headers = [*(h for h in headers if h[0].lower() != "connection"), ("Connection", "close")]
             return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
 
@@ -226,6 +230,11 @@ class BodyInput:
             time.monotonic() + settings.BODY_READ_TIMEOUT_SECONDS + length / settings.BODY_MIN_RATE_BYTES_PER_SECOND
         )
         self._environ = environ
+
+    @property
+    def unread(self) -> bool:
+        """Whether some of the body was never read."""
+        return self._left > 0
 
     def read(self, size=-1):
         if self._left <= 0:

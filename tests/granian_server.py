@@ -40,7 +40,8 @@ def free_port(within: range | None = None) -> int:
 def granian_command(port: int, *, workers: int = 1, threads: int | None = 4) -> list[str]:
     """The granian command line serving the WSGI application on 127.0.0.1:`port` with `workers`
     processes of `threads` blocking threads each (None: granian's own default, for WSGI half
-    its backpressure: hundreds)."""
+    its backpressure: hundreds), with the options production uses (`make serve`): a worker that
+    dies is replaced (--respawn-failed-workers)."""
     command = [
         str(Path(sys.executable).with_name("granian")),
         "--interface", "wsgi",
@@ -50,7 +51,7 @@ def granian_command(port: int, *, workers: int = 1, threads: int | None = 4) -> 
     ]  # fmt: skip
     if threads is not None:
         command += ["--blocking-threads", str(threads)]
-    return [*command, "--no-access-log", "modelforge_site.wsgi:application"]
+    return [*command, "--respawn-failed-workers", "--no-access-log", "modelforge_site.wsgi:application"]
 
 
 def start(
@@ -98,6 +99,25 @@ def stop(process: subprocess.Popen, *, timeout: float = 15) -> int:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
     return process.returncode
+
+
+def worker_pids(process: subprocess.Popen) -> set[int]:
+    """The pids of the server's worker processes now: the live children of granian's main
+    process (a worker killed but not yet reaped by it is left out)."""
+    import psutil
+
+    try:
+        children = psutil.Process(process.pid).children()
+    except psutil.NoSuchProcess:
+        return set()
+    alive = set()
+    for child in children:
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.add(child.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return alive
 
 
 def answers(url: str) -> bool:

@@ -151,3 +151,26 @@ def test_the_image_is_slim_non_root_and_runs_granian():
     cmd = [line for line in dockerfile.splitlines() if line.startswith("CMD ")]
     assert cmd and "granian --interface wsgi" in cmd[-1]
     assert ".env" in (ROOT / ".dockerignore").read_text().split()
+
+
+def test_every_production_server_start_respawns_failed_workers():
+    """Without it, one web worker that dies (SIGKILL, out of memory) makes granian stop the
+    others and exit: tests/faults/test_worker_respawn.py shows the replacement at work."""
+    from tests.granian_server import granian_command
+
+    services = compose()["services"]
+    dockerfile_cmd = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")]
+    starts = {
+        "make serve": next(
+            line
+            for line in (ROOT / "Makefile").read_text().replace("\\\n", " ").splitlines()
+            if "granian --interface wsgi" in line
+        ),
+        "Dockerfile": dockerfile_cmd[-1],
+        "docker-compose api": " ".join(services["api"]["command"]),
+        "tests/granian_server.py": " ".join(granian_command(8000, workers=2)),
+    }
+    assert [name for name, command in starts.items() if "--respawn-failed-workers" not in command] == []
+    # The Kubernetes Deployment runs the image's command.
+    api = by_kind_and_name()[("Deployment", "modelforge-api")]["spec"]["template"]["spec"]["containers"][0]
+    assert "command" not in api and "args" not in api
