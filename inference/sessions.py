@@ -12,15 +12,19 @@ MODEL_ISOLATION=all, gets an `inference.isolation.IsolatedSession` instead: the 
 a child process capped at MODEL_MEMORY_LIMIT_MB. `LoadedSession.run` is the one place a session
 runs (predict, /v2, jobs, batching, warm-up), whichever kind it is.
 
-What a session costs is measured, not estimated from the file: the process's resident memory
-grows by the session's optimised graph (a 6 MB file with 200 000 nodes takes about 500 MB), its
-weights and the warm-up run's buffers. The growth from before the session is created to after
-its warm-up run is counted (an isolated session counts its child's resident memory). Loads in
-other threads at the same moment are counted too, so the figure errs high, never low by much.
+What a session costs is measured, not estimated from the file: the process grows by the
+session's optimised graph (a 6 MB file with 200 000 nodes takes about 500 MB), its weights and
+the warm-up run's buffers. The pool counts the growth of the bytes malloc has handed out
+(glibc's mallinfo2), from before the session is created to after its warm-up run; resident
+memory would under-count a session built in memory an earlier, evicted one freed (malloc reuses
+it without the process growing). Where mallinfo2 is missing, resident memory it is; where that
+is missing too, twice the file size. An isolated session counts its child's resident memory.
+Allocations by other threads during a load are counted too: the figure errs high.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -102,6 +106,34 @@ def _bfloat16_as_ortvalues(feeds: dict[str, np.ndarray]) -> dict[str, Any]:
         else array
         for name, array in feeds.items()
     }
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+def _mallinfo2():
+    try:
+        function = ctypes.CDLL(None).mallinfo2  # glibc 2.33+
+    except (OSError, AttributeError):
+        return None
+    function.restype = _MallInfo2
+    return function
+
+
+_MALLINFO2 = _mallinfo2()
+
+
+def allocated_bytes() -> int | None:
+    """Bytes malloc has handed out and not got back (heap and mmapped chunks, every arena), or
+    this process's resident memory where glibc cannot say, or None."""
+    if _MALLINFO2 is not None:
+        info = _MALLINFO2()
+        return info.uordblks + info.hblkhd
+    return resident_bytes()
 
 
 def resident_bytes() -> int | None:
@@ -230,7 +262,7 @@ class SessionPool:
             self._refuse(model, ModelIntegrityError.mismatch(model))
         if model.value_dependent_memory or settings.MODEL_ISOLATION == "all":
             return self._load_isolated(model, data)
-        before = resident_bytes()
+        before = allocated_bytes()
         session = ort.InferenceSession(data, self._options(), providers=["CPUExecutionProvider"])
         entry = LoadedSession(
             sha256=model.file_sha256,
@@ -240,7 +272,7 @@ class SessionPool:
             estimated_bytes=len(data) * MEMORY_FACTOR + MEMORY_OVERHEAD_BYTES,
         )
         self._warm_up(model, entry)
-        after = resident_bytes()
+        after = allocated_bytes()
         if before is not None and after is not None:
             # Never below the weights' size: memory freed by another thread meanwhile would hide it.
             entry.estimated_bytes = max(after - before, len(data))
