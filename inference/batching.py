@@ -77,7 +77,7 @@ class _Done:
         return self._set
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity: its feeds are arrays (queue.remove)
 class _Pending:
     feeds: dict[str, np.ndarray]
     rows: int

@@ -23,6 +23,7 @@ its settings passed in by `inference.sessions`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import signal
@@ -240,7 +241,8 @@ class IsolatedSession:
             if self._closed:
                 raise IsolationError("inference_failed", f"{self.label} was unloaded; retry.")
             if self._process is None or self._process.poll() is not None:
-                self._start()
+                self._start()  # replaced after a crash or a kill: its start is not the run's time
+                deadline = time.monotonic() + timeout if timeout > 0 else None
             return self._exchange({"op": "run", "feeds": feeds}, deadline)["values"]
         finally:
             if self._closed:
@@ -308,8 +310,12 @@ class IsolatedSession:
                 "inference_timeout", f"{self.label} took longer than allowed {what} in its process and was stopped."
             ) from None
         except (EOFError, OSError, ValueError) as exc:
+            if isinstance(exc, EOFError):  # it is exiting: let it finish, to read why
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._process.wait(timeout=5)
+            exited = self._process.poll() is not None  # by itself, not by our kill below
             status = self._stop()
-            raise self._death(status, starting) from exc
+            raise self._death(status if exited else None, starting) from exc
         if reply.get("ok"):
             return reply
         if starting:
@@ -317,13 +323,19 @@ class IsolatedSession:
         raise IsolationError(reply.get("code", "inference_failed"), reply.get("detail", ""))
 
     def _death(self, status: int | None, starting: bool) -> IsolationError:
+        """The error for a child that ended (``status``), or broke the protocol (None)."""
         if status is not None and status < 0 and -status == signal.SIGKILL:
             return IsolationError(
                 "resource_limit_exceeded",
                 f"The process running {self.label} was killed (the system ran out of memory) "
                 f"{'while loading it' if starting else 'on this request'}.",
             )
-        how = f"signal {signal.Signals(-status).name}" if status is not None and status < 0 else f"status {status}"
+        if status is None:
+            how = "it broke the protocol and was stopped"
+        elif status < 0:
+            how = f"signal {signal.Signals(-status).name}"
+        else:
+            how = f"status {status}"
         return IsolationError(
             "inference_failed",
             f"The process running {self.label} ended ({how}) {'while loading it' if starting else 'on this request'}.",
@@ -358,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--memory-mb", type=int, required=True)
     args = parser.parse_args(argv)
     _limit(args.memory_mb)
+    _exit_with_parent()
     sock = socket.socket(fileno=args.fd)
     child = _Child(memory_mb=args.memory_mb)
     while True:
@@ -378,12 +391,20 @@ def _limit(memory_mb: int) -> None:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    try:  # die with the parent even mid-run (Linux); EOF on the pipe covers the idle case
-        import ctypes
 
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+
+def _exit_with_parent() -> None:
+    """End this process once its parent is gone, even in the middle of a run (EOF on the pipe
+    ends it between runs). Not PR_SET_PDEATHSIG: that fires when the parent's *thread* that
+    started the child ends, and request and batching threads come and go."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class _Child:
