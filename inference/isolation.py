@@ -370,6 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--memory-mb", type=int, required=True)
     args = parser.parse_args(argv)
     _limit(args.memory_mb)
+    # A stop signal for the whole process group (systemd, a terminal) must not end the runs
+    # the server is draining: the server ends this process when it is done (EOF, or its exit).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
     sock = socket.socket(fileno=args.fd)
     child = _Child(memory_mb=args.memory_mb)
