@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from inference import deadlines
+from inference.deadlines import InferenceTimeout
 from inference.errors import InferenceFailed, QueueFull, QueueTimeout
 from inference.metrics import metrics
+from modelforge_site.exceptions import DomainError
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class _Done:
         return self._set
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity: its feeds are arrays (queue.remove)
 class _Pending:
     feeds: dict[str, np.ndarray]
     rows: int
@@ -230,15 +231,15 @@ class ModelBatcher:
             self._run_group(group)
 
     def _run_group(self, group: list[_Pending]) -> None:
-        session = self.session_provider().session
+        loaded = self.session_provider()
         if len(group) > 1 and self.mergeable:
             names = list(group[0].feeds)
             merged = {name: np.concatenate([p.feeds[name] for p in group], axis=0) for name in names}
             total = sum(p.rows for p in group)
             started = time.perf_counter()
             try:
-                values = deadlines.run(session, merged, label=self.key)
-            except deadlines.InferenceTimeout as exc:
+                values = loaded.run(merged, label=self.key)
+            except InferenceTimeout as exc:
                 for pending in group:  # run alone, each would take as long again
                     pending.error = exc
                     pending.done.set()
@@ -264,9 +265,9 @@ class ModelBatcher:
         for pending in group:
             started = time.perf_counter()
             try:
-                pending.values = deadlines.run(session, pending.feeds, label=self.key)
+                pending.values = loaded.run(pending.feeds, label=self.key)
                 metrics.executed(self.model_label, requests=1, rows=pending.rows)
-            except deadlines.InferenceTimeout as exc:
+            except DomainError as exc:  # its deadline, or its memory limit (an isolated model)
                 pending.error = exc
             except Exception as exc:
                 pending.error = InferenceFailed(f"The model could not run on these inputs: {str(exc)[:500]}")

@@ -57,6 +57,14 @@ class InferenceFailed(DomainError):
     code = "inference_failed"
 
 
+class ResourceLimitExceeded(DomainError):
+    """The run needed more memory than the model may use (MODEL_MEMORY_LIMIT_MB) and was stopped
+    in its isolated process (inference.isolation). 422: the input asked for it; smaller inputs work."""
+
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    code = "resource_limit_exceeded"
+
+
 class Overloaded(DomainError):
     """503 with a Retry-After header: the client should come back, not give up."""
 

@@ -14,11 +14,9 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from django.conf import settings
 from django.utils import timezone
 
-from inference import deadlines
 from inference.batching import batchable_schema, batchers
 from inference.cache import cache_tenant, prediction_cache
 from inference.errors import InferenceFailed, ModelArchived, ModelNotReady
@@ -32,7 +30,6 @@ from modelforge_site.exceptions import DomainError
 from registry.models import MLModel
 
 Status = MLModel.Status
-_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16
 
 
 @dataclass
@@ -113,16 +110,12 @@ def run_model(model: MLModel, feeds: dict[str, np.ndarray]) -> tuple[list[str], 
         batcher = batchers.for_model(model, lambda: pool.get(model))
         values, queue_ms, compute_ms = batcher.run(feeds)
         return loaded.output_names, values, queue_ms, compute_ms
-    run_feeds: dict[str, Any] = dict(feeds)
-    for name in bfloat16:
-        # ONNX Runtime's numpy bridge has no bfloat16: hand it the raw 16-bit words, typed.
-        run_feeds[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(feeds[name].view(np.uint16), _BFLOAT16)
     started = time.perf_counter()
     try:
         with in_flight.admit(model.pk, str(model)):
-            values = deadlines.run(loaded.session, run_feeds, label=str(model))
+            values = loaded.run(feeds, label=str(model))
     except DomainError:
-        raise  # stopped at its deadline, or refused: the model is busy
+        raise  # stopped at its deadline or memory limit, or refused: the model is busy
     except Exception as exc:
         # Inputs passed our checks but the graph refused them (e.g. a value-dependent op).
         raise InferenceFailed(f"The model could not run on these inputs: {str(exc)[:500]}") from exc

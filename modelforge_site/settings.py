@@ -299,6 +299,16 @@ MAX_JSON_DEPTH = env.int("MAX_JSON_DEPTH", default=32)
 MAX_BATCH_ROWS = env.int("MAX_BATCH_ROWS", default=100_000)
 MAX_INFLIGHT_PER_MODEL = env.int("MAX_INFLIGHT_PER_MODEL", default=64)
 INFERENCE_TIMEOUT_SECONDS = env.float("INFERENCE_TIMEOUT_SECONDS", default=30.0)
+# Models whose memory use is set by input values (flagged at validation) run only in a child
+# process capped at MODEL_MEMORY_LIMIT_MB (inference/isolation.py); a request needing more is a
+# 422 resource_limit_exceeded. MODEL_ISOLATION=all runs every model so, at a cost per request
+# (a pipe round trip; measured in inference/isolation.py's docstring).
+MODEL_MEMORY_LIMIT_MB = env.int("MODEL_MEMORY_LIMIT_MB", default=1024)
+MODEL_ISOLATION = env.str("MODEL_ISOLATION", default="flagged")
+if MODEL_ISOLATION not in {"flagged", "all"}:
+    raise ImproperlyConfigured("MODEL_ISOLATION must be flagged or all.")
+if MODEL_MEMORY_LIMIT_MB < 128:
+    raise ImproperlyConfigured("MODEL_MEMORY_LIMIT_MB must be at least 128 (ONNX Runtime itself needs about 60 MB).")
 # After SIGTERM, serve this long (readiness 503) before the server stops (modelforge_site/shutdown.py).
 SHUTDOWN_DRAIN_SECONDS = env.float("SHUTDOWN_DRAIN_SECONDS", default=0.0)
 PREDICTION_CACHE_TTL_SECONDS = env.int("PREDICTION_CACHE_TTL_SECONDS", default=3600)

@@ -209,7 +209,7 @@ class MLModelAdmin(ModelPageMixin, admin.ModelAdmin):
         "created_at",
     )
     list_display_links = ("name", "version_display")
-    list_filter = ("status", "name", "tags")
+    list_filter = ("status", "value_dependent_memory", "name", "tags")
     search_fields = ("name", "description", "^file_sha256")
     search_help_text = "Name, description, or the start of a sha256."
     list_select_related = ("created_by", "created_by_key")
@@ -228,6 +228,7 @@ class MLModelAdmin(ModelPageMixin, admin.ModelAdmin):
         "error_code",
         "error_message",
         "warnings_list",
+        "value_dependent_memory",
         "created_by_display",
         "created_at",
         "updated_at",
@@ -249,7 +250,7 @@ class MLModelAdmin(ModelPageMixin, admin.ModelAdmin):
         fieldsets = [
             (None, {"fields": ("name", "version", "status_display", "description", "tags")}),
             ("File", {"fields": ("file_sha256", "size_display", "uploaded_at", "validated_at", "file")}),
-            ("Serving", {"fields": ("preload", "allow_non_finite")}),
+            ("Serving", {"fields": ("preload", "allow_non_finite", "value_dependent_memory")}),
             (
                 "Dynamic batching",
                 {

@@ -109,6 +109,15 @@ class MLModel(models.Model):
     output_schema = models.JSONField(default=list, blank=True, editable=False)
     model_metadata = models.JSONField(default=dict, blank=True, editable=False)
     validation_warnings = models.JSONField(default=list, blank=True, editable=False)
+    # Set by validation (registry.onnx_inspect.value_sized_allocations): some operator's output
+    # size comes from the request's values, so the model runs only in a memory-capped process.
+    value_dependent_memory = models.BooleanField(
+        default=False,
+        editable=False,
+        verbose_name="memory set by input values",
+        help_text="Some operator's output size comes from input values (ConstantOfShape, Expand, Tile, Range, ...): "
+        "served only in an isolated process under MODEL_MEMORY_LIMIT_MB.",
+    )
     error_code = models.CharField(max_length=50, blank=True, editable=False)
     error_message = models.TextField(blank=True, editable=False)
 

@@ -10,6 +10,12 @@ output schema, metadata, warnings) or raises `ModelRejected` with a stable ``cod
 ``runtime_load_failed``      ONNX Runtime cannot create a session for the model
 ``resource_limit_exceeded``  memory ran out while loading or test-running the model
 
+A model that passes may still allocate by input value: an operator whose output size comes from
+the values of a runtime tensor (ConstantOfShape, Expand, Tile, Range, Resize, Pad, OneHot, a
+Loop's trip count, ...) fed from the request. A run on zeros cannot see that, so the graph is
+traced instead (`value_sized_allocations`); the report's ``value_dependent_memory`` says whether
+any such operator exists, and the server then runs the model only in a memory-capped process.
+
 The module is pure (no Django, no file paths, no global state) but not safe to call on untrusted
 bytes in the web process: a hostile model can still crash ONNX Runtime or make it allocate
 without bound. `registry.sandbox` runs it in a child process through the command-line entry at
@@ -149,6 +155,15 @@ def _inspect(data: bytes, *, max_dimension: int) -> dict[str, Any]:
     input_schema = [_describe_value(vi.name, vi.type, "Input", warnings) for vi in inputs]
     output_schema = [_describe_value(vi.name, vi.type, "Output", warnings) for vi in model.graph.output]
 
+    findings = value_sized_allocations(model)
+    if findings:
+        shown = "; ".join(findings[:5]) + (f"; and {len(findings) - 5} more" if len(findings) > 5 else "")
+        warnings.append(
+            f"The model allocates memory by input values ({shown}). It is served only in an isolated "
+            "process under the per-model memory limit; a request that needs more is refused with "
+            "resource_limit_exceeded."
+        )
+
     session = _create_session(data)
     warnings.extend(_test_run(session))
     return {
@@ -156,6 +171,7 @@ def _inspect(data: bytes, *, max_dimension: int) -> dict[str, Any]:
         "output_schema": output_schema,
         "model_metadata": _describe_metadata(model),
         "warnings": warnings,
+        "value_dependent_memory": bool(findings),
     }
 
 
@@ -485,6 +501,199 @@ def _describe_metadata(model: ModelProto) -> dict[str, Any]:
         "doc_string": model.doc_string,
         "metadata_props": {prop.key: prop.value for prop in model.metadata_props},
     }
+
+
+# --- allocation sized by input values ------------------------------------------------------------
+#
+# Every tensor is given one of three origins, the highest of its producer's inputs unless a rule
+# below says otherwise:
+#   _CONSTANT  initializers, Constant nodes and what is computed from them alone;
+#   _SIZE      numbers bounded by the size of the request's tensors: Shape(x), Size(x), indices
+#              (ArgMax, NonZero), booleans, and what only "plumbing" ops (_SIZE_PRESERVING:
+#              indexing, concatenation, casts, +, -, /, min, max) make of them. A size computed
+#              so grows with the request like any activation does (an outer product, attention),
+#              and the request's size is capped (MAX_INPUT_ELEMENTS); transformer exports build
+#              their masks this way (ConstantOfShape / Expand / Range of Shape(input_ids)), so
+#              such models are not flagged;
+#   _VALUE     anything else computed from a graph input: the request's numbers themselves.
+# A node in _SIZE_INPUTS whose size-setting input has _VALUE origin allocates what the request
+# asks for: 40 bytes of int64 can ask ConstantOfShape for 10**18 floats. Such models are flagged.
+#
+# This is a static bound, not a proof: a hostile author can still make a _SIZE number large with
+# enough plumbing (Concat of k copies of a dimension gives n**k elements). The runtime cap is the
+# guarantee; MODEL_ISOLATION=all puts every model under it (docs/operations.md).
+
+_CONSTANT, _SIZE, _VALUE = 0, 1, 2
+
+# op_type -> the inputs whose VALUES set an output's size, from the ONNX operator specification
+# (onnx/docs/Operators.md, latest opset; earlier opsets took these as attributes, or, for
+# Resize-10, scales as input 1 - see _size_inputs). Not listed, on purpose: ops whose output
+# is no larger than their data inputs or than the product of their inputs' sizes (Reshape, Slice,
+# Split, TopK, Compress, NonZero, Unique, Gather*, Scatter*, NonMaxSuppression, RoiAlign, Einsum,
+# Scan), and those sized by attributes only (RandomNormal, Multinomial, ConvTranspose).
+_SIZE_INPUTS: dict[tuple[str, str], tuple[int, ...]] = {
+    ("", "ConstantOfShape"): (0,),  # shape
+    ("", "Expand"): (1,),  # shape
+    ("", "Tile"): (1,),  # repeats
+    ("", "Range"): (0, 1, 2),  # start, limit, delta
+    ("", "Resize"): (2, 3),  # scales, sizes
+    ("", "Upsample"): (1,),  # scales
+    ("", "Pad"): (1,),  # pads
+    ("", "CenterCropPad"): (1,),  # shape
+    ("", "OneHot"): (1,),  # depth
+    ("", "Col2Im"): (1, 2),  # image_shape, block_shape
+    ("", "AffineGrid"): (1,),  # size
+    ("", "MaxUnpool"): (2,),  # output_shape
+    ("", "DFT"): (1,),  # dft_length
+    ("", "STFT"): (1, 3),  # frame_step, frame_length
+    ("", "MelWeightMatrix"): (0, 1),  # num_mel_bins, dft_length
+    ("", "HannWindow"): (0,),  # size
+    ("", "HammingWindow"): (0,),  # size
+    ("", "BlackmanWindow"): (0,),  # size
+    ("", "ImageDecoder"): (0,),  # the encoded image: its header sets the decoded size
+    ("", "Loop"): (0, 1),  # M, cond: the iterations, each of which may grow the outputs
+    ("com.microsoft", "Range"): (0, 1, 2),
+    ("com.microsoft", "Pad"): (1,),
+    # Text generation: max_length, min_length, num_beams, num_return_sequences, ...
+    ("com.microsoft", "BeamSearch"): tuple(range(1, 16)),
+    ("com.microsoft", "WhisperBeamSearch"): tuple(range(1, 16)),
+    ("com.microsoft", "GreedySearch"): tuple(range(1, 16)),
+    ("com.microsoft", "Sampling"): tuple(range(1, 16)),
+}
+
+# Their outputs' values are bounded by their inputs' sizes, whatever the inputs' values.
+_SIZE_RESULTS = frozenset(
+    {
+        "Shape", "Size", "ArgMax", "ArgMin", "NonZero", "Equal", "Less", "LessOrEqual", "Greater",
+        "GreaterOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf", "Sign", "SequenceLength",
+    }
+)  # fmt: skip
+
+# Plumbing: a _SIZE number stays _SIZE through these (at most linear in their inputs).
+_SIZE_PRESERVING = frozenset(
+    {
+        "Identity", "Cast", "CastLike", "Gather", "GatherElements", "GatherND", "Slice", "Concat",
+        "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Transpose", "Split", "Add", "Sub", "Div",
+        "Max", "Min", "Abs", "Neg", "Where", "Floor", "Ceil", "Round", "Clip", "Mod", "ReduceMax",
+        "ReduceMin", "Sum", "Mean", "Relu", "Expand", "Tile", "ConstantOfShape", "Range",
+        "SequenceConstruct", "SequenceAt", "ConcatFromSequence", "Optional", "OptionalGetElement",
+    }
+)  # fmt: skip
+
+_MAX_FUNCTION_DEPTH = 16
+
+
+def value_sized_allocations(model: ModelProto) -> list[str]:
+    """Nodes whose output size is set by the values of the request's inputs, each described
+    (which node, where, which input); empty when every allocation is bounded by the request's
+    size and the model's constants. Checks every graph, subgraph and model-local function."""
+    opset = {entry.domain or "": entry.version for entry in model.opset_import}
+    functions = {(f.domain, f.name): f for f in model.functions}
+    analysis = _Taint(opset=opset, functions=functions)
+    graph = model.graph
+    origins: dict[str, int] = {t.name: _CONSTANT for t in graph.initializer}
+    origins.update({s.values.name: _CONSTANT for s in graph.sparse_initializer})
+    for value in graph.input:
+        # An IR < 4 graph lists its initializers as inputs too: those are weights, not requests.
+        origins.setdefault(value.name, _VALUE)
+    analysis.graph(graph, origins, f"main graph '{graph.name}'")
+    return list(dict.fromkeys(analysis.findings))
+
+
+class _Taint:
+    def __init__(self, *, opset: dict[str, int], functions: dict) -> None:
+        self.opset = opset
+        self.functions = functions
+        self.findings: list[str] = []
+
+    def graph(self, graph: GraphProto, origins: dict[str, int], where: str, *, depth: int = 0) -> dict[str, int]:
+        """Walk the graph's nodes in order (ONNX requires topological order), filling ``origins``
+        (which holds the graph's inputs and its enclosing scopes' names); returns it."""
+        for tensor in graph.initializer:
+            origins[tensor.name] = _CONSTANT
+        for sparse in graph.sparse_initializer:
+            origins[sparse.values.name] = _CONSTANT
+        for node in graph.node:
+            self.node(node, origins, where, depth=depth)
+        return origins
+
+    def node(self, node: NodeProto, origins: dict[str, int], where: str, *, depth: int) -> None:
+        inputs = [origins.get(name, _VALUE) if name else _CONSTANT for name in node.input]
+        domain = "" if node.domain in ("", "ai.onnx") else node.domain
+        for index in self._size_inputs(domain, node):
+            if index < len(inputs) and inputs[index] == _VALUE:
+                self.findings.append(
+                    f"{_node_label(node)} ({where}) sizes its output by input {index} "
+                    f"'{node.input[index]}', computed from the request's values"
+                )
+        highest = max(inputs, default=_CONSTANT)
+        if node.op_type in _SIZE_RESULTS and domain == "":
+            result = min(highest, _SIZE)
+        elif (node.op_type in _SIZE_PRESERVING and domain == "") or highest == _CONSTANT:
+            result = highest
+        else:
+            result = _VALUE
+        for subgraph_result in self._subgraphs(node, inputs, origins, where, depth=depth):
+            result = max(result, subgraph_result)
+        function = self.functions.get((node.domain, node.op_type))
+        if function is not None:
+            result = max(result, self._function(function, inputs, node, where, depth=depth))
+        for name in node.output:
+            if name:
+                origins[name] = result
+
+    def _size_inputs(self, domain: str, node: NodeProto) -> tuple[int, ...]:
+        if domain == "" and node.op_type == "Resize" and self.opset.get("", 0) < 11:
+            return (1,)  # Resize-10: (X, scales)
+        return _SIZE_INPUTS.get((domain, node.op_type), ())
+
+    def _subgraphs(
+        self, node: NodeProto, inputs: list[int], origins: dict[str, int], where: str, *, depth: int
+    ) -> Iterator[int]:
+        """The highest origin of each subgraph's outputs. A subgraph's inputs take the origin
+        of the node input in the same place (Scan's states and slices, Loop's trip count,
+        condition and carried values), or the highest of them where the places do not match; a
+        Loop body is walked again while its outputs raise the origin of what it carries."""
+        highest = max(inputs, default=_CONSTANT)
+        is_loop = node.op_type == "Loop"
+        for attr in node.attribute:
+            graphs = [attr.g] if attr.HasField("g") else []
+            for subgraph in [*graphs, *attr.graphs]:
+                sub_where = f"{where} > {_node_label(node)} attribute '{attr.name}'"
+                positional = len(subgraph.input) <= len(inputs)
+                entry = [inputs[i] if positional else highest for i in range(len(subgraph.input))]
+                if is_loop and entry and not node.input[0]:
+                    entry[0] = _VALUE  # no trip count: the iteration number is as large as the loop runs
+                for _ in range(3):  # three origins: the lattice is climbed in at most two steps
+                    scope = dict(origins)
+                    scope.update({value.name: origin for value, origin in zip(subgraph.input, entry, strict=True)})
+                    self.graph(subgraph, scope, sub_where, depth=depth)
+                    produced = [scope.get(value.name, _VALUE) for value in subgraph.output]
+                    if not is_loop:
+                        break
+                    # body outputs (cond, carried...) feed back into body inputs (cond, carried...)
+                    raised = list(entry)
+                    for index, origin in enumerate(produced[: max(0, len(entry) - 1)]):
+                        raised[index + 1] = max(raised[index + 1], origin)
+                    if raised == entry:
+                        break
+                    entry = raised
+                if is_loop and produced and produced[0] == _VALUE:
+                    self.findings.append(
+                        f"{_node_label(node)} ({where}) repeats while a condition computed from the "
+                        "request's values holds"
+                    )
+                yield max(produced, default=_CONSTANT)
+
+    def _function(self, function, inputs: list[int], node: NodeProto, where: str, *, depth: int) -> int:
+        if depth >= _MAX_FUNCTION_DEPTH:
+            self.findings.append(f"{_node_label(node)} ({where}) nests model-local functions too deeply to trace")
+            return _VALUE
+        scope = {name: inputs[i] if i < len(inputs) else _CONSTANT for i, name in enumerate(function.input)}
+        label = f"{where} > {_function_label(function.domain, function.name)}"
+        for inner in function.node:
+            self.node(inner, scope, label, depth=depth + 1)
+        return max((scope.get(name, _VALUE) for name in function.output), default=_CONSTANT)
 
 
 # --- ONNX Runtime -----------------------------------------------------------------------------

@@ -115,6 +115,7 @@ class ModelSerializer(serializers.ModelSerializer):
             "output_schema",
             "model_metadata",
             "validation_warnings",
+            "value_dependent_memory",
             "error_code",
             "error_message",
             "created_by",

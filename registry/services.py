@@ -196,6 +196,7 @@ def _point_at(*, model: MLModel, staged: StagedFile) -> MLModel:
         output_schema=[],
         model_metadata={},
         validation_warnings=[],
+        value_dependent_memory=False,
         error_code="",
         error_message="",
     )
@@ -239,6 +240,7 @@ def model_validate(*, model: MLModel) -> MLModel:
             output_schema=report["output_schema"],
             model_metadata=report["model_metadata"],
             validation_warnings=report.get("warnings", []),
+            value_dependent_memory=report.get("value_dependent_memory", False),
             error_code="",
             error_message="",
         )

@@ -125,7 +125,9 @@ def test_sigterm_admitted_requests_finish_and_readiness_turns_503(tmp_path, drai
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     url = f"{base}/api/v1/models/by-name/sleepy/predict"
-    slow = json.dumps({"input_data": {"X": [[0.1, 0.1, 0.1, 0.1]]}, "skip_cache": True}).encode()  # seconds of work
+    # Seconds of work each. The sleepy model's Loop count comes from its input, so it runs in its
+    # isolated process, one request at a time per server process: four must fit the client's 30 s.
+    slow = json.dumps({"input_data": {"X": [[0.03, 0.03, 0.03, 0.03]]}, "skip_cache": True}).encode()
     quick = json.dumps({"input_data": {"X": [[0.0, 0.0, 0.0, 0.0]]}, "skip_cache": True}).encode()
     statuses: list[int] = []
     try:

@@ -153,6 +153,6 @@ def test_more_requests_than_the_batching_queue_holds_is_503_with_retry_after(
         worker.join(60)
     assert (refused.status, refused.code) == (503, "queue_full"), refused.content[:300]
     assert refused.headers["Retry-After"] == "1"
-    assert [reply.status for reply in admitted] == [200, 200]
+    assert [reply.status for reply in admitted] == [200, 200], [reply.content[:300] for reply in admitted]
     assert send(*build(sleepy, QUICK_ROW), key=key).status == 200
     assert_history_is(sleepy["id"], 3)

@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from inference.batching import BatchConfig, ModelBatcher
 from inference.errors import QueueFull
+from inference.sessions import LoadedSession
 
 MODELS = "/api/v1/models"
 RNG = np.random.default_rng(7)
@@ -188,13 +189,9 @@ def test_models_that_mix_rows_are_not_merged(batched_model):
         assert response.json()["output_data"]["Y"] == [[i + 1.0]]
 
 
-def _loaded(data: bytes):
-    class Loaded:
-        pass
-
-    loaded = Loaded()
-    loaded.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    return loaded
+def _loaded(data: bytes) -> LoadedSession:
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return LoadedSession(sha256="", session=session, input_names=[], output_names=[], estimated_bytes=0)
 
 
 def test_a_full_queue_is_refused_at_once_with_retry_after():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from onnx import TensorProto, helper
 
 from inference.sessions import SessionPool, get_pool
 from registry.models import MLModel
@@ -129,3 +130,51 @@ def test_the_pool_evicts_the_least_recently_used_session_past_its_bound(ready_mo
     pool.get(third)
 
     assert pool.loaded() == [first.file_sha256, third.file_sha256]
+
+
+def _add_chain(nodes: int, step: float) -> bytes:
+    """Y = X + step + step + ... (``nodes`` Add nodes): a small file whose session is large."""
+    names = ["X", *(f"t{i}" for i in range(1, nodes)), "Y"]
+    graph = helper.make_graph(
+        [helper.make_node("Add", [names[i], "step"], [names[i + 1]]) for i in range(nodes)],
+        "chain",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[helper.make_tensor("step", TensorProto.FLOAT, [], [step])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def test_the_pool_counts_what_a_session_really_costs(ready_model, settings):
+    """A file of 5 000 nodes is about 120 KB; its session grows the process by some 20 MB (the
+    graph ONNX Runtime builds from it), which the pool counts and evicts by, where twice the
+    file size would have kept both sessions under a bound neither fits in."""
+    first, second = (
+        MLModel.objects.get(pk=ready_model(_add_chain(5_000, step), name=name)["id"])
+        for name, step in (("chain-a", 1.0), ("chain-b", 2.0))
+    )
+    probe = SessionPool(
+        max_sessions=4,
+        max_bytes=1024**3,
+        intra_op_threads=1,
+        inter_op_threads=1,
+        optimization_level=settings.ORT_GRAPH_OPTIMIZATION,
+        recheck_seconds=60,
+    )
+    measured = probe.get(first).estimated_bytes
+    assert measured > 20 * first.file_size
+    assert probe.stats()["estimated_bytes"] == measured
+    probe.clear()
+
+    # Room for one such session, and for ten by the file-size estimate.
+    pool = SessionPool(
+        max_sessions=4,
+        max_bytes=int(measured * 1.5),
+        intra_op_threads=1,
+        inter_op_threads=1,
+        optimization_level=settings.ORT_GRAPH_OPTIMIZATION,
+        recheck_seconds=60,
+    )
+    pool.get(first)
+    pool.get(second)
+    assert pool.loaded() == [second.file_sha256]
