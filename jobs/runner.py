@@ -21,12 +21,14 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import connection
 
 from jobs import services
 from jobs.models import Job
+from registry import services as registry_services
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,14 @@ class EmbeddedRunner:
             self._outstanding += 1
         self._queue.put((Job.PRIORITY_RANK.get(priority, 1), next(self._order), str(job_id)))
 
+    def submit_call(self, work: Callable[[], object]) -> None:
+        """Run ``work()`` on these threads, ahead of normal and low jobs (other apps' background
+        work without a broker: a registry validation)."""
+        self.start()
+        with self._lock:
+            self._outstanding += 1
+        self._queue.put((Job.PRIORITY_RANK[Job.Priority.HIGH], next(self._order), work))
+
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until nothing is queued or running here; False if that took too long."""
         deadline = time.monotonic() + timeout
@@ -119,9 +129,12 @@ class EmbeddedRunner:
             with self._lock:
                 self._running += 1
             try:
-                self._process(job_id)
+                if callable(job_id):  # work of another app (submit_call)
+                    job_id()
+                else:
+                    self._process(job_id)
             except Exception:
-                logger.exception("embedded job runner error", extra={"job": job_id})
+                logger.exception("embedded job runner error", extra={"job": str(job_id)})
             finally:
                 connection.close()  # this thread's connection; the next job opens a fresh one
                 with self._idle:
@@ -149,6 +162,7 @@ class EmbeddedRunner:
             try:
                 self.recover()
                 services.jobs_sweep()
+                registry_services.validations_sweep()
                 if time.monotonic() - last_cleanup >= CLEANUP_INTERVAL_SECONDS:
                     services.jobs_cleanup()
                     last_cleanup = time.monotonic()

@@ -9,7 +9,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 
-from registry.versioning import MAX_VERSION_LENGTH, parse_version, version_sort_key
+from registry.versioning import MAX_SORT_KEY_LENGTH, MAX_VERSION_LENGTH, parse_version, version_sort_key
 
 # A label, never a path: it starts with a letter or digit so that "..", ".x" or "-x" (which
 # clients and shells treat specially in URLs and arguments) cannot be names.
@@ -73,7 +73,7 @@ class MLModel(models.Model):
     name = models.CharField(max_length=100, validators=[name_validator], db_index=True)
     version = models.CharField(max_length=MAX_VERSION_LENGTH, validators=[validate_version])
     # Digits-only key ordering versions by semver precedence (see registry.versioning).
-    version_key = models.CharField(max_length=400, editable=False, db_index=True)
+    version_key = models.CharField(max_length=MAX_SORT_KEY_LENGTH, editable=False, db_index=True)
     description = models.TextField(blank=True, max_length=10_000)
     tags = models.ManyToManyField(Tag, blank=True, related_name="models")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
@@ -122,6 +122,15 @@ class MLModel(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     uploaded_at = models.DateTimeField(null=True, blank=True, editable=False)
     validated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Set when the version is first ready, never cleared: from then on its file is fixed (a
+    # new file is a new version), so whatever served it can be served again, byte for byte.
+    first_ready_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    # The background validation's claim (registry.services.model_validation_run): while
+    # validating, started_at is None until a worker takes it, and each take counts an
+    # attempt, which is also the token that lets only that run write the result.
+    validation_started_at = models.DateTimeField(null=True, blank=True, editable=False)
+    validation_attempts = models.PositiveSmallIntegerField(default=0, editable=False)
 
     objects = MLModelQuerySet.as_manager()
 
@@ -149,6 +158,11 @@ class MLModel(models.Model):
 
     def is_servable(self) -> bool:
         return self.status == self.Status.READY
+
+    @property
+    def is_immutable(self) -> bool:
+        """Whether the file is fixed for good: the version has been ready once."""
+        return self.first_ready_at is not None
 
     @property
     def created_by_label(self) -> str:

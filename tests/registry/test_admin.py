@@ -347,7 +347,9 @@ def test_change_form_edits_description_and_tags_only(admin_client):
 
 
 def test_change_form_upload_replaces_the_file_and_validates_again(admin_client):
-    model = register("swap", "1.0.0", make_add_model())
+    # A version that has never been ready (its file failed validation) takes a new file.
+    model = register("swap", "1.0.0", random_bytes())
+    assert model.status == Status.ERROR
     old_sha = model.file_sha256
 
     response = admin_client.post(
@@ -397,10 +399,11 @@ def test_validate_action_reports_ready_error_and_refused(admin_client):
 
     assert response.status_code == 302
     good.refresh_from_db()
+    bad.refresh_from_db()
     assert (good.status, good.error_code) == (Status.READY, "")
+    assert (bad.status, bad.error_code) == (Status.ERROR, "invalid_model")
     shown = messages_of(response)
-    assert shown[0] == "Validated 2: 1 ready, 1 error, 2 refused."
-    assert any(m.startswith("bad 1.0.0 failed (invalid_model): ") for m in shown)
+    assert shown[0] == "Validation started for 2 (in the background: the list shows each outcome), refused 2."
     assert any(m.startswith("Not validated: pending 1.0.0: pending:1.0.0 has no file yet.") for m in shown)
     assert any(m.startswith("Not validated: archived 1.0.0: archived:1.0.0 is archived") for m in shown)
 
