@@ -12,6 +12,7 @@ import urllib3
 from tritonclient.utils import InferenceServerException
 
 from tests.inference.factories import make_scaled_model, reference_run
+from tests.registry.polling import wait_validated
 from tests.v2.test_tritonclient import tensor
 
 pytestmark = pytest.mark.e2e
@@ -31,8 +32,9 @@ def register_versions(server) -> str:
     for version, factor in FACTORS.items():
         upload = ("model.onnx", make_scaled_model(factor), "application/octet-stream")
         response = api(server, "POST", "/models", fields={"name": name, "version": version, "file": upload})
-        assert response.status == 201, response.data[:2000]
-        assert response.json()["status"] == "ready"
+        assert response.status == 202, response.data[:2000]
+        model_url = f"/models/{response.json()['id']}"
+        assert wait_validated(lambda url=model_url: api(server, "GET", url).json())["status"] == "ready"
     return name
 
 
