@@ -189,6 +189,32 @@ def test_add_form_registers_a_ready_model_with_schema(admin_client, ops_user):
     assert "adder 1.0.0 is ready: 2 inputs, 1 output." in messages_of(response)
 
 
+def test_add_form_goes_to_the_model_page_which_refreshes_while_validating(admin_client, settings):
+    # The hand-over to the background waits for a commit this test never makes, so the
+    # version stays validating for as long as the test looks at it.
+    settings.VALIDATION_EAGER = False
+    response = admin_client.post(ADD, {"name": "adder", "version": "1.0.0", "file": onnx_file(make_add_model())})
+
+    model = MLModel.objects.get(name="adder", version="1.0.0")
+    assert (response.status_code, response.url) == (302, change_url(model))
+    assert model.status == Status.VALIDATING
+    assert any(
+        m == "adder 1.0.0 is being validated in the background; its page refreshes until it is ready or has failed."
+        for m in messages_of(response)
+    )
+    html = admin_client.get(response.url).content.decode()
+    assert '<meta http-equiv="refresh" content="2">' in html
+    assert "<strong>Validating…</strong>" in html
+    assert "waiting for a worker" in html
+
+    services.model_validation_run(model_id=model.pk)  # what the runner or a worker does
+
+    html = admin_client.get(change_url(model)).content.decode()
+    assert 'http-equiv="refresh"' not in html
+    assert "Status: Ready" in html
+    assert "Validating…" not in html
+
+
 def test_add_form_with_random_bytes_ends_in_error_with_the_message_shown(admin_client):
     response = admin_client.post(ADD, {"name": "noise", "version": "1.0.0", "file": onnx_file(random_bytes())})
 
