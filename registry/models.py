@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 
@@ -34,6 +34,22 @@ def validate_version(value: str) -> None:
         parse_version(value)
     except ValueError as exc:
         raise ValidationError(str(exc), code="invalid_version") from exc
+
+
+# The bounds of the serving numbers, for the API's serializer and the admin's form alike (and
+# so never a value too large for its integer column).
+BATCHING_BOUNDS = {
+    "max_batch_size": (1, 100_000),
+    "max_queue_delay_microseconds": (0, 10_000_000),
+    "preferred_batch_size": (1, 100_000),
+    "max_queue_size": (1, 1_000_000),
+    "default_timeout_microseconds": (0, 600_000_000),
+}
+
+
+def _bounds(field: str) -> list:
+    low, high = BATCHING_BOUNDS[field]
+    return [MinValueValidator(low), MaxValueValidator(high)]
 
 
 class Tag(models.Model):
@@ -89,18 +105,29 @@ class MLModel(models.Model):
     batching_enabled = models.BooleanField(
         default=False, help_text="Merge concurrent requests along the first (variable) dimension into one run."
     )
-    max_batch_size = models.PositiveIntegerField(default=64, help_text="Most rows in one merged run.")
+    max_batch_size = models.PositiveIntegerField(
+        default=64, validators=_bounds("max_batch_size"), help_text="Most rows in one merged run."
+    )
     max_queue_delay_microseconds = models.PositiveIntegerField(
-        default=500, help_text="Longest a request waits for others to join its batch."
+        default=500,
+        validators=_bounds("max_queue_delay_microseconds"),
+        help_text="Longest a request waits for others to join its batch.",
     )
     preferred_batch_size = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Run as soon as this many rows wait (default: max_batch_size)."
+        null=True,
+        blank=True,
+        validators=_bounds("preferred_batch_size"),
+        help_text="Run as soon as this many rows wait (default: max_batch_size).",
     )
     max_queue_size = models.PositiveIntegerField(
-        default=256, help_text="Requests that may wait; more are refused with 503 and Retry-After."
+        default=256,
+        validators=_bounds("max_queue_size"),
+        help_text="Requests that may wait; more are refused with 503 and Retry-After.",
     )
     default_timeout_microseconds = models.PositiveIntegerField(
-        default=10_000_000, help_text="A request waiting longer in the queue is refused with 503 (0: no limit)."
+        default=10_000_000,
+        validators=_bounds("default_timeout_microseconds"),
+        help_text="A request waiting longer in the queue is refused with 503 (0: no limit).",
     )
 
     file_sha256 = models.CharField(max_length=64, blank=True, editable=False, db_index=True)

@@ -6,7 +6,16 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from modelforge_site.strict_input import StrictInputSerializer
-from registry.models import NAME_PATTERN, NAME_RULE, AliasEvent, MLModel, ModelAlias, tag_validator, validate_version
+from registry.models import (
+    BATCHING_BOUNDS,
+    NAME_PATTERN,
+    NAME_RULE,
+    AliasEvent,
+    MLModel,
+    ModelAlias,
+    tag_validator,
+    validate_version,
+)
 from registry.versioning import MAX_VERSION_LENGTH
 
 
@@ -85,15 +94,20 @@ class ModelCreateSerializer(StrictInputSerializer):
     )
 
 
+def _bounded(field: str, **kwargs) -> serializers.IntegerField:
+    low, high = BATCHING_BOUNDS[field]
+    return serializers.IntegerField(min_value=low, max_value=high, required=False, **kwargs)
+
+
 class BatchingSerializer(StrictInputSerializer):
     """Dynamic batching settings (Triton's names); see inference/batching.py."""
 
     enabled = serializers.BooleanField(source="batching_enabled", required=False)
-    max_batch_size = serializers.IntegerField(min_value=1, max_value=100_000, required=False)
-    max_queue_delay_microseconds = serializers.IntegerField(min_value=0, max_value=10_000_000, required=False)
-    preferred_batch_size = serializers.IntegerField(min_value=1, max_value=100_000, required=False, allow_null=True)
-    max_queue_size = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False)
-    default_timeout_microseconds = serializers.IntegerField(min_value=0, max_value=600_000_000, required=False)
+    max_batch_size = _bounded("max_batch_size")
+    max_queue_delay_microseconds = _bounded("max_queue_delay_microseconds")
+    preferred_batch_size = _bounded("preferred_batch_size", allow_null=True)
+    max_queue_size = _bounded("max_queue_size")
+    default_timeout_microseconds = _bounded("default_timeout_microseconds")
 
 
 class ModelUpdateSerializer(StrictInputSerializer):

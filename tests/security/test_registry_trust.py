@@ -297,6 +297,28 @@ def test_serving_numbers_too_large_for_their_column_are_400(manage_client, serve
     assert response.json()["detail"].startswith("batching: ")
 
 
+def test_admin_change_form_refuses_serving_numbers_out_of_bounds(client, ops_user, served):
+    model, _ = served
+    client.force_login(ops_user)
+    row = MLModel.objects.get(pk=model["id"])
+    form = {
+        "description": "",
+        "tags": "",
+        "max_batch_size": 2**40,  # more than the integer column holds
+        "max_queue_delay_microseconds": row.max_queue_delay_microseconds,
+        "preferred_batch_size": "",
+        "max_queue_size": 10**7,  # more than the API accepts
+        "default_timeout_microseconds": row.default_timeout_microseconds,
+    }
+    response = client.post(reverse("admin:registry_mlmodel_change", args=[row.pk]), form)
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert errors["max_batch_size"] == ["Ensure this value is less than or equal to 100000."]
+    assert errors["max_queue_size"] == ["Ensure this value is less than or equal to 1000000."]
+    row.refresh_from_db()
+    assert row.max_batch_size == 64
+
+
 # --- uploads are throttled by default ------------------------------------------------------------
 
 
