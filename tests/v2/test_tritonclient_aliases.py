@@ -33,9 +33,14 @@ def register_versions(server) -> str:
         upload = ("model.onnx", make_scaled_model(factor), "application/octet-stream")
         response = api(server, "POST", "/models", fields={"name": name, "version": version, "file": upload})
         assert response.status == 202, response.data[:2000]
-        model_url = f"/models/{response.json()['id']}"
-        assert wait_validated(lambda url=model_url: api(server, "GET", url).json())["status"] == "ready"
+        assert wait_validated(read_model(server, response.json()["id"]))["status"] == "ready"
     return name
+
+
+def read_model(server, model_id: str):
+    """What tests.registry.polling.wait_validated polls: the model, with the read key."""
+    url, headers = f"{server.base}/api/v1/models/{model_id}", {"Authorization": f"Bearer {server.keys['read']}"}
+    return lambda: urllib3.request("GET", url, headers=headers, timeout=120).json()
 
 
 def move(server, name: str, alias: str, version: str) -> None:
