@@ -132,7 +132,8 @@ def register(name: str, data: bytes):
 
     from registry import services
 
-    return services.model_register(name=name, version="1.0.0", staged=services.stage_stream(io.BytesIO(data)))
+    staged = services.stage_stream(io.BytesIO(data))
+    return services.model_register(name=name, version="1.0.0", staged=staged, inline=True)
 
 
 def write_input(workdir: Path, name: str, rows: np.ndarray, input_format: str) -> Path:

@@ -34,6 +34,7 @@ from django.db import connection
 
 from jobs import services
 from jobs.models import Job
+from registry import services as registry_services
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,14 @@ class EmbeddedRunner:
             self._outstanding += 1
         self._queue.put((Job.PRIORITY_RANK.get(priority, 1), next(self._order), str(job_id)))
 
+    def submit_call(self, work: Callable[[], object]) -> None:
+        """Run ``work()`` on these threads, ahead of normal and low jobs (other apps' background
+        work without a broker: a registry validation)."""
+        self.start()
+        with self._lock:
+            self._outstanding += 1
+        self._queue.put((Job.PRIORITY_RANK[Job.Priority.HIGH], next(self._order), work))
+
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until nothing is queued or running here; False if that took too long."""
         deadline = time.monotonic() + timeout
@@ -160,7 +169,7 @@ class EmbeddedRunner:
                 if self._pid == os.getpid() and self._workers.get(index) is threading.current_thread():
                     self._spawn(index)
                     self._replaced += 1
-            if job_id is not None:
+            if job_id is not None and not callable(job_id):
                 self._requeue(job_id)
 
     def _requeue(self, job_id: str) -> None:
@@ -185,15 +194,20 @@ class EmbeddedRunner:
                 self._running += 1
                 self._held[index] = job_id  # before the claim: `recover` must not take it meanwhile
             try:
-                self._process(job_id)
+                if callable(job_id):  # work of another app (submit_call)
+                    job_id()
+                else:
+                    self._process(job_id)
             except Exception:
-                logger.exception("embedded job runner error", extra={"job": job_id})
+                logger.exception("embedded job runner error", extra={"job": str(job_id)})
             except BaseException:
                 # This thread dies (`_worker_main` replaces it). Its job goes back to the queue
-                # first, so that it is never neither queued nor running (`wait_idle`).
+                # first, so that it is never neither queued nor running (`wait_idle`). Another
+                # app's work (a validation) is left to that app's sweeper.
                 with self._lock:
                     self._held.pop(index, None)
-                self._requeue(job_id)
+                if not callable(job_id):
+                    self._requeue(job_id)
                 raise
             finally:
                 with self._idle:
@@ -227,6 +241,7 @@ class EmbeddedRunner:
                 self.ensure_threads()
                 self.recover()
                 services.jobs_sweep()
+                registry_services.validations_sweep()
                 if time.monotonic() - last_cleanup >= CLEANUP_INTERVAL_SECONDS:
                     services.jobs_cleanup()
                     last_cleanup = time.monotonic()

@@ -210,6 +210,17 @@ MAX_MODEL_SIZE_BYTES = MAX_MODEL_SIZE_MB * 1024 * 1024
 VALIDATION_MEMORY_MB = env.int("VALIDATION_MEMORY_MB", default=2048)
 VALIDATION_TIMEOUT_SECONDS = env.float("VALIDATION_TIMEOUT_SECONDS", default=60.0)
 VALIDATION_MAX_DIMENSION = env.int("VALIDATION_MAX_DIMENSION", default=2**31 - 1)
+# Validation runs in the background (a Celery task, or the embedded runner's threads without a
+# broker), never in a request thread. A validation taken this long ago and still unfinished
+# lost its worker: the sweeper hands it over again (at most JOB_MAX_ATTEMPTS takes).
+VALIDATION_STUCK_AFTER_SECONDS = env.int(
+    "VALIDATION_STUCK_AFTER_SECONDS", default=int(VALIDATION_TIMEOUT_SECONDS) + 120
+)
+if VALIDATION_STUCK_AFTER_SECONDS <= VALIDATION_TIMEOUT_SECONDS:
+    raise ImproperlyConfigured("VALIDATION_STUCK_AFTER_SECONDS must be above VALIDATION_TIMEOUT_SECONDS.")
+# Tests only (like Celery's task_always_eager): run a requested validation at once in the
+# caller's thread and transaction, which a test's rolled-back transaction can see.
+VALIDATION_EAGER = False
 
 # Uploads stream to a temporary file next to the store, hashed and size-capped as they arrive,
 # so the final rename is atomic and an over-size body leaves nothing behind.
@@ -376,6 +387,9 @@ FILE_UPLOAD_HANDLERS = ["jobs.uploads.JobInputUploadHandler", *FILE_UPLOAD_HANDL
 CELERY_TASK_DEFAULT_QUEUE = "normal"
 CELERY_TASK_ROUTES = {
     "jobs.sweep": {"queue": "high"},
+    # Someone waits for a validation (the admin page, a client polling): it goes first.
+    "registry.validate": {"queue": "high"},
+    "registry.sweep_validations": {"queue": "high"},
     "jobs.cleanup": {"queue": "low"},
     "inference.cleanup_history": {"queue": "low"},
 }
@@ -396,6 +410,11 @@ CELERY_RESULT_EXPIRES = JOB_RETENTION_DAYS * 24 * 3600
 CELERY_BEAT_SCHEDULE = {
     "jobs-sweep": {
         "task": "jobs.sweep",
+        "schedule": float(JOB_SWEEP_INTERVAL_SECONDS),
+        "options": {"expires": JOB_SWEEP_INTERVAL_SECONDS},
+    },
+    "validations-sweep": {
+        "task": "registry.sweep_validations",
         "schedule": float(JOB_SWEEP_INTERVAL_SECONDS),
         "options": {"expires": JOB_SWEEP_INTERVAL_SECONDS},
     },
@@ -432,7 +451,8 @@ REST_FRAMEWORK = {
 # Throttles per API key (access/throttling.py), counted in Redis; an empty rate is no limit.
 THROTTLE_RATES = {
     "predict": env.str("THROTTLE_RATE_PREDICT", default=""),
-    "upload": env.str("THROTTLE_RATE_UPLOAD", default=""),
+    # Each upload costs a validation (a sandboxed child for up to VALIDATION_TIMEOUT_SECONDS).
+    "upload": env.str("THROTTLE_RATE_UPLOAD", default="30/min"),
     "jobs": env.str("THROTTLE_RATE_JOBS", default=""),
 }
 for _scope, _rate in THROTTLE_RATES.items():

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected as django_delete_selected
+from django.contrib.admin.options import IS_POPUP_VAR
 from django.db.models import Count
 from django.http import HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
@@ -193,6 +194,12 @@ def _report_result(request, model: MLModel) -> None:
             messages.warning(request, f"{_model_label(model)}: {'; '.join(model.validation_warnings)}")
     elif model.status == Status.ERROR:
         messages.error(request, f"{_model_label(model)} failed validation ({model.error_code}): {model.error_message}")
+    elif model.status == Status.VALIDATING:
+        messages.info(
+            request,
+            f"{_model_label(model)} is being validated in the background; its page refreshes until it is ready "
+            "or has failed.",
+        )
     else:
         messages.info(request, f"{_model_label(model)} is {model.get_status_display().lower()}.")
 
@@ -322,11 +329,11 @@ class MLModelAdmin(ModelPageMixin, admin.ModelAdmin):
     # --- saving through the services ----------------------------------------------------------
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        # Django wraps a POST to this view in one transaction. Saving here validates the file
-        # in a sandboxed child process for up to VALIDATION_TIMEOUT_SECONDS, which the
-        # services deliberately keep outside any transaction (a long one would hold SQLite's
-        # write lock and hide the `validating` status from other requests). Each service call
-        # is atomic on its own, so the view runs without the outer transaction.
+        # Django wraps a POST to this view in one transaction. Saving here stores the file and
+        # hands its validation to the background once committed; the services keep slow work
+        # (storing, hashing) outside transactions, and a long one would hold SQLite's write
+        # lock. Each service call is atomic on its own, so the view runs without the outer
+        # transaction.
         try:
             return self._changeform_view(request, object_id, form_url, extra_context)
         except DomainError as exc:
@@ -362,6 +369,13 @@ class MLModelAdmin(ModelPageMixin, admin.ModelAdmin):
         obj.pk = model.pk
         obj.refresh_from_db()
         _report_result(request, model)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        # A new version is being validated: its own page shows the progress, then the report.
+        response = super().response_add(request, obj, post_url_continue)
+        if "_addanother" in request.POST or IS_POPUP_VAR in request.POST:
+            return response
+        return HttpResponseRedirect(reverse("admin:registry_mlmodel_change", args=[obj.pk]))
 
     def _save_change(self, request, obj: MLModel, form) -> None:
         data = form.cleaned_data
@@ -431,25 +445,21 @@ class MLModelAdmin(ModelPageMixin, admin.ModelAdmin):
 
     @admin.action(description="Validate selected models", permissions=["change"])
     def validate_selected(self, request, queryset) -> None:
-        outcomes: dict[str, list[MLModel]] = {Status.READY: [], Status.ERROR: []}
-        refused: list[str] = []
+        started, refused = 0, []
         for model in queryset:
             try:
-                model = services.model_validate(model=model)
+                services.model_validate(model=model)
             except DomainError as exc:
                 refused.append(f"{_model_label(model)}: {exc.detail}")
                 continue
-            outcomes.setdefault(model.status, []).append(model)
-            self.log_change(request, model, f"Validated: {model.get_status_display().lower()}")
-        ready, failed = outcomes[Status.READY], outcomes[Status.ERROR]
-        summary = (
-            f"Validated {len(ready) + len(failed)}: {len(ready)} ready, {len(failed)} error, {len(refused)} refused."
+            started += 1
+            self.log_change(request, model, "Validation started")
+        self.message_user(
+            request,
+            f"Validation started for {started} (in the background: the list shows each outcome), "
+            f"refused {len(refused)}.",
+            messages.SUCCESS if not refused else messages.WARNING,
         )
-        self.message_user(request, summary, messages.SUCCESS if not failed and not refused else messages.WARNING)
-        for model in failed:
-            self.message_user(
-                request, f"{_model_label(model)} failed ({model.error_code}): {model.error_message}", messages.ERROR
-            )
         for reason in refused:
             self.message_user(request, f"Not validated: {reason}", messages.WARNING)
 

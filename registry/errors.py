@@ -21,6 +21,12 @@ class ModelArchived(Conflict):
     code = "model_archived"
 
 
+class VersionImmutable(Conflict):
+    """A version that has been ready keeps its file for good: a new file is a new version."""
+
+    code = "version_immutable"
+
+
 class NoFile(Conflict):
     code = "no_file"
 

@@ -108,7 +108,13 @@ class MLModelChangeForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["file"].help_text = f"{_file_help()} Replaces the current file; the model is validated again."
+        if self.instance.is_immutable:
+            self.fields["file"].help_text = (
+                "This version has been ready, so its file can never be replaced: upload a new file as a new "
+                "version (below)."
+            )
+        else:
+            self.fields["file"].help_text = f"{_file_help()} Replaces the current file; the model is validated again."
 
     def clean_file(self):
         upload = self.cleaned_data.get("file")
@@ -117,6 +123,12 @@ class MLModelChangeForm(forms.ModelForm):
         status = self.instance.status
         if status == MLModel.Status.ARCHIVED:
             raise ValidationError("This version is archived; register a new version instead.", code="model_archived")
+        if self.instance.is_immutable:
+            raise ValidationError(
+                "This version has been ready, so its file can never be replaced. "
+                "Upload the new file as a new version with 'Upload a new version' below.",
+                code="version_immutable",
+            )
         if status == MLModel.Status.VALIDATING:
             raise ValidationError(
                 "This version is being validated; upload again once validation ends.", code="invalid_status"

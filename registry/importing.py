@@ -335,6 +335,7 @@ def _import(entry: ImportEntry) -> ImportResult:
             staged=staged,
             description=entry.description,
             tags=entry.tags,
+            inline=True,  # a command, not a serving thread: validate here and report the outcome
         )
         registered = True
     except DomainError as exc:  # e.g. the same name + version registered meanwhile by someone else

@@ -33,6 +33,9 @@ from registry.versioning import parse_version
 Status = MLModel.Status
 EMPTY = "—"
 RECENT_PREDICTIONS = 10
+# The model page reloads itself this often while the version is being validated (as a job's
+# page does while the job runs).
+REFRESH_SECONDS = 2
 ALIAS_EVENTS = 20
 # The serving actions of the model page: name -> (label, what it does, in words).
 SERVING_ACTIONS = {
@@ -255,6 +258,7 @@ class ModelPageMixin:
             "mf_alias_events": list(selectors.alias_events(name=model.name)[:ALIAS_EVENTS]),
             "mf_default_alias": DEFAULT_ALIAS,
             "mf_recent_predictions": recent_predictions_html(model),
+            "mf_refresh_seconds": REFRESH_SECONDS if model.status == Status.VALIDATING else None,
         }
 
     # --- Try it -------------------------------------------------------------------------------
@@ -360,6 +364,8 @@ class ModelPageMixin:
 
         model = services.model_validate(model=model)
         _report_result(request, model)
+        if model.status == Status.VALIDATING:
+            return "Validation started"
         return f"Validated: {model.get_status_display().lower()}"
 
     def _serving_archive(self, request, model: MLModel) -> str:

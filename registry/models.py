@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 
-from registry.versioning import MAX_VERSION_LENGTH, parse_version, version_sort_key
+from registry.versioning import MAX_SORT_KEY_LENGTH, MAX_VERSION_LENGTH, parse_version, version_sort_key
 
 # A label, never a path: it starts with a letter or digit so that "..", ".x" or "-x" (which
 # clients and shells treat specially in URLs and arguments) cannot be names.
@@ -34,6 +34,22 @@ def validate_version(value: str) -> None:
         parse_version(value)
     except ValueError as exc:
         raise ValidationError(str(exc), code="invalid_version") from exc
+
+
+# The bounds of the serving numbers, for the API's serializer and the admin's form alike (and
+# so never a value too large for its integer column).
+BATCHING_BOUNDS = {
+    "max_batch_size": (1, 100_000),
+    "max_queue_delay_microseconds": (0, 10_000_000),
+    "preferred_batch_size": (1, 100_000),
+    "max_queue_size": (1, 1_000_000),
+    "default_timeout_microseconds": (0, 600_000_000),
+}
+
+
+def _bounds(field: str) -> list:
+    low, high = BATCHING_BOUNDS[field]
+    return [MinValueValidator(low), MaxValueValidator(high)]
 
 
 class Tag(models.Model):
@@ -73,7 +89,7 @@ class MLModel(models.Model):
     name = models.CharField(max_length=100, validators=[name_validator], db_index=True)
     version = models.CharField(max_length=MAX_VERSION_LENGTH, validators=[validate_version])
     # Digits-only key ordering versions by semver precedence (see registry.versioning).
-    version_key = models.CharField(max_length=400, editable=False, db_index=True)
+    version_key = models.CharField(max_length=MAX_SORT_KEY_LENGTH, editable=False, db_index=True)
     description = models.TextField(blank=True, max_length=10_000)
     tags = models.ManyToManyField(Tag, blank=True, related_name="models")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
@@ -89,18 +105,29 @@ class MLModel(models.Model):
     batching_enabled = models.BooleanField(
         default=False, help_text="Merge concurrent requests along the first (variable) dimension into one run."
     )
-    max_batch_size = models.PositiveIntegerField(default=64, help_text="Most rows in one merged run.")
+    max_batch_size = models.PositiveIntegerField(
+        default=64, validators=_bounds("max_batch_size"), help_text="Most rows in one merged run."
+    )
     max_queue_delay_microseconds = models.PositiveIntegerField(
-        default=500, help_text="Longest a request waits for others to join its batch."
+        default=500,
+        validators=_bounds("max_queue_delay_microseconds"),
+        help_text="Longest a request waits for others to join its batch.",
     )
     preferred_batch_size = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Run as soon as this many rows wait (default: max_batch_size)."
+        null=True,
+        blank=True,
+        validators=_bounds("preferred_batch_size"),
+        help_text="Run as soon as this many rows wait (default: max_batch_size).",
     )
     max_queue_size = models.PositiveIntegerField(
-        default=256, help_text="Requests that may wait; more are refused with 503 and Retry-After."
+        default=256,
+        validators=_bounds("max_queue_size"),
+        help_text="Requests that may wait; more are refused with 503 and Retry-After.",
     )
     default_timeout_microseconds = models.PositiveIntegerField(
-        default=10_000_000, help_text="A request waiting longer in the queue is refused with 503 (0: no limit)."
+        default=10_000_000,
+        validators=_bounds("default_timeout_microseconds"),
+        help_text="A request waiting longer in the queue is refused with 503 (0: no limit).",
     )
 
     file_sha256 = models.CharField(max_length=64, blank=True, editable=False, db_index=True)
@@ -131,6 +158,15 @@ class MLModel(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     uploaded_at = models.DateTimeField(null=True, blank=True, editable=False)
     validated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Set when the version is first ready, never cleared: from then on its file is fixed (a
+    # new file is a new version), so whatever served it can be served again, byte for byte.
+    first_ready_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    # The background validation's claim (registry.services.model_validation_run): while
+    # validating, started_at is None until a worker takes it, and each take counts an
+    # attempt, which is also the token that lets only that run write the result.
+    validation_started_at = models.DateTimeField(null=True, blank=True, editable=False)
+    validation_attempts = models.PositiveSmallIntegerField(default=0, editable=False)
 
     objects = MLModelQuerySet.as_manager()
 
@@ -158,6 +194,11 @@ class MLModel(models.Model):
 
     def is_servable(self) -> bool:
         return self.status == self.Status.READY
+
+    @property
+    def is_immutable(self) -> bool:
+        """Whether the file is fixed for good: the version has been ready once."""
+        return self.first_ready_at is not None
 
     @property
     def created_by_label(self) -> str:

@@ -6,7 +6,16 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from modelforge_site.strict_input import StrictInputSerializer
-from registry.models import NAME_PATTERN, NAME_RULE, AliasEvent, MLModel, ModelAlias, tag_validator, validate_version
+from registry.models import (
+    BATCHING_BOUNDS,
+    NAME_PATTERN,
+    NAME_RULE,
+    AliasEvent,
+    MLModel,
+    ModelAlias,
+    tag_validator,
+    validate_version,
+)
 from registry.versioning import MAX_VERSION_LENGTH
 
 
@@ -31,6 +40,34 @@ class TagListField(serializers.ListField):
         return super().to_internal_value(data)
 
 
+# Semantic Versioning 2.0.0's own pattern (semver.org), ASCII digits only. In the OpenAPI schema
+# so that clients, and the fuzzing (tests/fuzz), generate versions that look like versions:
+# numbers of any length included, which is how a 21-digit number once ended as a 500.
+SEMVER_PATTERN = (
+    r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
+    r"(?:-((?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+
+
+@extend_schema_field(
+    {
+        "type": "string",
+        "maxLength": MAX_VERSION_LENGTH,
+        "pattern": SEMVER_PATTERN,
+        "description": "A semantic version, e.g. 1.2.0 or 2.0.0-rc.1; each number at most 20 digits.",
+    }
+)
+class VersionField(serializers.CharField):
+    """A semantic version: 400 `invalid_version` (with what to fix) for anything else."""
+
+    def __init__(self, **kwargs):
+        # No max_length here: parse_version checks the length first, so every refusal of a
+        # version, too long included, has the one code.
+        super().__init__(**kwargs)
+        self.validators.append(_version)
+
+
 def _version(value: str) -> str:
     from django.core.exceptions import ValidationError
 
@@ -47,7 +84,7 @@ class ModelCreateSerializer(StrictInputSerializer):
         max_length=100,
         error_messages={"invalid": NAME_RULE},
     )
-    version = serializers.CharField(max_length=MAX_VERSION_LENGTH, validators=[_version])
+    version = VersionField()
     description = serializers.CharField(required=False, allow_blank=True, max_length=10_000, default="")
     tags = TagListField(required=False, default=list)
     file = serializers.FileField(
@@ -57,15 +94,20 @@ class ModelCreateSerializer(StrictInputSerializer):
     )
 
 
+def _bounded(field: str, **kwargs) -> serializers.IntegerField:
+    low, high = BATCHING_BOUNDS[field]
+    return serializers.IntegerField(min_value=low, max_value=high, required=False, **kwargs)
+
+
 class BatchingSerializer(StrictInputSerializer):
     """Dynamic batching settings (Triton's names); see inference/batching.py."""
 
     enabled = serializers.BooleanField(source="batching_enabled", required=False)
-    max_batch_size = serializers.IntegerField(min_value=1, max_value=100_000, required=False)
-    max_queue_delay_microseconds = serializers.IntegerField(min_value=0, max_value=10_000_000, required=False)
-    preferred_batch_size = serializers.IntegerField(min_value=1, max_value=100_000, required=False, allow_null=True)
-    max_queue_size = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False)
-    default_timeout_microseconds = serializers.IntegerField(min_value=0, max_value=600_000_000, required=False)
+    max_batch_size = _bounded("max_batch_size")
+    max_queue_delay_microseconds = _bounded("max_queue_delay_microseconds")
+    preferred_batch_size = _bounded("preferred_batch_size", allow_null=True)
+    max_queue_size = _bounded("max_queue_size")
+    default_timeout_microseconds = _bounded("default_timeout_microseconds")
 
 
 class ModelUpdateSerializer(StrictInputSerializer):
@@ -141,11 +183,7 @@ class ModelSerializer(serializers.ModelSerializer):
 
 
 class AliasSetSerializer(StrictInputSerializer):
-    version = serializers.CharField(
-        max_length=MAX_VERSION_LENGTH,
-        validators=[_version],
-        help_text="The version to point the alias at: a ready version of this name, e.g. 1.2.0.",
-    )
+    version = VersionField(help_text="The version to point the alias at: a ready version of this name, e.g. 1.2.0.")
 
 
 def _actor_type(user_id, key_id) -> str | None:

@@ -11,11 +11,15 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from modelforge_site import invalidation
@@ -32,6 +36,7 @@ from registry.errors import (
     NoFile,
     StorageUnavailable,
     StoredFileInvalid,
+    VersionImmutable,
 )
 from registry.models import ALIAS_RULE, AliasEvent, MLModel, ModelAlias, Tag, validate_alias
 from registry.storage import FileTooLarge, ModelStore, StoredFileMismatch, sha256_of_file
@@ -39,8 +44,10 @@ from registry.storage import FileTooLarge, ModelStore, StoredFileMismatch, sha25
 logger = logging.getLogger(__name__)
 Status = MLModel.Status
 
-UPLOADABLE = (Status.PENDING, Status.UPLOADED, Status.READY, Status.ERROR)
-VALIDATABLE = (Status.UPLOADED, Status.READY, Status.ERROR, Status.VALIDATING)
+# A ready version's file is fixed (first_ready_at): only versions never ready take a new file.
+UPLOADABLE = (Status.PENDING, Status.UPLOADED, Status.ERROR)
+VALIDATABLE = (Status.UPLOADED, Status.READY, Status.ERROR)
+SWEEP_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -170,22 +177,36 @@ def _store(staged: StagedFile) -> None:
 def model_upload(*, model: MLModel, staged: StagedFile) -> MLModel:
     """Put a staged file in place and point the model at it (status uploaded).
 
-    The row changes only if the file is stored; if the row cannot change (archived, or being
-    validated), the stored file is removed again unless another version shares it.
+    A version that has been ready keeps its file for good (409 `version_immutable`): a new file
+    is a new version. The row changes only if the file is stored; if the row cannot change
+    (archived, being validated, or ready meanwhile), the stored file is removed again unless
+    another version shares it.
     """
     if model.status == Status.ARCHIVED:
         raise ModelArchived(f"{model} is archived; register a new version instead.")
+    if model.is_immutable:
+        raise _immutable(model)
     if model.status not in UPLOADABLE:
         raise InvalidTransition(f"{model} is {model.status}; wait until validation ends, then upload again.")
     _store(staged)
     return _point_at(model=model, staged=staged)
 
 
+def _immutable(model: MLModel) -> VersionImmutable:
+    return VersionImmutable(
+        f"{model} has been ready, so its file can never be replaced. Register the new file as a new version "
+        f"(POST /api/v1/models with name {model.name} and a higher version, or the admin's "
+        "'Upload a new version')."
+    )
+
+
 def _point_at(*, model: MLModel, staged: StagedFile) -> MLModel:
     """Point the row at a stored file (status uploaded), or undo the store if it cannot move."""
     previous_sha = model.file_sha256
     now = timezone.now()
-    changed = MLModel.objects.filter(pk=model.pk, status__in=UPLOADABLE).update(
+    # first_ready_at is checked here too: a validation that ended ready after the caller read
+    # the row fixes the file, and this UPDATE must not replace it.
+    changed = MLModel.objects.filter(pk=model.pk, status__in=UPLOADABLE, first_ready_at__isnull=True).update(
         file_sha256=staged.sha256,
         file_size=staged.size,
         status=Status.UPLOADED,
@@ -203,6 +224,8 @@ def _point_at(*, model: MLModel, staged: StagedFile) -> MLModel:
     if not changed:
         _discard_if_unreferenced(staged.sha256)
         model.refresh_from_db()
+        if model.is_immutable:
+            raise _immutable(model)
         raise InvalidTransition(f"{model} changed to {model.status} meanwhile; the upload was not applied.")
     if previous_sha and previous_sha != staged.sha256:
         transaction.on_commit(lambda: _discard_if_unreferenced(previous_sha))
@@ -212,10 +235,25 @@ def _point_at(*, model: MLModel, staged: StagedFile) -> MLModel:
     return model
 
 
-def model_validate(*, model: MLModel) -> MLModel:
-    """Run the structural, security and runtime checks in a sandboxed child process.
+# --- validation: asked for in a request, run in the background ---------------------------------
+#
+# A validation runs a sandboxed child for up to VALIDATION_TIMEOUT_SECONDS, too long for a
+# serving thread. `model_validate` only moves the row to `validating` and hands the run over
+# once the transaction commits: to a Celery task (registry.tasks) with a broker, else to the
+# embedded runner's threads (jobs.runner), as jobs are. Delivery is at least once: the run
+# claims the row (`validation_attempts` + 1 as one conditional UPDATE, the attempt being the
+# token of the only run that may write the outcome), and `validations_sweep` hands over again
+# what a down broker or a lost worker left behind.
 
-    Ends with status ready (schema and metadata filled in) or error (code and reason).
+
+def model_validate(*, model: MLModel, inline: bool = False) -> MLModel:
+    """Ask for the structural, security and runtime checks: status validating, then ready
+    (schema and metadata filled in) or error (code and reason).
+
+    By default the checks run in the background and the model comes back `validating`; with
+    `inline` they run in this thread and the model comes back with the outcome (import_models
+    and other commands, which hold no serving thread). Asking again while a validation is
+    waiting or running hands it over again, which is harmless (only one run takes it).
     """
     if model.status == Status.ARCHIVED:
         raise ModelArchived(f"{model} is archived and is not validated again.")
@@ -223,14 +261,79 @@ def model_validate(*, model: MLModel) -> MLModel:
         raise NoFile(f"{model} has no file yet. Upload one with POST /api/v1/models/{model.pk}/upload.")
     sha256 = model.file_sha256
     started = MLModel.objects.filter(pk=model.pk, status__in=VALIDATABLE, file_sha256=sha256).update(
-        status=Status.VALIDATING, updated_at=timezone.now()
+        status=Status.VALIDATING, validation_started_at=None, validation_attempts=0, updated_at=timezone.now()
     )
     if not started:
         model.refresh_from_db()
-        raise InvalidTransition(f"{model} changed to {model.status} meanwhile; validate again.")
-    invalidation.notify("models")
+        if model.status != Status.VALIDATING or model.file_sha256 != sha256:
+            raise InvalidTransition(f"{model} changed to {model.status} meanwhile; validate again.")
+    else:
+        invalidation.notify("models")
+    if inline or settings.VALIDATION_EAGER:
+        model_validation_run(model_id=model.pk)
+    else:
+        transaction.on_commit(partial(validation_enqueue, model_id=model.pk), robust=True)
+    model.refresh_from_db()
+    return model
 
-    result = _check_file(sha256)
+
+def validation_enqueue(*, model_id) -> bool:
+    """Hand a waiting validation to the broker (task registry.validate) or, without one, to the
+    embedded runner. A broker that cannot be reached leaves it for the sweeper: the row stays
+    `validating` and nothing is lost. Returns whether it was handed over."""
+    from registry import tasks
+
+    try:
+        tasks.submit_validation(str(model_id))
+    except Exception as exc:
+        logger.warning(
+            "could not queue a validation (%s); the sweeper retries",
+            exc,
+            extra={"model_id": str(model_id), "error": repr(exc)},
+        )
+        return False
+    return True
+
+
+def model_validation_run(*, model_id) -> MLModel | None:
+    """Run a requested validation: claim it, check the file in the sandbox, write the outcome.
+
+    Idempotent: `None` (nothing done) when the row is gone, not validating, or taken by another
+    run that is still within VALIDATION_STUCK_AFTER_SECONDS. A validation taken JOB_MAX_ATTEMPTS
+    times without an outcome (its worker was lost each time) ends as `validation_crashed`.
+    """
+    model = MLModel.objects.filter(pk=model_id, status=Status.VALIDATING).first()
+    if model is None:
+        return None
+    now = timezone.now()
+    stale = Q(validation_started_at__isnull=True) | Q(
+        validation_started_at__lt=now - timedelta(seconds=settings.VALIDATION_STUCK_AFTER_SECONDS)
+    )
+    takeable = MLModel.objects.filter(
+        stale,
+        pk=model.pk,
+        status=Status.VALIDATING,
+        file_sha256=model.file_sha256,
+        validation_attempts=model.validation_attempts,
+    )
+    if model.validation_attempts >= settings.JOB_MAX_ATTEMPTS:
+        if takeable.update(
+            status=Status.ERROR,
+            error_code="validation_crashed",
+            error_message=(
+                f"Gave up after {model.validation_attempts} attempts: the process validating the model was "
+                "lost each time. Validate again, or check the workers' logs."
+            ),
+            validated_at=now,
+            updated_at=now,
+        ):
+            invalidation.notify("models")
+        return None
+    attempt = model.validation_attempts + 1
+    if not takeable.update(validation_started_at=now, validation_attempts=attempt):
+        return None
+
+    result = _check_file(model.file_sha256)
     now = timezone.now()
     if result.ok:
         report = result.report
@@ -243,17 +346,54 @@ def model_validate(*, model: MLModel) -> MLModel:
             value_dependent_memory=report.get("value_dependent_memory", False),
             error_code="",
             error_message="",
+            first_ready_at=Coalesce(F("first_ready_at"), Value(now)),
         )
     else:
         fields = dict(status=Status.ERROR, error_code=result.code, error_message=result.detail[:5000])
-    # Compare-and-set: a re-upload or archive while the child ran wins over this result.
-    MLModel.objects.filter(pk=model.pk, status=Status.VALIDATING, file_sha256=sha256).update(
-        validated_at=now, updated_at=now, **fields
-    )
+    # Compare-and-set on the attempt: a re-upload, an archive or a later take wins over this result.
+    written = MLModel.objects.filter(
+        pk=model.pk, status=Status.VALIDATING, file_sha256=model.file_sha256, validation_attempts=attempt
+    ).update(validated_at=now, updated_at=now, **fields)
+    if not written:
+        return None
     invalidation.notify("models")
     model.refresh_from_db()
     logger.info("model validated", extra={"model": str(model), "status": model.status, "code": model.error_code})
     return model
+
+
+def validations_sweep(*, now: datetime | None = None) -> dict[str, int]:
+    """Hand over again the validations nobody will finish otherwise (Celery beat, or the
+    embedded runner's timer):
+
+    - asked for more than JOB_ENQUEUE_GRACE_SECONDS ago and not taken (the broker was down, or
+      the process that was to hand it over ended first);
+    - taken more than VALIDATION_STUCK_AFTER_SECONDS ago and unfinished (its worker was lost;
+      no sandbox outlives VALIDATION_TIMEOUT_SECONDS).
+
+    A waiting validation's clock (updated_at) restarts when it is handed over, so a long queue
+    gets one more message per grace period, not one per sweep.
+    """
+    now = now or timezone.now()
+    validating = MLModel.objects.filter(status=Status.VALIDATING)
+    waiting = validating.filter(
+        validation_started_at__isnull=True,
+        updated_at__lt=now - timedelta(seconds=settings.JOB_ENQUEUE_GRACE_SECONDS),
+    )
+    stuck = validating.filter(
+        validation_started_at__lt=now - timedelta(seconds=settings.VALIDATION_STUCK_AFTER_SECONDS)
+    )
+    report = {"waiting": 0, "stuck": 0}
+    for kind, rows in (("waiting", waiting), ("stuck", stuck)):
+        for pk in list(rows.order_by("updated_at").values_list("pk", flat=True)[:SWEEP_BATCH]):
+            if validation_enqueue(model_id=pk):
+                MLModel.objects.filter(pk=pk, status=Status.VALIDATING, validation_started_at__isnull=True).update(
+                    updated_at=now
+                )
+                report[kind] += 1
+    if any(report.values()):
+        logger.info("validations handed over again", extra=report)
+    return report
 
 
 def _verify_stored_file(sha256: str) -> tuple[Path | None, sandbox.SandboxResult | None]:
@@ -296,8 +436,11 @@ def model_register(
     description: str = "",
     tags: Iterable[str] = (),
     actor=None,
+    inline: bool = False,
 ) -> MLModel:
-    """Create, upload and validate in one step (multipart create, the admin, import_models).
+    """Create, upload and ask for validation in one step (multipart create, the admin,
+    import_models): the model comes back `validating`, or with the outcome if `inline` (see
+    `model_validate`).
 
     The file goes to the storage before any row is written: if the storage is down, the call
     fails with 503 storage_unavailable and there is no model to clean up.
@@ -315,7 +458,7 @@ def model_register(
         MLModel.objects.filter(pk=model.pk).delete()
         _discard_if_unreferenced(staged.sha256)
         raise
-    return model_validate(model=model)
+    return model_validate(model=model, inline=inline)
 
 
 def _refuse_if_aliased(model: MLModel, act: str) -> None:

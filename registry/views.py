@@ -9,6 +9,7 @@ from rest_framework import mixins, parsers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.filters import SearchFilter
 from rest_framework.response import Response
+from rest_framework.reverse import reverse
 
 from access.models import Scope
 from access.throttling import KeyRateThrottle
@@ -34,7 +35,10 @@ _ERRORS = {
     401: UNAUTHENTICATED,
     403: "`missing_scope`: the key lacks the scope; `permission_denied`: the session lacks the Django permission.",
     404: "No such model.",
-    409: "Conflict with the model's current state (e.g. `duplicate_version`, `model_archived`, `model_aliased`).",
+    409: (
+        "Conflict with the model's current state (e.g. `duplicate_version`, `model_archived`, `model_aliased`, "
+        "`version_immutable`: a version that has been ready keeps its file)."
+    ),
     413: "The file is over MAX_MODEL_SIZE_MB (`model_too_large`).",
     429: "`throttled`: the key sent too many uploads (THROTTLE_RATE_UPLOAD); see Retry-After.",
 }
@@ -94,7 +98,8 @@ class ModelViewSet(
     ordering = ("name", "-version_key")
     http_method_names = ("get", "post", "patch", "delete", "head", "options")
     throttle_classes = (KeyRateThrottle,)
-    throttle_scopes = {"create": "upload", "upload": "upload"}
+    # Each of these may cost a validation (a sandboxed child for up to VALIDATION_TIMEOUT_SECONDS).
+    throttle_scopes = {"create": "upload", "upload": "upload", "validate": "upload"}
 
     def get_object(self):
         try:
@@ -103,9 +108,22 @@ class ModelViewSet(
             raise ModelNotFound("No model with this id. List models with GET /api/v1/models.") from exc
 
     @extend_schema(
-        summary="Register a model (JSON), or register, upload and validate it (multipart with `file`)",
+        summary=(
+            "Register a model (JSON: 201, status pending), or register, upload and start its validation "
+            "(multipart with `file`: 202, status validating; poll the Location until ready or error)"
+        ),
         request={"application/json": ModelCreateSerializer, "multipart/form-data": ModelCreateSerializer},
-        responses={201: ModelSerializer, **_errors(400, 401, 403, 409, 413, 429)},
+        responses={
+            201: OpenApiResponse(ModelSerializer, description="Registered without a file (status pending)."),
+            202: OpenApiResponse(
+                ModelSerializer,
+                description=(
+                    "Registered and uploaded; validation runs in the background (status validating). "
+                    "`Location` is the model's URL."
+                ),
+            ),
+            **_errors(400, 401, 403, 409, 413, 429),
+        },
     )
     def create(self, request):
         serializer = ModelCreateSerializer(data=request.data)
@@ -114,10 +132,10 @@ class ModelViewSet(
         upload = data.pop("file", None)
         if upload is None:
             model = services.model_create(**data, actor=actor_of(request))
-        else:
-            staged = services.stage_uploaded_file(upload)
-            model = services.model_register(**data, staged=staged, actor=actor_of(request))
-        return Response(ModelSerializer(model).data, status=status.HTTP_201_CREATED)
+            return Response(ModelSerializer(model).data, status=status.HTTP_201_CREATED)
+        staged = services.stage_uploaded_file(upload)
+        model = services.model_register(**data, staged=staged, actor=actor_of(request))
+        return _accepted(request, model)
 
     @extend_schema(
         summary="Change a model's description or tags",
@@ -149,14 +167,20 @@ class ModelViewSet(
         return Response(ModelSerializer(model).data)
 
     @extend_schema(
-        summary="Validate the uploaded file: ends ready (with schema and metadata) or error",
+        summary=(
+            "Validate the uploaded file in the background (202, status validating); "
+            "poll the Location until ready (with schema and metadata) or error"
+        ),
         request=None,
-        responses={200: ModelSerializer, **_errors(401, 403, 404, 409)},
+        responses={
+            202: OpenApiResponse(ModelSerializer, description="Validation started; `Location` is the model's URL."),
+            **_errors(401, 403, 404, 409, 429),
+        },
     )
     @action(detail=True, methods=["post"])
     def validate(self, request, pk=None):
         model = services.model_validate(model=self.get_object())
-        return Response(ModelSerializer(model).data)
+        return _accepted(request, model)
 
     @extend_schema(
         summary="Archive a model version: kept and listed, never served (409 `model_aliased` while an alias "
@@ -172,13 +196,15 @@ class ModelViewSet(
     @extend_schema(
         summary="Unarchive a model version: its stored file is re-verified (sha256) and validated again",
         description=(
-            "The version becomes `uploaded` and is validated as after an upload: it ends `ready`, or `error` "
-            "with the reason. A version whose stored file is gone or no longer matches its sha256 stays "
-            "archived (409 `file_missing` or `checksum_mismatch`)."
+            "The version is validated again as after an upload: 202 with status `validating` and its URL in "
+            "`Location`, then `ready`, or `error` with the reason (200 for a version archived before it had a "
+            "file: it is `pending` again). A version whose stored file is gone or no longer matches its sha256 "
+            "stays archived (409 `file_missing` or `checksum_mismatch`)."
         ),
         request=None,
         responses={
             200: ModelSerializer,
+            202: OpenApiResponse(ModelSerializer, description="Validation started; `Location` is the model's URL."),
             **error_responses(
                 {
                     **_ERRORS,
@@ -196,7 +222,15 @@ class ModelViewSet(
     @action(detail=True, methods=["post"])
     def unarchive(self, request, pk=None):
         model = services.model_unarchive(model=self.get_object())
+        if model.status == MLModel.Status.VALIDATING:
+            return _accepted(request, model)  # re-validated in the background, as after an upload
         return Response(ModelSerializer(model).data)
+
+
+def _accepted(request, model: MLModel) -> Response:
+    """202 with the model (status validating) and its URL to poll in Location."""
+    location = reverse("model-detail", args=[model.pk], request=request)
+    return Response(ModelSerializer(model).data, status=status.HTTP_202_ACCEPTED, headers={"Location": location})
 
 
 class ModelNameViewSet(viewsets.GenericViewSet):

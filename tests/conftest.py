@@ -39,6 +39,14 @@ def _inference_state(settings):
 
 
 @pytest.fixture(autouse=True)
+def _validation_in_the_test(settings):
+    """A requested validation runs at once, in the test's thread and transaction: the
+    background runner could not see that transaction (it is never committed). The tests of the
+    background validation itself (tests/registry/test_background_validation.py) turn this off."""
+    settings.VALIDATION_EAGER = True
+
+
+@pytest.fixture(autouse=True)
 def _fresh_cache():
     from django.core.cache import cache
 

@@ -27,6 +27,7 @@ from jobs.models import Job
 from tests import granian_server
 from tests.inference.factories import make_scaled_model
 from tests.jobs.conftest import BROKER_URL, CeleryWorker, database_url
+from tests.registry.polling import wait_validated
 from tests.s3_server import MotoServer, s3_environment
 
 PORTS = range(8400, 8500)
@@ -160,6 +161,11 @@ def poll(check, *, bound: float, what: str):
 X = {"X": [[1.0, 2.0, 3.0]]}
 
 
+def validated_on(node, model_id: str, key: str) -> dict:
+    """The model once its background validation (on the Celery workers) has ended."""
+    return wait_validated(lambda: node.request("GET", f"/api/v1/models/{model_id}", key=key)[1])
+
+
 def test_two_nodes_and_two_workers_share_models_changes_and_jobs(cluster):
     a, b, workers, keys = cluster
     predict_key, manage_key = keys["predict"], keys["manage"]
@@ -175,23 +181,28 @@ def test_two_nodes_and_two_workers_share_models_changes_and_jobs(cluster):
     status, model = a.upload(
         "/api/v1/models", manage_key, {"name": "scaler", "version": "1.0.0"}, make_scaled_model(2.0)
     )
-    assert status == 201, model
+    assert status == 202, model
+    model = validated_on(a, model["id"], manage_key)
     assert model["status"] == "ready", model
     status, body = predict_on(b, model["id"])
     assert status == 200, (body, b.log_tail())
     assert body["output_data"] == {"Y": [[2.0, 4.0, 6.0]]}
     assert predict_on(a, model["id"])[1]["output_data"] == {"Y": [[2.0, 4.0, 6.0]]}
 
-    # Re-uploaded and validated on A: B serves the new file.
-    status, _ = a.upload(f"/api/v1/models/{model['id']}/upload", manage_key, {}, make_scaled_model(3.0))
-    assert status == 200
-    status, validated = a.request("POST", f"/api/v1/models/{model['id']}/validate", key=manage_key)
-    assert (status, validated["status"]) == (200, "ready"), validated
-    poll(
-        lambda: predict_on(b, model["id"])[1].get("output_data") == {"Y": [[3.0, 6.0, 9.0]]},
-        bound=PROPAGATION_BOUND_SECONDS,
-        what="the re-upload on B",
+    # A ready version keeps its file; a new file is a new version, uploaded on A and served by B.
+    status, refused = a.upload(f"/api/v1/models/{model['id']}/upload", manage_key, {}, make_scaled_model(3.0))
+    assert (status, refused["code"]) == (409, "version_immutable")
+    status, second = a.upload(
+        "/api/v1/models", manage_key, {"name": "scaler", "version": "1.1.0"}, make_scaled_model(3.0)
     )
+    assert status == 202, second
+    assert validated_on(a, second["id"], manage_key)["status"] == "ready"
+    poll(
+        lambda: predict_on(b, second["id"])[1].get("output_data") == {"Y": [[3.0, 6.0, 9.0]]},
+        bound=PROPAGATION_BOUND_SECONDS,
+        what="the new version on B",
+    )
+    assert predict_on(b, model["id"])[1]["output_data"] == {"Y": [[2.0, 4.0, 6.0]]}
 
     # Archived on A: B refuses it.
     status, _ = a.request("POST", f"/api/v1/models/{model['id']}/archive", key=manage_key)
@@ -207,7 +218,9 @@ def test_two_nodes_and_two_workers_share_models_changes_and_jobs(cluster):
     status, iris = a.upload(
         "/api/v1/models", manage_key, {"name": "jobs-scaler", "version": "1.0.0"}, make_scaled_model(5.0)
     )
-    assert (status, iris["status"]) == (201, "ready"), iris
+    assert status == 202, iris
+    iris = validated_on(a, iris["id"], manage_key)
+    assert iris["status"] == "ready", iris
     job_ids = []
     for index in range(12):
         node = (a, b)[index % 2]

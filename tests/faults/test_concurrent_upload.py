@@ -45,9 +45,9 @@ def test_same_name_and_version_uploaded_at_once_one_wins(make_key, model_storage
         thread.join(120)
 
     statuses = sorted(answer.status_code for answer in answers)
-    assert statuses == [201] + [409] * (RACERS - 1), [answer.content[:200] for answer in answers]
+    assert statuses == [202] + [409] * (RACERS - 1), [answer.content[:200] for answer in answers]
     assert {answer.json()["code"] for answer in answers if answer.status_code == 409} == {"duplicate_version"}
-    (winner,) = [answer.json() for answer in answers if answer.status_code == 201]
+    (winner,) = [answer.json() for answer in answers if answer.status_code == 202]
     assert winner["status"] == "ready"
     assert MLModel.objects.filter(name="race").count() == 1
     sha = winner["file_sha256"]

@@ -48,12 +48,13 @@ def predict_client(client_for):
 @pytest.fixture
 def register(manage_client):
     """register(data, name=..., version=...) -> the model as the API returns it after a
-    multipart create (upload and validation included), whatever status it ends in."""
+    multipart create (202: upload and validation, which tests run at once: see
+    tests/conftest.py), whatever status it ends in."""
 
     def _register(data: bytes, *, name: str = "model", version: str = "1.0.0") -> dict:
         upload = SimpleUploadedFile("model.onnx", data, content_type="application/octet-stream")
         response = manage_client.post(MODELS, {"name": name, "version": version, "file": upload}, format="multipart")
-        assert response.status_code == 201, response.json()
+        assert response.status_code == 202, response.json()
         return response.json()
 
     return _register

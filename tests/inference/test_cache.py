@@ -122,22 +122,25 @@ def test_metrics_need_read_and_reset_needs_manage(api_client, client_for, read_c
     assert api_client.post(f"{CACHE_METRICS}/reset").status_code == 401
 
 
-def test_a_new_file_for_the_model_invalidates_its_cached_outputs(ready_model, predict_client, manage_client):
+def test_a_new_file_is_a_new_version_with_its_own_cached_outputs(ready_model, predict_client, manage_client):
     model = ready_model(make_scaled_model(2.0), name="scaler")
     url = f"{MODELS}/{model['id']}"
     assert predict_ok(predict_client, model["id"], {"X": [[1, 2, 3]]})["output_data"] == {"Y": [[2.0, 4.0, 6.0]]}
     assert predict_ok(predict_client, model["id"], {"X": [[1, 2, 3]]})["cached"] is True
 
+    # A ready version keeps its file, so its cached outputs stay right; the new file is a new version.
     retrained = make_scaled_model(3.0)
     upload = SimpleUploadedFile("model.onnx", retrained, content_type="application/octet-stream")
-    assert manage_client.post(f"{url}/upload", {"file": upload}, format="multipart").status_code == 200
-    assert manage_client.post(f"{url}/validate").json()["status"] == "ready"
+    refused = manage_client.post(f"{url}/upload", {"file": upload}, format="multipart")
+    assert (refused.status_code, refused.json()["code"]) == (409, "version_immutable")
+    assert predict_ok(predict_client, model["id"], {"X": [[1, 2, 3]]})["output_data"] == {"Y": [[2.0, 4.0, 6.0]]}
+    new = ready_model(retrained, name="scaler", version="1.1.0")
 
-    body = predict_ok(predict_client, model["id"], {"X": [[1, 2, 3]]})
+    body = predict_ok(predict_client, new["id"], {"X": [[1, 2, 3]]})
     assert body["cached"] is False
     expected = reference_run(retrained, {"X": float32([[1, 2, 3]])})["Y"]
     assert body["output_data"] == {"Y": expected.tolist()} == {"Y": [[3.0, 6.0, 9.0]]}
-    assert predict_ok(predict_client, model["id"], {"X": [[1, 2, 3]]})["cached"] is True
+    assert predict_ok(predict_client, new["id"], {"X": [[1, 2, 3]]})["cached"] is True
 
 
 @pytest.fixture

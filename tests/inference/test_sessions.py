@@ -59,24 +59,19 @@ def test_archiving_drops_the_session_once_no_ready_model_uses_the_file(ready_mod
     assert get_pool().loaded() == []
 
 
-def test_a_reupload_drops_the_old_session_and_serves_the_new_file(ready_model, predict_client, manage_client):
+def test_a_reupload_is_refused_and_the_session_keeps_serving(ready_model, predict_client, manage_client):
+    # A version that has been ready keeps its file (a new file is a new version), so its
+    # session is never stale because of an upload.
     model = ready_model(make_scaled_model(2.0), name="scaler")
     old_sha = model["file_sha256"]
     assert predict_ok(predict_client, model["id"], X)["output_data"] == {"Y": [[2.0, 4.0, 6.0]]}
     assert get_pool().loaded() == [old_sha]
 
-    uploaded = upload(manage_client, model["id"], make_scaled_model(5.0))
-    assert uploaded.json()["status"] == "uploaded"
-    assert get_pool().sweep_stale(force=True) == [old_sha]
-    assert get_pool().loaded() == []
-    waiting = predict(predict_client, model["id"], X)
-    assert waiting.status_code == 409
-    assert waiting.json()["code"] == "model_not_ready"
-
-    assert manage_client.post(f"{MODELS}/{model['id']}/validate").json()["status"] == "ready"
-    body = predict_ok(predict_client, model["id"], X)
-    assert body["output_data"] == {"Y": [[5.0, 10.0, 15.0]]}
-    assert get_pool().loaded() == [uploaded.json()["file_sha256"]]
+    refused = upload(manage_client, model["id"], make_scaled_model(5.0))
+    assert (refused.status_code, refused.json()["code"]) == (409, "version_immutable")
+    assert get_pool().sweep_stale(force=True) == []
+    assert get_pool().loaded() == [old_sha]
+    assert predict_ok(predict_client, model["id"], X)["output_data"] == {"Y": [[2.0, 4.0, 6.0]]}
 
 
 def test_a_file_changed_on_disk_is_refused_and_other_models_still_answer(ready_model, predict_client):

@@ -189,6 +189,32 @@ def test_add_form_registers_a_ready_model_with_schema(admin_client, ops_user):
     assert "adder 1.0.0 is ready: 2 inputs, 1 output." in messages_of(response)
 
 
+def test_add_form_goes_to_the_model_page_which_refreshes_while_validating(admin_client, settings):
+    # The hand-over to the background waits for a commit this test never makes, so the
+    # version stays validating for as long as the test looks at it.
+    settings.VALIDATION_EAGER = False
+    response = admin_client.post(ADD, {"name": "adder", "version": "1.0.0", "file": onnx_file(make_add_model())})
+
+    model = MLModel.objects.get(name="adder", version="1.0.0")
+    assert (response.status_code, response.url) == (302, change_url(model))
+    assert model.status == Status.VALIDATING
+    assert any(
+        m == "adder 1.0.0 is being validated in the background; its page refreshes until it is ready or has failed."
+        for m in messages_of(response)
+    )
+    html = admin_client.get(response.url).content.decode()
+    assert '<meta http-equiv="refresh" content="2">' in html
+    assert "<strong>Validating…</strong>" in html
+    assert "waiting for a worker" in html
+
+    services.model_validation_run(model_id=model.pk)  # what the runner or a worker does
+
+    html = admin_client.get(change_url(model)).content.decode()
+    assert 'http-equiv="refresh"' not in html
+    assert "Status: Ready" in html
+    assert "Validating…" not in html
+
+
 def test_add_form_with_random_bytes_ends_in_error_with_the_message_shown(admin_client):
     response = admin_client.post(ADD, {"name": "noise", "version": "1.0.0", "file": onnx_file(random_bytes())})
 
@@ -347,7 +373,9 @@ def test_change_form_edits_description_and_tags_only(admin_client):
 
 
 def test_change_form_upload_replaces_the_file_and_validates_again(admin_client):
-    model = register("swap", "1.0.0", make_add_model())
+    # A version that has never been ready (its file failed validation) takes a new file.
+    model = register("swap", "1.0.0", random_bytes())
+    assert model.status == Status.ERROR
     old_sha = model.file_sha256
 
     response = admin_client.post(
@@ -397,10 +425,11 @@ def test_validate_action_reports_ready_error_and_refused(admin_client):
 
     assert response.status_code == 302
     good.refresh_from_db()
+    bad.refresh_from_db()
     assert (good.status, good.error_code) == (Status.READY, "")
+    assert (bad.status, bad.error_code) == (Status.ERROR, "invalid_model")
     shown = messages_of(response)
-    assert shown[0] == "Validated 2: 1 ready, 1 error, 2 refused."
-    assert any(m.startswith("bad 1.0.0 failed (invalid_model): ") for m in shown)
+    assert shown[0] == "Validation started for 2 (in the background: the list shows each outcome), refused 2."
     assert any(m.startswith("Not validated: pending 1.0.0: pending:1.0.0 has no file yet.") for m in shown)
     assert any(m.startswith("Not validated: archived 1.0.0: archived:1.0.0 is archived") for m in shown)
 

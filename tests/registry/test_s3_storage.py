@@ -73,7 +73,7 @@ def predict(client, model_id: str):
 def test_upload_stores_the_model_in_the_bucket_and_serves_it(bucket, moto, manage_client, client_for):
     data = make_scaled_model(2.0)
     response = register(manage_client, data)
-    assert response.status_code == 201, response.json()
+    assert response.status_code == 202, response.json()
     body = response.json()
     assert body["status"] == "ready", body
     assert object_bytes(moto, bucket, body["file_sha256"]) == data
@@ -209,15 +209,15 @@ def test_storage_down_on_upload_is_503_and_registers_nothing(settings, tmp_path,
     assert not list((tmp_path / "cache").glob("??/??/*.onnx"))
 
 
-def test_storage_down_on_reupload_keeps_the_served_file(settings, tmp_path, own_moto, manage_client, client_for):
+def test_storage_down_on_a_new_version_keeps_the_served_one(settings, tmp_path, own_moto, manage_client, client_for):
     use_bucket(settings, tmp_path, own_moto)
     body = register(manage_client, make_scaled_model(8.0)).json()
     own_moto.stop()
 
-    upload = SimpleUploadedFile("model.onnx", make_scaled_model(9.0), content_type="application/octet-stream")
-    response = manage_client.post(f"{MODELS}/{body['id']}/upload", {"file": upload}, format="multipart")
+    response = register(manage_client, make_scaled_model(9.0), version="1.1.0")
     assert response.status_code == 503
     assert response.json()["code"] == "storage_unavailable"
+    assert not MLModel.objects.filter(name="scaler", version="1.1.0").exists()
     model = MLModel.objects.get(pk=body["id"])
     assert (model.status, model.file_sha256) == (MLModel.Status.READY, body["file_sha256"])
     answer = predict(client_for("predict"), body["id"])  # served from this node's verified copy
@@ -265,7 +265,7 @@ def test_storage_down_on_validate_ends_with_a_code_that_says_so(settings, tmp_pa
     own_moto.stop()
 
     response = manage_client.post(f"{MODELS}/{body['id']}/validate")
-    assert response.status_code == 200
+    assert response.status_code == 202
     assert (response.json()["status"], response.json()["error_code"]) == ("error", "storage_unavailable")
 
 

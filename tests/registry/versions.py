@@ -34,6 +34,7 @@ def ready_version(data: bytes, *, name: str, version: str) -> MLModel:
         output_schema=report["output_schema"],
         model_metadata=report["model_metadata"],
         validated_at=timezone.now(),
+        first_ready_at=timezone.now(),
     )
     model.refresh_from_db()
     return model

@@ -44,11 +44,11 @@ def temp_files(storage) -> list:
 
 
 def assert_refused(manage_client, serving, model_storage, data: bytes, code: str) -> None:
-    """The upload is answered (201, the row in status error with ``code``), never served,
+    """The upload is answered (202, the row in status error with ``code``), never served,
     leaves no temp file, and the model that was there still answers on both paths."""
     model, key = serving
     response = upload(manage_client, data)
-    assert response.status_code == 201, response.content[:500]
+    assert response.status_code == 202, response.content[:500]
     body = response.json()
     assert (body["status"], body["error_code"]) == ("error", code), body
     assert body["error_message"]
@@ -170,7 +170,7 @@ def test_traversal_like_file_name_is_only_a_label(manage_client, serving, model_
     """The stored path comes from the sha256: the client's file name never reaches the disk."""
     model, key = serving
     response = upload(manage_client, _VALID, name="adder", filename=filename)
-    assert response.status_code == 201
+    assert response.status_code == 202
     sha = response.json()["file_sha256"]
     assert response.json()["status"] == "ready"
     assert (model_storage / sha[:2] / sha[2:4] / f"{sha}.onnx").is_file()

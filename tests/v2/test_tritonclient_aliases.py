@@ -12,6 +12,7 @@ import urllib3
 from tritonclient.utils import InferenceServerException
 
 from tests.inference.factories import make_scaled_model, reference_run
+from tests.registry.polling import wait_validated
 from tests.v2.test_tritonclient import tensor
 
 pytestmark = pytest.mark.e2e
@@ -31,9 +32,15 @@ def register_versions(server) -> str:
     for version, factor in FACTORS.items():
         upload = ("model.onnx", make_scaled_model(factor), "application/octet-stream")
         response = api(server, "POST", "/models", fields={"name": name, "version": version, "file": upload})
-        assert response.status == 201, response.data[:2000]
-        assert response.json()["status"] == "ready"
+        assert response.status == 202, response.data[:2000]
+        assert wait_validated(read_model(server, response.json()["id"]))["status"] == "ready"
     return name
+
+
+def read_model(server, model_id: str):
+    """What tests.registry.polling.wait_validated polls: the model, with the read key."""
+    url, headers = f"{server.base}/api/v1/models/{model_id}", {"Authorization": f"Bearer {server.keys['read']}"}
+    return lambda: urllib3.request("GET", url, headers=headers, timeout=120).json()
 
 
 def move(server, name: str, alias: str, version: str) -> None:

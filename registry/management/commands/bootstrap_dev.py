@@ -36,6 +36,7 @@ class Command(BaseCommand):
                 staged=staged,
                 description="Demo: iris species from 4 measurements (scikit-learn logistic regression).",
                 tags=["demo"],
+                inline=True,  # a command holds no serving thread: the demo is ready when it returns
             )
         user_model = get_user_model()
         if not user_model.objects.filter(username=DEV_ADMIN[0]).exists():
