@@ -206,6 +206,10 @@ def test_upload_a_new_version_and_move_the_production_alias(page, server, tmp_pa
 
     model_page(page, "iris", "1.1.0")
     page.get_by_role("button", name="Move alias here").click()  # production -> 1.1.0 (created)
+    # Creating production asks first: what requests without a version will get from now on.
+    expect(page.locator("#content")).to_contain_text("iris@production")
+    shot(page, "06b-alias-confirmation")
+    page.locator("#mf-confirm-button").click()
     expect(page.locator(".messagelist")).to_contain_text("Alias iris@production now points at 1.1.0")
 
     # A new version from the page: the name is fixed, the version suggested (the next patch).
@@ -219,6 +223,10 @@ def test_upload_a_new_version_and_move_the_production_alias(page, server, tmp_pa
     expect(page.locator("#mf-status h2")).to_have_text("Status: Ready", timeout=VALIDATION_BOUND_MS)
 
     page.get_by_role("button", name="Move alias here").click()  # production 1.1.0 -> 1.1.1
+    confirmation = page.locator("#content")
+    expect(confirmation).to_contain_text("1.1.0")  # from -> to, on the page that asks first
+    expect(confirmation).to_contain_text("1.1.1")
+    page.locator("#mf-confirm-button").click()
     expect(page.locator(".messagelist")).to_contain_text("Alias iris@production now points at 1.1.1 (was 1.1.0)")
     history = page.locator("#mf-alias-history tbody tr").first
     expect(history).to_contain_text("Moved")

@@ -82,7 +82,9 @@ def test_predictions_through_django_and_the_fast_path_are_counted(ready_model, p
     assert predict(predict_client, model["id"], {"X": ROW}).status_code == 200  # Django: hit
     assert predict(predict_client, model["id"], {"X": [[1.0]]}).status_code == 400  # bad shape
     app = PredictFastPath(get_wsgi_application())
-    key = make_key("predict", name="fast")[1]
+    # The same key as the Django requests: the prediction cache is per key, and the last
+    # request is to hit the entry the first one stored.
+    key = predict_client._credentials["HTTP_AUTHORIZATION"].removeprefix("Bearer ")
     body = orjson.dumps({"input_data": {"X": ROW}, "skip_cache": True})
     status, headers, _ = call(app, f"/api/v1/models/{model['id']}/predict", body, key=key)
     assert status == 200  # fast path, no cache lookup, runs

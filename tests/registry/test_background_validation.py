@@ -134,7 +134,8 @@ def test_the_sweeper_hands_over_a_validation_the_broker_never_got(manage_client,
     later = timezone.now() + timedelta(seconds=settings.JOB_ENQUEUE_GRACE_SECONDS + 1)
     assert services.validations_sweep(now=later) == {"waiting": 1, "stuck": 0}
 
-    assert wait_validated(read(manage_client, model_id))["status"] == "ready"
+    validated = wait_validated(read(manage_client, model_id))
+    assert validated["status"] == "ready", validated
 
 
 def test_the_sweeper_hands_over_a_validation_whose_worker_was_lost(manage_client, settings):
