@@ -39,19 +39,13 @@ from typing import Any
 
 import orjson
 
+from registry.sandbox import child_env
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 _HEADER = struct.Struct("<QQ")  # header bytes, payload bytes
 _SOCKET_BUFFER_BYTES = 8 * 2**20
 _IOV_MAX = 512  # buffers per sendmsg call (Linux allows 1024)
-_INHERITED_ENV = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "TMPDIR")
-_CHILD_ENV = {
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "PYTHONDONTWRITEBYTECODE": "1",
-    "MALLOC_ARENA_MAX": "2",
-}
 # ONNX Runtime's and the C++ runtime's words for a failed allocation, and for an output that
 # ONNX Runtime refuses to allocate at all (Tile, past 4 GB).
 _OUT_OF_MEMORY_PHRASES = (
@@ -356,9 +350,8 @@ class IsolatedSession:
 
 
 def _child_env() -> dict[str, str]:
-    env = {name: os.environ[name] for name in _INHERITED_ENV if name in os.environ}
-    env.update(_CHILD_ENV)
-    return env
+    # Two malloc arenas: what a run freed goes back to the one the next run allocates from.
+    return child_env(MALLOC_ARENA_MAX="2")
 
 
 # --- the child's side ---------------------------------------------------------------------------

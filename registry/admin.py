@@ -204,8 +204,23 @@ def _report_result(request, model: MLModel) -> None:
         messages.info(request, f"{_model_label(model)} is {model.get_status_display().lower()}.")
 
 
+class RefusedDeleteMixin:
+    """A delete the service refuses (an aliased version, an alias taken meanwhile) is a message
+    saying why and a redirect, not an error page."""
+
+    refused_delete_redirect: str | None
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except DomainError as exc:
+            messages.error(request, f"Not deleted: {exc.detail}")
+            target = self.refused_delete_redirect
+            return HttpResponseRedirect(reverse(target) if target else request.get_full_path())
+
+
 @admin.register(MLModel)
-class MLModelAdmin(ModelPageMixin, admin.ModelAdmin):
+class MLModelAdmin(RefusedDeleteMixin, ModelPageMixin, admin.ModelAdmin):
     list_display = (
         "name",
         "version_display",
@@ -417,12 +432,7 @@ class MLModelAdmin(ModelPageMixin, admin.ModelAdmin):
         context.update(admin_confirm.delete_context([context["object"]]))
         return super().render_delete_form(request, context)
 
-    def delete_view(self, request, object_id, extra_context=None):
-        try:
-            return super().delete_view(request, object_id, extra_context)
-        except DomainError as exc:
-            messages.error(request, f"Not deleted: {exc.detail}")
-            return HttpResponseRedirect(request.get_full_path())
+    refused_delete_redirect = None  # the delete page again, to show why
 
     def delete_model(self, request, obj: MLModel) -> None:
         services.model_delete(model=obj)
@@ -546,7 +556,7 @@ def alias_history_table(events: Iterable[AliasEvent]) -> SafeString:
 
 
 @admin.register(ModelAlias)
-class ModelAliasAdmin(admin.ModelAdmin):
+class ModelAliasAdmin(RefusedDeleteMixin, admin.ModelAdmin):
     """Aliases are created, moved and deleted through registry.services, so each change is
     audited (with the admin user as the actor) and every server process sees it at once."""
 
@@ -654,12 +664,7 @@ class ModelAliasAdmin(admin.ModelAdmin):
         context.update(admin_confirm.alias_delete_context([context["object"]]))
         return super().render_delete_form(request, context)
 
-    def delete_view(self, request, object_id, extra_context=None):
-        try:
-            return super().delete_view(request, object_id, extra_context)
-        except DomainError as exc:
-            messages.error(request, f"Not deleted: {exc.detail}")
-            return HttpResponseRedirect(reverse("admin:registry_modelalias_changelist"))
+    refused_delete_redirect = "admin:registry_modelalias_changelist"
 
     def delete_model(self, request, obj: ModelAlias) -> None:
         services.alias_delete(name=obj.name, alias=obj.alias, actor=request.user)

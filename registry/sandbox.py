@@ -81,7 +81,7 @@ def inspect_in_sandbox(path: str | os.PathLike[str], *, memory_mb: int, timeout_
         completed = subprocess.run(
             command,
             cwd=PROJECT_ROOT,
-            env=_child_env(),
+            env=child_env(),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=timeout_seconds,
@@ -96,9 +96,12 @@ def inspect_in_sandbox(path: str | os.PathLike[str], *, memory_mb: int, timeout_
     return _result_from(completed, cpu_seconds=cpu_seconds)
 
 
-def _child_env() -> dict[str, str]:
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child that handles an untrusted model (this sandbox, and the
+    memory-capped runner of inference.isolation): no secrets, one thread per numeric library."""
     env = {name: os.environ[name] for name in _INHERITED_ENV if name in os.environ}
     env.update(_CHILD_THREAD_ENV)
+    env.update(extra)
     return env
 
 

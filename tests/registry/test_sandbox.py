@@ -172,7 +172,7 @@ def test_child_environment_carries_no_secrets_and_one_thread(monkeypatch):
     monkeypatch.setenv("DJANGO_SECRET_KEY", "do-not-leak")
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
 
-    env = sandbox._child_env()
+    env = sandbox.child_env()
 
     assert "DJANGO_SECRET_KEY" not in env
     assert env["OMP_NUM_THREADS"] == "1"
