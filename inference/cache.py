@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+import cachetools
 import orjson
 from django.conf import settings
 from django.core.cache import cache
@@ -200,14 +201,19 @@ class BodyMemo:
     allow_non_finite flag and the input limits, so all of these are part of the memo key, and so
     is the cache tenant the cache key holds: the memo can only ever return the key the full path
     would compute for this caller. Only small bodies that did not ask to skip the cache are
-    remembered; the cache itself still decides hit or miss.
+    remembered; the cache itself still decides hit or miss. The least recently used body goes
+    first when MAX_ENTRIES are held.
     """
 
     MAX_BODY_BYTES = 16 * 1024
     MAX_ENTRIES = 10_000
 
     def __init__(self) -> None:
-        self._entries: OrderedDict[tuple, tuple[str, Any]] = OrderedDict()
+        # cachetools is not thread-safe (a get reorders its LRU links): every call takes the lock.
+        # Measured against the OrderedDict it replaces (bench/ttl_caches.py, 9 interleaved
+        # rounds, medians): hit 2621 vs 3053 ns, miss 2331 vs 2567, put 3407 vs 3372 — within the
+        # rounds' spread; the key's blake2b dominates either way.
+        self._entries: cachetools.LRUCache[tuple, tuple[str, Any]] = cachetools.LRUCache(maxsize=self.MAX_ENTRIES)
         self._lock = threading.Lock()
 
     @staticmethod
@@ -233,8 +239,6 @@ class BodyMemo:
             return
         with self._lock:
             self._entries[self._key(model, body, tenant)] = (cache_key, input_data)
-            if len(self._entries) > self.MAX_ENTRIES:
-                self._entries.popitem(last=False)
 
     def clear(self) -> None:
         with self._lock:
