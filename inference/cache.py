@@ -42,7 +42,13 @@ COUNTER_FLUSH_SECONDS = 1.0
 
 class LocalLRU:
     """Recently used entries of this process, bounded by total bytes. Entries never go stale:
-    a key names the exact file and inputs, so only the TTL and the bound remove them."""
+    a key names the exact file and inputs, so only the TTL and the bound remove them.
+
+    Hand-written on purpose (issue 16 asked for cachetools "unless a measurement says
+    otherwise"; bench/ttl_caches.py, 9 interleaved rounds, medians, ns/op): get-hit 640 vs 2600
+    for cachetools.TLRUCache (per-entry expiry, sized by bytes) behind a lock, get-miss 446 vs
+    2422, put 1942 vs 4598. A cached prediction is answered from here; ~2 us more is ~2 % of
+    the fast path's ~110 us."""
 
     def __init__(self) -> None:
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
