@@ -21,7 +21,7 @@ from jobs.runner import runner
 from registry import services
 from registry.models import MLModel
 from tests.inference.factories import make_scaled_model
-from tests.jobs.conftest import _jobs, celery_stack, celery_worker  # noqa: F401 (fixtures)
+from tests.jobs.conftest import _jobs, celery_stack, celery_worker, point_celery_at  # noqa: F401 (fixtures)
 from tests.registry.polling import wait_validated
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -121,10 +121,25 @@ def test_a_second_delivery_does_nothing(manage_client, held_runner):
 
 
 def test_the_sweeper_hands_over_a_validation_the_broker_never_got(manage_client, settings):
-    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens there
-    response = manage_client.post(
-        MODELS, {"name": "scaler", "version": "1.0.0", "file": onnx_file(make_scaled_model(2.0))}, format="multipart"
-    )
+    # The broker is down: nothing listens on port 1. The setting alone is not enough: this
+    # process's Celery app keeps its own connections, and with them a message would reach the
+    # real broker and the session's shared worker (tests/jobs/conftest.py).
+    from modelforge_site.celery import app
+
+    dead = "redis://127.0.0.1:1/0"
+    previous = app.conf.broker_read_url, app.conf.broker_write_url, app.conf.broker_transport_options
+    settings.CELERY_BROKER_URL = dead
+    point_celery_at(dead, "", settings)
+    try:
+        response = manage_client.post(
+            MODELS,
+            {"name": "scaler", "version": "1.0.0", "file": onnx_file(make_scaled_model(2.0))},
+            format="multipart",
+        )
+    finally:
+        app.conf.update(broker_read_url=previous[0], broker_write_url=previous[1], broker_transport_options=previous[2])
+        app.close()
+        app.amqp._producer_pool = None
     assert (response.status_code, response.json()["status"]) == (202, "validating")  # accepted all the same
     model_id = response.json()["id"]
     assert MLModel.objects.get(pk=model_id).validation_started_at is None
