@@ -19,7 +19,6 @@ it satisfies can be compared.
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import json
 import os
@@ -30,33 +29,24 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.batching import binary_request  # noqa: E402
-from bench.harness import PYTHON, free_port, machine, serve_command, server_env, wait_http, wrk  # noqa: E402
+from bench.harness import (  # noqa: E402
+    PYTHON,
+    free_port,
+    fresh_database,
+    machine,
+    serve_command,
+    server_env,
+    wait_http,
+    wrk,
+)
 
 ROW = [[5.1, 3.5, 1.4, 0.2]]
-
-
-def database_for(url: str | None, label: str, workdir: Path) -> str:
-    if not url or not url.startswith(("postgres://", "postgresql://")):
-        return f"sqlite:///{workdir / 'bench.sqlite3'}"
-    import psycopg
-
-    name = f"modelforge_ab_{label}_{os.getpid()}"
-    with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(url, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    atexit.register(drop)
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
 @contextlib.contextmanager
@@ -81,7 +71,7 @@ def prepare(root: Path, label: str, workdir: Path) -> tuple[dict, str]:
     (workdir / "models").mkdir(parents=True)
     source = workdir / "source"
     source.mkdir()
-    database = database_for(os.environ.get("DATABASE_URL"), label, workdir)
+    database = fresh_database(os.environ.get("DATABASE_URL"), workdir, label=f"ab_{label}")
     with mock_environ_without("DATABASE_URL"):
         env = server_env(workdir)  # the production settings of the bench, on a SQLite file here...
     env["DATABASE_URL"] = database  # ...replaced by this checkout's own database

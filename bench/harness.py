@@ -155,9 +155,9 @@ def server_env(workdir: Path) -> dict:
     return env
 
 
-def fresh_database(url: str | None, workdir: Path) -> str:
+def fresh_database(url: str | None, workdir: Path, label: str = "bench") -> str:
     """An empty database for this run: a new PostgreSQL database next to the one in `url`
-    (dropped at exit), or a SQLite file in the work folder."""
+    (dropped at exit), or a SQLite file in the work folder. `label` keeps several apart."""
     if not url or not url.startswith(("postgres://", "postgresql://")):
         return f"sqlite:///{workdir / 'bench.sqlite3'}"
     import atexit
@@ -165,7 +165,7 @@ def fresh_database(url: str | None, workdir: Path) -> str:
 
     import psycopg
 
-    name = f"modelforge_bench_{os.getpid()}"
+    name = f"modelforge_{label}_{os.getpid()}"
     parts = urlsplit(url)
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
