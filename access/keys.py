@@ -3,7 +3,7 @@
 A presented key is looked up by its prefix and verified against the stored hash once; the
 verdict is then kept in memory, keyed by a digest of the whole presented key (a wrong secret
 never matches), for up to API_KEY_CACHE_SECONDS. Revoking or changing a key notifies every
-process (modelforge_site.invalidation), so revocation takes effect at once; the TTL only bounds
+process (core.invalidation), so revocation takes effect at once; the TTL only bounds
 the delay if such a message were lost. Expiry is checked on every request.
 
 A key's ``last_used_at`` (shown in the admin, and before revoking it) is written when a key is
@@ -23,7 +23,7 @@ from django.utils import timezone
 from rest_framework import exceptions
 
 from access.models import APIKey
-from modelforge_site import invalidation, request_log
+from core import invalidation, request_log
 
 MAX_CACHED_KEYS = 10_000
 LAST_USED_PRECISION = timedelta(minutes=1)

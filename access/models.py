@@ -38,13 +38,13 @@ class APIKey(AbstractAPIKey):
     def save(self, *args, **kwargs):
         super().save(*args, **kwargs)
         # Every process caches verified keys: a revoked or changed key must drop out everywhere.
-        from modelforge_site import invalidation
+        from core import invalidation
 
         invalidation.notify("keys")
 
     def delete(self, *args, **kwargs):
         result = super().delete(*args, **kwargs)
-        from modelforge_site import invalidation
+        from core import invalidation
 
         invalidation.notify("keys")
         return result

@@ -36,7 +36,7 @@ from django.core.cache.backends.redis import RedisCache
 from rest_framework import status, throttling
 
 from access.models import APIKey
-from modelforge_site.exceptions import DomainError
+from core.exceptions import DomainError
 
 logger = logging.getLogger(__name__)
 

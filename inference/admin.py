@@ -15,8 +15,8 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from core.csv_cells import csv_cell, csv_row
 from inference.models import Prediction
-from modelforge_site.csv_cells import csv_cell, csv_row
 
 EMPTY = "—"
 EXPORT_CHUNK_ROWS = 2000

@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from core.exceptions import DomainError
 from inference.deadlines import InferenceTimeout
 from inference.errors import InferenceFailed, QueueFull, QueueTimeout
 from inference.metrics import metrics
-from modelforge_site.exceptions import DomainError
 
 logger = logging.getLogger(__name__)
 

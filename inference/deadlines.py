@@ -27,7 +27,7 @@ import onnxruntime as ort
 from django.conf import settings
 from rest_framework import status
 
-from modelforge_site.exceptions import DomainError
+from core.exceptions import DomainError
 
 logger = logging.getLogger(__name__)
 

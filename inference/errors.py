@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from rest_framework import status
 
-from modelforge_site.exceptions import DomainError
+from core.exceptions import DomainError
 
 
 class InvalidInput(DomainError):

@@ -10,7 +10,7 @@ format, adding the headers Django's security middleware would. It answers /v2 in
 inference.v2.fastpath and the /v2 view's own exchange. Anything it is not sure to
 handle exactly as Django would (no Bearer key, a host not allowed, an HTTP request that must
 be redirected to HTTPS, no Content-Length) goes to Django, whose views do the same work.
-Requests it answers get their X-Request-ID, log line and metrics from modelforge_site.request_log
+Requests it answers get their X-Request-ID, log line and metrics from core.request_log
 (begin_inference here, finish in _respond), as RequestLogMiddleware gives Django's.
 """
 
@@ -31,12 +31,13 @@ from rest_framework import exceptions
 from access import throttling
 from access.keys import authenticate_key, key_from_header
 from access.models import Scope
+from core import request_log
+from core.exceptions import DomainError, error_body
 from inference.serving import serving_cache
 from inference.v2.fastpath import INFER_PATH as V2_INFER_PATH
 from inference.v2.fastpath import infer_from_environ as v2_infer_from_environ
 from inference.views import check_body_size, predict_from_body
-from modelforge_site import body_gate, request_log
-from modelforge_site.exceptions import DomainError, error_body
+from modelforge_site import body_gate
 
 logger = logging.getLogger(__name__)
 

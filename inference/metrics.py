@@ -8,7 +8,7 @@ dashboard reads (inference.serving_stats). Nothing else counts these events.
   scheduler: ``modelforge_inferences_total`` counts the requests it answered and
   ``modelforge_executions_total`` the runs; their ratio is the mean batch size.
 - ``request_finished`` is called once per answered predict or /v2 infer request, by
-  modelforge_site.request_log: requests by outcome, the request, queue and compute duration
+  core.request_log: requests by outcome, the request, queue and compute duration
   histograms, and cache hits and misses.
 
 Under a server with several worker processes (granian, `make serve`), set
@@ -120,7 +120,7 @@ metrics = InferenceMetrics()
 
 
 def request_finished(context, status: int, *, duration_ms: float, retry_after: bool) -> None:
-    """One answered predict or infer request (a modelforge_site.request_log.RequestContext).
+    """One answered predict or infer request (a core.request_log.RequestContext).
 
     A request that failed before its model was known (no key, an unknown model) is counted
     with empty model and version labels, and not in the per-minute statistics.

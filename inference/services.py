@@ -17,6 +17,8 @@ import numpy as np
 from django.conf import settings
 from django.utils import timezone
 
+from core import ids
+from core.exceptions import DomainError
 from inference.batching import batchable_schema, batchers
 from inference.cache import cache_tenant, prediction_cache
 from inference.errors import InferenceFailed, ModelArchived, ModelNotReady
@@ -25,8 +27,6 @@ from inference.limits import check_batch_rows, in_flight
 from inference.metrics import metrics
 from inference.sessions import get_pool
 from inference.tensors import DTYPES, decode_inputs, encode_outputs, tensor_digest
-from modelforge_site import ids
-from modelforge_site.exceptions import DomainError
 from registry.models import MLModel
 
 Status = MLModel.Status

@@ -2,7 +2,7 @@
 
 Rows are cached by id and by (name, version or alias; neither: the default version) for up to
 SERVING_CACHE_SECONDS. Every registry write, alias moves included, notifies all processes
-(modelforge_site.invalidation), which clear this cache at once: an archive, a re-upload or an
+(core.invalidation), which clear this cache at once: an archive, a re-upload or an
 alias move is seen by every process within milliseconds, and within the TTL even if a
 notification were lost. A row loaded while the cache was cleared is used once, not kept: it may
 predate the change that cleared it.
@@ -16,7 +16,7 @@ import uuid
 
 from django.conf import settings
 
-from modelforge_site import invalidation
+from core import invalidation
 from registry import selectors
 from registry.errors import ModelNotFound
 from registry.models import MLModel

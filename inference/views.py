@@ -21,6 +21,11 @@ from rest_framework.views import APIView
 
 from access.models import APIKey, Scope
 from access.throttling import KeyRateThrottle
+from core import request_log
+from core.datetime_filters import UtcIsoDateTimeFilter
+from core.exceptions import PayloadTooLarge
+from core.list_filters import StrictFilterBackend
+from core.strict_input import UNAUTHENTICATED, error_responses
 from inference import services
 from inference.cache import body_memo, cache_tenant, prediction_cache
 from inference.errors import InvalidInput
@@ -28,11 +33,6 @@ from inference.models import Prediction
 from inference.serializers import PredictionSerializer, PredictRequestSerializer, PredictResponseSerializer
 from inference.serving import serving_cache
 from inference.tensors import parse_json_body
-from modelforge_site import request_log
-from modelforge_site.datetime_filters import UtcIsoDateTimeFilter
-from modelforge_site.exceptions import PayloadTooLarge
-from modelforge_site.list_filters import StrictFilterBackend
-from modelforge_site.strict_input import UNAUTHENTICATED, error_responses
 from registry.errors import ModelNotFound
 from registry.models import MLModel
 

@@ -15,9 +15,9 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from core.exceptions import DomainError
 from jobs import services
 from jobs.models import Job
-from modelforge_site.exceptions import DomainError
 
 Status = Job.Status
 

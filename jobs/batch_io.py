@@ -39,11 +39,11 @@ import numpy as np
 import orjson
 from django.conf import settings
 
+from core.csv_cells import csv_row
 from inference.errors import InvalidInput
 from inference.services import decode_model_inputs
 from inference.tensors import DTYPES, decode_inputs, encode_outputs, parse_json_body
 from jobs.errors import BadRow, InvalidInputFile, UnsupportedFormat, UnsupportedOutput
-from modelforge_site.csv_cells import csv_row
 from registry.models import MLModel
 
 FORMATS = ("jsonl", "csv", "npy")
@@ -647,7 +647,7 @@ def _flatten(name: str, value: Any, out: dict[str, Any]) -> None:
 
 def export_csv(path: Path) -> Iterator[bytes]:
     """Stream an output JSONL file as CSV (header from the first row), in blocks. Cells are
-    spreadsheet-safe (modelforge_site.csv_cells): numbers stay numbers, formula-like text is quoted."""
+    spreadsheet-safe (core.csv_cells): numbers stay numbers, formula-like text is quoted."""
     buffer = io.StringIO()
     # CRLF line ends (RFC 4180) also make the writer quote a cell holding a lone CR.
     writer = csv.writer(buffer, lineterminator="\r\n")

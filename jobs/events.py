@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from django.conf import settings
 
-from modelforge_site import pubsub
+from core import pubsub
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import django_filters
 
+from core.datetime_filters import UtcIsoDateTimeFilter
 from jobs.models import Job
-from modelforge_site.datetime_filters import UtcIsoDateTimeFilter
 
 
 class JobFilter(django_filters.FilterSet):

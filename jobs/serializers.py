@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from core.strict_input import StrictInputSerializer
 from jobs.batch_io import FORMATS
 from jobs.models import Job
-from modelforge_site.strict_input import StrictInputSerializer
 from registry.models import NAME_PATTERN, NAME_RULE
 from registry.versioning import MAX_VERSION_LENGTH
 

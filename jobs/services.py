@@ -33,6 +33,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
+from core.exceptions import DomainError
 from inference.errors import InferenceFailed
 from inference.services import decode_model_inputs, ensure_servable, run_session
 from inference.tensors import encode_outputs
@@ -40,7 +41,6 @@ from jobs import batch_io, events
 from jobs.errors import JobFinished, JobNotFinished, JobNotFound, ModelDeleted, NotRetryable
 from jobs.models import Job
 from jobs.storage import JobFiles, folders_older_than, remove_folder, temp_dir
-from modelforge_site.exceptions import DomainError
 from registry.models import MLModel
 
 logger = logging.getLogger(__name__)

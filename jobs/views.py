@@ -29,6 +29,9 @@ from rest_framework.views import APIView
 from access.models import APIKey, Scope
 from access.permissions import is_staff_request
 from access.throttling import KeyRateThrottle
+from core.exceptions import PayloadTooLarge, error_body
+from core.list_filters import StrictFilterBackend
+from core.strict_input import UNAUTHENTICATED, ErrorSerializer, error_responses
 from inference.tensors import parse_json_body
 from jobs import batch_io, monitoring, services
 from jobs.errors import InvalidParameter, JobNotFound
@@ -36,9 +39,6 @@ from jobs.filters import JobFilter
 from jobs.models import Job
 from jobs.serializers import CeleryHealthSerializer, JobCreateSerializer, JobResultSerializer, JobSerializer
 from jobs.storage import JobFiles
-from modelforge_site.exceptions import PayloadTooLarge, error_body
-from modelforge_site.list_filters import StrictFilterBackend
-from modelforge_site.strict_input import UNAUTHENTICATED, ErrorSerializer, error_responses
 from registry import selectors
 from registry.errors import ModelNotFound
 from registry.models import MLModel

@@ -56,8 +56,8 @@ from rest_framework.views import APIView
 from access.keys import authenticate_key, key_from_header
 from access.models import Scope
 from access.permissions import required_scope
+from core.exceptions import DomainError, ServiceUnavailable
 from inference.v2.views import InferView, V2View
-from modelforge_site.exceptions import DomainError, ServiceUnavailable
 
 # The environ key set when the body is left unread: responses then carry `Connection: close`.
 UNREAD = "modelforge.body_unread"

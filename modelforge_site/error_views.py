@@ -3,7 +3,7 @@
 from django.http import JsonResponse
 from django.views import defaults
 
-from modelforge_site.exceptions import error_body
+from core.exceptions import error_body
 
 API_PREFIXES = ("/api/", "/v2")
 

@@ -2,7 +2,7 @@
 
 - /api/v1/live: the process answers.
 - /api/v1/ready: the database answers and every migration is applied (503 until then), and
-  the process is not shutting down (503 from SIGTERM on: modelforge_site.shutdown).
+  the process is not shutting down (503 from SIGTERM on: core.shutdown).
 - /api/v1/health: database, cache, broker and model storage, each named; 503 when any is down.
 """
 
@@ -20,7 +20,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from modelforge_site import shutdown
+from core import shutdown
 
 _migrations_applied = False
 

@@ -79,12 +79,12 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "modelforge_site.request_log.RequestLogMiddleware",  # first: every response gets an id and a log line
+    "core.request_log.RequestLogMiddleware",  # first: every response gets an id and a log line
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "modelforge_site.exceptions.DomainErrorMiddleware",
+    "core.exceptions.DomainErrorMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -290,7 +290,7 @@ if BODY_READ_TIMEOUT_SECONDS <= 0 or min(BODY_MIN_RATE_BYTES_PER_SECOND, BODY_RE
     )
 
 # Verified API keys and servable models are cached per process for this long at most; writes
-# invalidate them everywhere at once (see modelforge_site/invalidation.py).
+# invalidate them everywhere at once (see core/invalidation.py).
 API_KEY_CACHE_SECONDS = env.float("API_KEY_CACHE_SECONDS", default=5.0)
 SERVING_CACHE_SECONDS = env.float("SERVING_CACHE_SECONDS", default=5.0)
 
@@ -320,7 +320,7 @@ if MODEL_ISOLATION not in {"flagged", "all"}:
     raise ImproperlyConfigured("MODEL_ISOLATION must be flagged or all.")
 if MODEL_MEMORY_LIMIT_MB < 128:
     raise ImproperlyConfigured("MODEL_MEMORY_LIMIT_MB must be at least 128 (ONNX Runtime itself needs about 60 MB).")
-# After SIGTERM, serve this long (readiness 503) before the server stops (modelforge_site/shutdown.py).
+# After SIGTERM, serve this long (readiness 503) before the server stops (core/shutdown.py).
 SHUTDOWN_DRAIN_SECONDS = env.float("SHUTDOWN_DRAIN_SECONDS", default=0.0)
 PREDICTION_CACHE_TTL_SECONDS = env.int("PREDICTION_CACHE_TTL_SECONDS", default=3600)
 PREDICTION_CACHE_LOCAL_MB = env.int("PREDICTION_CACHE_LOCAL_MB", default=64)
@@ -334,7 +334,7 @@ HISTORY_BATCH_SIZE = env.int("HISTORY_BATCH_SIZE", default=500)
 HISTORY_BUFFER_MAX = env.int("HISTORY_BUFFER_MAX", default=100_000)
 HISTORY_RETENTION_DAYS = env.int("HISTORY_RETENTION_DAYS", default=30)
 
-# --- Observability (inference.metrics, inference.serving_stats, modelforge_site.request_log) ---
+# --- Observability (inference.metrics, inference.serving_stats, core.request_log) ---
 # Per-minute serving statistics: how often each process adds its counters to the database,
 # and how long the rows are kept (deleted by the hourly cleanup with the history).
 SERVING_STATS_FLUSH_SECONDS = env.float("SERVING_STATS_FLUSH_SECONDS", default=5.0)
@@ -429,16 +429,16 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["access.permissions.HasScope"],
-    "DEFAULT_PAGINATION_CLASS": "modelforge_site.list_filters.StrictPageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "core.list_filters.StrictPageNumberPagination",
     "PAGE_SIZE": env.int("API_PAGE_SIZE", default=50),
     "DEFAULT_FILTER_BACKENDS": [
         # Lists refuse parameters they do not take and values they cannot use (400).
-        "modelforge_site.list_filters.StrictFilterBackend",
+        "core.list_filters.StrictFilterBackend",
         "rest_framework.filters.SearchFilter",
-        "modelforge_site.list_filters.StrictOrderingFilter",
+        "core.list_filters.StrictOrderingFilter",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "modelforge_site.exceptions.api_exception_handler",
+    "EXCEPTION_HANDLER": "core.exceptions.api_exception_handler",
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
@@ -487,7 +487,7 @@ SECURE_REDIRECT_EXEMPT = [r"^api/v1/(health|ready|live)$", r"^v2/health/(live|re
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # One JSON object per line in production, plain text in development; every line carries the
-# id of the request being handled (modelforge_site.request_log), "-" outside requests.
+# id of the request being handled (core.request_log), "-" outside requests.
 LOG_FORMAT = env.str("LOG_FORMAT", default="plain" if DEBUG else "json")
 if LOG_FORMAT not in {"plain", "json"}:
     raise ImproperlyConfigured("LOG_FORMAT must be plain or json.")
@@ -495,8 +495,8 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {
-        "request_id": {"()": "modelforge_site.request_log.RequestIdFilter"},
-        "redact": {"()": "modelforge_site.request_log.RedactCredentialsFilter"},  # never log a credential
+        "request_id": {"()": "core.request_log.RequestIdFilter"},
+        "redact": {"()": "core.request_log.RedactCredentialsFilter"},  # never log a credential
     },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},

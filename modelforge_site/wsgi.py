@@ -10,13 +10,13 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "modelforge_site.settings")
 django_application = get_wsgi_application()
 
+from core import shutdown  # noqa: E402
 from inference.fastpath import PredictFastPath  # noqa: E402  (needs Django set up)
 from inference.sessions import preload_flagged  # noqa: E402
-from modelforge_site import shutdown  # noqa: E402
 from modelforge_site.body_gate import BodyGate  # noqa: E402
 
 application = PredictFastPath(BodyGate(django_application))
-shutdown.install()  # readiness turns 503 on SIGTERM (modelforge_site/shutdown.py)
+shutdown.install()  # readiness turns 503 on SIGTERM (core/shutdown.py)
 
 # Each server process imports this module once: load the sessions of models flagged `preload`
 # in the background, so start-up is not delayed and the first requests find them warm.

@@ -22,7 +22,7 @@ from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from modelforge_site.exceptions import DomainError
+from core.exceptions import DomainError
 from registry import admin_confirm, services
 from registry.forms import MLModelAddForm, MLModelChangeForm, ModelAliasAddForm, ModelAliasChangeForm
 from registry.model_page import ModelPageMixin

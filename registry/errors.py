@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modelforge_site.exceptions import Conflict, DomainError, NotFound, PayloadTooLarge, ServiceUnavailable
+from core.exceptions import Conflict, DomainError, NotFound, PayloadTooLarge, ServiceUnavailable
 
 
 class ModelNotFound(NotFound):

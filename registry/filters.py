@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import django_filters
 
-from modelforge_site.datetime_filters import UtcIsoDateTimeFilter
+from core.datetime_filters import UtcIsoDateTimeFilter
 from registry.models import MLModel
 
 

@@ -25,7 +25,7 @@ from typing import BinaryIO
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from modelforge_site.exceptions import DomainError
+from core.exceptions import DomainError
 from registry import services
 from registry.errors import ImportSourceError, ModelTooLarge
 from registry.models import MLModel, Tag

@@ -25,7 +25,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from modelforge_site.exceptions import DomainError
+from core.exceptions import DomainError
 from registry import admin_confirm, selectors, services
 from registry.models import DEFAULT_ALIAS, MLModel, ModelAlias
 from registry.versioning import parse_version

@@ -5,7 +5,7 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from modelforge_site.strict_input import StrictInputSerializer
+from core.strict_input import StrictInputSerializer
 from registry.models import (
     BATCHING_BOUNDS,
     NAME_PATTERN,

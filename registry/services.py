@@ -22,7 +22,7 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from modelforge_site import invalidation
+from core import invalidation
 from registry import sandbox, selectors
 from registry.errors import (
     DuplicateVersion,

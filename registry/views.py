@@ -13,9 +13,9 @@ from rest_framework.reverse import reverse
 
 from access.models import Scope
 from access.throttling import KeyRateThrottle
-from modelforge_site.exceptions import DomainError
-from modelforge_site.list_filters import StrictFilterBackend, StrictOrderingFilter
-from modelforge_site.strict_input import UNAUTHENTICATED, error_responses
+from core.exceptions import DomainError
+from core.list_filters import StrictFilterBackend, StrictOrderingFilter
+from core.strict_input import UNAUTHENTICATED, error_responses
 from registry import selectors, services
 from registry.errors import ModelNotFound
 from registry.filters import MLModelFilter

@@ -37,9 +37,9 @@ import numpy as np
 import orjson
 from rest_framework import status
 
+from core.exceptions import DomainError, PayloadTooLarge
 from inference.errors import InvalidInput
 from inference.tensors import DTYPES, MAX_RANK, decode_inputs, encode_outputs, parse_json_body
-from modelforge_site.exceptions import DomainError, PayloadTooLarge
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PLATFORM = "onnxruntime_onnx"

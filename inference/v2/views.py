@@ -36,14 +36,15 @@ from rest_framework import exceptions
 from access import throttling
 from access.keys import authenticate_key, key_from_header
 from access.models import APIKey, Scope
+from core import request_log, shutdown
+from core.exceptions import DomainError, NotFound
 from inference import services
 from inference.errors import InvalidInput, ModelArchived, ModelIntegrityError, ModelNotReady
 from inference.serving import serving_cache
 from inference.sessions import get_pool
 from inference.v2 import codec
 from inference.views import check_body_size
-from modelforge_site import health, request_log, shutdown
-from modelforge_site.exceptions import DomainError, NotFound
+from modelforge_site import health
 from registry.errors import ModelNotFound
 from registry.models import MLModel
 

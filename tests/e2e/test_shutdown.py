@@ -77,7 +77,7 @@ def test_sigterm_writes_buffered_history_and_answers_every_admitted_request(tmp_
 def start_granian(env: dict, port: int, log: Path) -> subprocess.Popen:
     """granian with two workers, once both serve. A worker sent SIGTERM while it is still
     starting (before it serves) is granian's own race and may never stop: wait for both
-    workers to say they are past it (modelforge_site.shutdown logs it)."""
+    workers to say they are past it (core.shutdown logs it)."""
     deadline = time.monotonic() + 90
     server = granian_server.start(env, log, port=port, workers=2, threads=None, ready_path="/api/v1/live", timeout=90)
     try:

@@ -22,9 +22,9 @@ from django.db import close_old_connections
 from django.test import Client
 from pythonjsonlogger.orjson import OrjsonFormatter
 
+from core.request_log import RedactCredentialsFilter
 from inference.fastpath import PredictFastPath
 from modelforge_site.body_gate import BodyGate
-from modelforge_site.request_log import RedactCredentialsFilter
 from tests.registry.onnx_factories import make_iris_model
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,7 @@ import os
 import threading
 import uuid
 
-from modelforge_site import ids
+from core import ids
 
 
 def test_ids_are_version_4_uuids_and_never_repeat():

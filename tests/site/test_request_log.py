@@ -18,8 +18,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.wsgi import get_wsgi_application
 from django.utils.module_loading import import_string
 
+from core.request_log import RequestIdFilter
 from inference.fastpath import PredictFastPath
-from modelforge_site.request_log import RequestIdFilter
 from tests.inference.test_fastpath import call
 from tests.registry.onnx_factories import make_iris_model
 

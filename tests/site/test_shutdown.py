@@ -1,4 +1,4 @@
-"""Readiness answers 503 once the process is stopping (modelforge_site.shutdown); liveness
+"""Readiness answers 503 once the process is stopping (core.shutdown); liveness
 and the API go on. The signal path itself is driven by tests/e2e/test_shutdown.py (granian);
 here the chaining of a handler that was in place before (gunicorn's, runserver's default)."""
 
@@ -11,7 +11,7 @@ import sys
 import pytest
 from django.conf import settings
 
-from modelforge_site import shutdown
+from core import shutdown
 
 pytestmark = pytest.mark.django_db
 
@@ -41,7 +41,7 @@ CHILD = """
 import os, signal, sys, time
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "modelforge_site.settings")
 import django; django.setup()
-from modelforge_site import shutdown
+from core import shutdown
 seen = []
 if sys.argv[1] == "chained":
     signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))

@@ -9,8 +9,8 @@ import pytest
 from django.core.wsgi import get_wsgi_application
 from django.test import Client
 
+from core import invalidation
 from inference.fastpath import PredictFastPath
-from modelforge_site import invalidation
 from registry import services
 from registry.models import MLModel
 from tests.inference.test_fastpath import call

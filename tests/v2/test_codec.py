@@ -15,9 +15,9 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import serialize_byte_tensor
 
+from core.exceptions import PayloadTooLarge
 from inference.errors import InvalidInput
 from inference.v2 import codec
-from modelforge_site.exceptions import PayloadTooLarge
 
 LIMITS = {"allow_non_finite": False, "max_elements": 1000, "max_depth": 32}
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db import transaction
 
-from modelforge_site import pubsub
+from core import pubsub
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from modelforge_site import ids
+from core import ids
 
 HEADER = "X-Request-ID"
 _VALID_ID = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
@@ -113,6 +113,18 @@ def bind_outcome(outcome) -> None:
         context.compute_ms = outcome.timings.compute
 
 
+# Called with each finished predict or infer request (the context, its status, duration_ms and
+# retry_after): the inference app counts them (inference.metrics, registered by its AppConfig).
+_inference_hooks: list = []
+
+
+def on_inference_finished(hook) -> None:
+    """Have ``hook(context, status, *, duration_ms, retry_after)`` called for every finished
+    inference request (the ground imports no app; the app registers itself)."""
+    if hook not in _inference_hooks:
+        _inference_hooks.append(hook)
+
+
 def finish(status: int, *, retry_after: bool = False) -> str:
     """Record the answered request (log line, metrics) and end its context; returns its id."""
     context = current()
@@ -123,9 +135,8 @@ def finish(status: int, *, retry_after: bool = False) -> str:
     context.finished = True
     duration_ms = (time.perf_counter() - context.started) * 1000
     if context.inference:
-        from inference.metrics import request_finished
-
-        request_finished(context, status, duration_ms=duration_ms, retry_after=retry_after)
+        for hook in _inference_hooks:
+            hook(context, status, duration_ms=duration_ms, retry_after=retry_after)
     if logger.isEnabledFor(logging.INFO):
         model = context.model
         logger.info(

@@ -24,7 +24,7 @@ from rest_framework.filters import OrderingFilter, SearchFilter
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.settings import api_settings
 
-from modelforge_site.exceptions import DomainError
+from core.exceptions import DomainError
 
 DATE_TIME_FORM = "an ISO 8601 date-time such as 2026-01-01T00:00:00Z"
 
