@@ -1,39 +1,11 @@
-"""`Authorization: Bearer <key>` authentication against hashed, scoped API keys."""
+"""`Authorization: Bearer <key>` authentication against hashed, scoped API keys, for DRF."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from rest_framework import authentication
 
 from access.keys import authenticate_key, key_from_header
-from access.models import APIKey
-
-
-@dataclass(frozen=True)
-class KeyPrincipal:
-    """The request.user of a key-authenticated request: the key acts for itself."""
-
-    key: APIKey
-    is_authenticated: bool = True
-    is_anonymous: bool = False
-    is_staff: bool = False
-    is_superuser: bool = False
-    is_active: bool = True
-
-    @property
-    def pk(self) -> str:
-        return self.key.pk
-
-    @property
-    def username(self) -> str:
-        return f"key:{self.key.name}"
-
-    def get_username(self) -> str:
-        return self.username
-
-    def __str__(self) -> str:
-        return self.username
+from access.principals import Principal
 
 
 class APIKeyAuthentication(authentication.BaseAuthentication):
@@ -44,7 +16,7 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
         if raw is None:
             return None  # Not ours: session authentication may still apply.
         api_key = authenticate_key(raw)
-        return KeyPrincipal(api_key), api_key
+        return Principal(key=api_key), api_key
 
     def authenticate_header(self, request) -> str:
         # Makes DRF answer 401 (not 403) to a request without credentials.

@@ -24,9 +24,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.apps import apps
-from rest_framework import permissions
+from rest_framework import exceptions, permissions
 
 from access.models import APIKey, Scope
+from access.principals import Credential, authorize
 
 # Models of the registry, and the permissions of running a model. Predicting (or creating a
 # job) with a session needs `view` on the model, because the answer reveals what the model
@@ -106,16 +107,6 @@ def required_scope(request, view) -> str:
     return Scope.READ if request.method in permissions.SAFE_METHODS else Scope.MANAGE
 
 
-def may(user, permission: str) -> bool:
-    """`user.has_perm`, with `change` implying `view` as in the admin (has_view_permission)."""
-    if user.has_perm(permission):
-        return True
-    app_label, _, codename = permission.partition(".")
-    if codename.startswith("view_"):
-        return user.has_perm(f"{app_label}.change_{codename.removeprefix('view_')}")
-    return False
-
-
 def session_permissions(request, view) -> tuple[str, ...] | None:
     """The permissions a session needs for this request, or None when the route has no entry."""
     match = getattr(request, "resolver_match", None)
@@ -142,33 +133,21 @@ def sees_all(request, model: str) -> bool:
 
 
 class HasScope(permissions.BasePermission):
-    """API keys need the scope; staff sessions need the Django permissions of the route."""
+    """API keys need the scope; staff sessions need the Django permissions of the route
+    (access.principals.authorize, the check every door makes)."""
 
     def has_permission(self, request, view) -> bool:
-        if isinstance(request.auth, APIKey):
-            scope = required_scope(request, view)
-            if request.auth.has_scope(scope):
-                return True
-            self.message = f"This API key lacks the '{scope}' scope needed here."
-            self.code = "missing_scope"
-            return False
-        user = request.user
-        if not (user and user.is_authenticated):
+        credential = Credential.from_request(request)
+        if not credential.present:
             return False  # 401 from the authenticators' header
-        self.code = "permission_denied"
-        if not (user.is_staff and user.is_active):
-            self.message = "Only staff users may use the API with a session; use an API key."
-            return False
-        required = session_permissions(request, view)
-        if required is None:
-            self.message = "This route is not open to admin sessions; use an API key."
-            return False
-        missing = [permission for permission in required if not may(user, permission)]
-        if missing:
-            self.message = (
-                f"Your account lacks the permission {' and '.join(map(repr, missing))} needed here "
-                "(the same as in the admin); ask an administrator to grant it, or use an API key."
+        try:
+            authorize(
+                credential,
+                scope=required_scope(request, view),
+                permissions=session_permissions(request, view) if credential.user is not None else (),
             )
+        except exceptions.PermissionDenied as exc:
+            self.message, self.code = exc.detail, exc.get_codes()
             return False
         return True
 

@@ -36,6 +36,7 @@ from django.core.cache.backends.redis import RedisCache
 from rest_framework import status, throttling
 
 from access.models import APIKey
+from access.principals import Principal
 from core.exceptions import DomainError
 
 logger = logging.getLogger(__name__)
@@ -124,9 +125,9 @@ class KeyRateThrottle(throttling.BaseThrottle):
         if scope is None:
             return True
         if isinstance(request.auth, APIKey):
-            ident = request.auth.prefix  # unique, and not the stored hash
+            ident = Principal(key=request.auth).ident
         elif getattr(request.user, "is_authenticated", False):
-            ident = f"user:{request.user.pk}"
+            ident = Principal(user=request.user).ident
         else:
             ident = f"addr:{self.get_ident(request)}"
         check(scope, ident)  # raises Throttled, rendered by the API's error handler

@@ -9,7 +9,8 @@ from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 
-from access.permissions import METRICS_VIEW, may
+from access.permissions import METRICS_VIEW
+from access.principals import may
 from console.dashboard import dashboard
 
 

@@ -1,11 +1,14 @@
-"""The one domain-error hierarchy and the handler that renders every API error the same way.
+"""The one domain-error hierarchy, and the error table every door renders from.
 
-Every error body is ``{"code": "<machine-readable>", "detail": "<what to fix>"}``; validation
-errors add ``errors`` with the per-field messages.
+`problem(exc)` says once what an error means to a client (status, code, detail, Retry-After,
+WWW-Authenticate); each protocol only shapes it: /api/v1 as ``{"code": "<machine-readable>",
+"detail": "<what to fix>"}`` (validation errors add ``errors`` with the per-field messages), /v2
+as ``{"error", "code"}`` (inference.protocols).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -16,7 +19,7 @@ from django.utils.html import format_html
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
-from rest_framework.views import exception_handler
+from rest_framework.views import set_rollback
 
 
 class DomainError(Exception):
@@ -67,38 +70,69 @@ def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
     return {"code": code, "detail": detail, **extra}
 
 
-def api_exception_handler(exc: Exception, context: dict) -> Response | None:
-    """DRF's handler, reshaped to ``{"code", "detail"}``, plus our domain errors."""
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """An error as every protocol renders it: status, machine-readable code, what to fix, the
+    headers that go with it (Retry-After, WWW-Authenticate) and extra fields (per-field errors)."""
+
+    status: int
+    code: str
+    detail: str
+    headers: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+BEARER_CHALLENGE = 'Bearer realm="api"'
+
+
+def problem(exc: Exception) -> Problem | None:
+    """The error table: what a domain error, or an error of Django or DRF, means to a client.
+    None for anything else (an unexpected failure: a 500, logged where it is rendered).
+
+    The /api/v1 body is ``{"code", "detail"}`` (`error_body`); /v2 reads the same table with
+    its own shape (inference.protocols).
+    """
     if isinstance(exc, DomainError):
-        response = Response(error_body(exc.code, exc.detail), status=exc.status_code)
-        if getattr(exc, "retry_after", None):
-            response["Retry-After"] = str(exc.retry_after)
-        return response
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after else {}
+        return Problem(exc.status_code, exc.code, exc.detail, headers)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
     elif isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(as_serializer_error(exc))
-
-    response = exception_handler(exc, context)
-    if response is None or not isinstance(exc, exceptions.APIException):
-        return response
-
+    if not isinstance(exc, exceptions.APIException):
+        return None
+    headers = {}
+    if exc.status_code == 401:
+        # DRF sets auth_header from the view's first authenticator; other doors take ours.
+        headers["WWW-Authenticate"] = getattr(exc, "auth_header", None) or BEARER_CHALLENGE
+    if getattr(exc, "wait", None):
+        headers["Retry-After"] = str(int(exc.wait))
     if isinstance(exc, exceptions.ValidationError):
+        code = "invalid"
         codes = exc.get_codes()
-        body = error_body("invalid", _first_message(exc.detail), errors=exc.detail)
         if isinstance(codes, dict) and len(codes) == 1:
             # A single failing field: surface its own code when it is a specific one.
             (only,) = codes.values()
             first = only[0] if isinstance(only, list) and only else only
             if isinstance(first, str) and first not in {"invalid", "required", "null", "blank"}:
-                body["code"] = first
-    else:
-        code = exc.get_codes()
-        body = error_body(code if isinstance(code, str) else exc.default_code, str(exc.detail))
-    response.data = body
-    return response
+                code = first
+        return Problem(exc.status_code, code, _first_message(exc.detail), headers, {"errors": exc.detail})
+    code = exc.get_codes()
+    return Problem(exc.status_code, code if isinstance(code, str) else exc.default_code, str(exc.detail), headers)
+
+
+def api_exception_handler(exc: Exception, context: dict) -> Response | None:
+    """DRF's exception handler: every error of /api/v1 as ``{"code", "detail"}`` (`problem`)."""
+    found = problem(exc)
+    if found is None:
+        return None
+    set_rollback()
+    return Response(
+        error_body(found.code, found.detail, **found.extra), status=found.status, headers=found.headers or None
+    )
 
 
 class DomainErrorMiddleware:
@@ -135,5 +169,13 @@ class DomainErrorMiddleware:
                 exception.code,
                 exception.detail,
             )
-            return HttpResponse(page, status=exception.status_code)
-        return JsonResponse(error_body(exception.code, exception.detail), status=exception.status_code)
+            return HttpResponse(page, status=exception.status_code, headers=_problem_headers(exception))
+        return JsonResponse(
+            error_body(exception.code, exception.detail),
+            status=exception.status_code,
+            headers=_problem_headers(exception),
+        )
+
+
+def _problem_headers(exc: DomainError) -> dict[str, str] | None:
+    return problem(exc).headers or None

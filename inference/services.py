@@ -135,31 +135,6 @@ def decode_model_inputs(model: MLModel, input_data: Any) -> dict[str, np.ndarray
     )
 
 
-def predict(
-    *,
-    model: MLModel,
-    input_data: Any,
-    skip_cache: bool = False,
-    api_key=None,
-    user=None,
-    input_size: int = 0,
-    timings: Timings | None = None,
-) -> PredictionOutcome:
-    """One prediction on a ready model, from the decoded JSON ``input_data``."""
-    ensure_servable(model)
-    feeds = decode_model_inputs(model, input_data)
-    return infer(
-        model=model,
-        feeds=feeds,
-        skip_cache=skip_cache,
-        api_key=api_key,
-        user=user,
-        history_input=input_data,
-        input_size=input_size,
-        timings=timings,
-    )
-
-
 def infer(
     *,
     model: MLModel,

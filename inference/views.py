@@ -1,16 +1,12 @@
 """Inference API under /api/v1: predict, prediction history, cache metrics.
 
-The predict views parse the body themselves (orjson, strict about NaN and depth) and render with
-orjson: this is the hot path, and DRF's parsers and renderers would add work without adding
-checks. Authentication, scopes and error rendering are still DRF's.
+The predict views are a door of the serving exchange (inference.exchange), which parses and
+renders with orjson (inference.protocols.JsonPredict): this is the hot path, and DRF's parsers
+and renderers would add work without adding checks. Their routes are in inference.routes.
 """
 
 from __future__ import annotations
 
-import time
-
-import orjson
-from django.conf import settings
 from django.http import HttpResponse
 from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
@@ -19,25 +15,18 @@ from rest_framework import generics, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from access.models import APIKey, Scope
-from access.throttling import KeyRateThrottle
-from core import request_log
+from access.models import Scope
+from access.principals import Credential
 from core.datetime_filters import UtcIsoDateTimeFilter
-from core.exceptions import PayloadTooLarge
 from core.list_filters import StrictFilterBackend
 from core.strict_input import UNAUTHENTICATED, error_responses
-from inference import services
-from inference.cache import body_memo, cache_tenant, prediction_cache
-from inference.errors import InvalidInput
+from inference import exchange
+from inference.cache import prediction_cache
+from inference.exchange import Protocol
 from inference.models import Prediction
 from inference.serializers import PredictionSerializer, PredictRequestSerializer, PredictResponseSerializer
-from inference.serving import serving_cache
-from inference.tensors import parse_json_body
 from registry.errors import ModelNotFound
 from registry.models import MLModel
-
-PREDICT_FIELDS = {"input_data", "skip_cache"}
-
 
 _ERRORS = {
     400: "Invalid input: `code` names the rule (e.g. `invalid_shape`, `non_finite_value`) and the input.",
@@ -55,106 +44,39 @@ def _errors(*statuses: int) -> dict:
     return error_responses(_ERRORS, *statuses)
 
 
-def check_body_size(content_length: int) -> None:
-    if content_length > settings.MAX_REQUEST_BODY_BYTES:
-        raise PayloadTooLarge(
-            f"The request body is {content_length} bytes; the limit is {settings.MAX_REQUEST_BODY_BYTES} "
-            "(MAX_REQUEST_BODY_BYTES). Send fewer rows per request, or use a batch job.",
-            code="body_too_large",
-        )
-
-
-def parse_predict_body(body: bytes) -> tuple[object, bool]:
-    """(input_data, skip_cache) from a predict request body."""
-    document = parse_json_body(body, max_depth=settings.MAX_JSON_DEPTH)
-    if not isinstance(document, dict):
-        raise InvalidInput('The body must be a JSON object: {"input_data": {...}, "skip_cache": false}.')
-    unexpected = sorted(set(document) - PREDICT_FIELDS)
-    if unexpected:
-        raise InvalidInput(
-            f"Unknown field(s) {', '.join(map(repr, unexpected))}. Send input_data and optionally skip_cache.",
-            code="unknown_field",
-        )
-    if "input_data" not in document:
-        raise InvalidInput('input_data is required: {"input_data": {"<input name>": [...]}}.', code="missing_field")
-    skip_cache = document.get("skip_cache", False)
-    if not isinstance(skip_cache, bool):
-        raise InvalidInput("skip_cache must be true or false.", code="invalid_field")
-    return document["input_data"], skip_cache
-
-
-def predict_from_body(*, model: MLModel, body: bytes, api_key, user) -> tuple[bytes, dict[str, str]]:
-    """The whole predict exchange after authentication: body in, (JSON bytes, headers) out.
-
-    Shared by the DRF view and the WSGI fast path (inference.fastpath), so both behave alike.
-    """
-    started = time.perf_counter()
-    request_log.bind_model(model)
-    timings = services.Timings()
-    caller = {"model": model, "api_key": api_key, "user": user, "input_size": len(body), "timings": timings}
-    tenant = cache_tenant(api_key=api_key, user=user)
-    remembered = body_memo.get(model, body, tenant=tenant)
-    if remembered is not None:
-        cache_key, input_data = remembered
-        timings.parse = (time.perf_counter() - started) * 1000
-        outcome = services.predict_cached(cache_key=cache_key, input_data=input_data, **caller)
-        if outcome is not None:
-            return render_prediction(outcome)
-    input_data, skip_cache = parse_predict_body(body)
-    timings.parse = (time.perf_counter() - started) * 1000
-    outcome = services.predict(input_data=input_data, skip_cache=skip_cache, **caller)
-    if outcome.cache_key is not None:
-        body_memo.put(model, body, outcome.cache_key, input_data, tenant=tenant)
-    return render_prediction(outcome)
-
-
-def render_prediction(outcome: services.PredictionOutcome) -> tuple[bytes, dict[str, str]]:
-    started = time.perf_counter()
-    request_log.bind_outcome(outcome)
-    model = outcome.model
-    body = {
-        "id": outcome.id,
-        "model_id": model.pk,
-        "model_name": model.name,
-        "model_version": model.version,
-        "output_data": outcome.output_data,
-        "inference_time_ms": outcome.inference_time_ms,
-        "cached": outcome.cached,
-        "created_at": outcome.created_at,
-    }
-    if outcome.warnings:
-        body["warnings"] = outcome.warnings
-    content = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-    outcome.timings.serialize = (time.perf_counter() - started) * 1000
-    headers = {
-        "Content-Type": "application/json",
-        "X-Cache": "HIT" if outcome.cached else "MISS",
-        "Server-Timing": outcome.timings.header(),
-    }
-    return content, headers
-
-
+# The /api/v1 door of the serving exchange (inference.exchange): DRF authenticates (a key, or a
+# session with its CSRF check) and the exchange does the rest, authorization included. The route
+# table (inference.routes) gives each view its protocol and how its path names the model. (A
+# comment, not a docstring: DRF would publish a docstring as the operation's description.)
 class PredictView(APIView):
-    required_scopes = {"POST": Scope.PREDICT}
-    throttle_classes = (KeyRateThrottle,)
-    throttle_scopes = {"POST": "predict"}
 
-    def model_for(self, request, **kwargs) -> MLModel:
-        raise NotImplementedError
+    required_scopes = {"POST": Scope.PREDICT}
+    protocol: Protocol | None = None
+    ref = None
+
+    def check_permissions(self, request):
+        if request.method != "POST":  # a POST is authorized by the exchange, with the rest of its edge
+            super().check_permissions(request)
 
     def post(self, request, **kwargs):
-        model = self.model_for(request, **kwargs)
-        check_body_size(int(request.META.get("CONTENT_LENGTH") or 0))
-        content, headers = predict_from_body(
-            model=model,
-            body=request.body,
-            api_key=request.auth if isinstance(request.auth, APIKey) else None,
-            user=request.user,
+        reply = exchange.answer(
+            Credential.from_request(request),
+            self.ref(kwargs, request.query_params),
+            exchange.Incoming(
+                _content_length(request),
+                lambda: request.body,
+                {name.lower(): request.headers.get(name) for name in self.protocol.headers},
+            ),
+            self.protocol,
         )
-        response = HttpResponse(content)
-        for name, value in headers.items():
-            response[name] = value
-        return response
+        return HttpResponse(reply.content, status=reply.status, headers=reply.headers)
+
+
+def _content_length(request) -> int:
+    try:
+        return max(int(request.META.get("CONTENT_LENGTH") or 0), 0)
+    except ValueError:
+        return 0
 
 
 _predict_examples = [
@@ -169,6 +91,7 @@ _predict_examples = [
 class ModelPredictView(PredictView):
     @extend_schema(
         summary="Predict with a model version",
+        parameters=[OpenApiParameter("model_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
         request=PredictRequestSerializer,
         responses={200: PredictResponseSerializer, **_errors(400, 401, 403, 404, 409, 429, 503, 504)},
         examples=_predict_examples,
@@ -176,14 +99,12 @@ class ModelPredictView(PredictView):
     def post(self, request, **kwargs):
         return super().post(request, **kwargs)
 
-    def model_for(self, request, *, model_id) -> MLModel:
-        return serving_cache.by_id(model_id)
-
 
 class NamedPredictView(PredictView):
     @extend_schema(
         summary="Predict with a model's production alias or latest ready version (or ?version=, ?alias=)",
         parameters=[
+            OpenApiParameter("name", OpenApiTypes.STR, OpenApiParameter.PATH),
             OpenApiParameter("version", OpenApiTypes.STR, description="A version, e.g. 1.2.0."),
             OpenApiParameter("alias", OpenApiTypes.STR, description="An alias, e.g. staging (not with version)."),
         ],
@@ -193,10 +114,6 @@ class NamedPredictView(PredictView):
     )
     def post(self, request, **kwargs):
         return super().post(request, **kwargs)
-
-    def model_for(self, request, *, name) -> MLModel:
-        query = request.query_params
-        return serving_cache.by_name(name, query.get("version") or None, query.get("alias") or None)
 
 
 class PredictionFilter(filters.FilterSet):

@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from rest_framework.routers import SimpleRouter
 
 from console.views import dashboard_view
+from inference import routes
 from inference import views as inference_views
 from jobs.views import CeleryHealthView, JobViewSet
 from modelforge_site import health
@@ -26,8 +27,7 @@ api_v1 = [
     path("schema", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
-    path("models/<uuid:model_id>/predict", inference_views.ModelPredictView.as_view(), name="model-predict"),
-    path("models/by-name/<str:name>/predict", inference_views.NamedPredictView.as_view(), name="model-by-name-predict"),
+    *routes.urlpatterns("api/v1/"),  # predict: the serving route table (inference.routes)
     path(
         "models/<uuid:model_id>/predictions", inference_views.ModelPredictionsView.as_view(), name="model-predictions"
     ),

@@ -1,5 +1,6 @@
-"""WSGI entry point: Django behind the body gate (modelforge_site.body_gate), with the predict
-fast path in front of both (inference.fastpath), which reads its bodies only after its key check."""
+"""WSGI entry point: Django behind the body gate (modelforge_site.body_gate), with the serving
+fast path in front of both (inference.fastpath), which reads its bodies only once the exchange
+admitted the caller."""
 
 import gc
 import os

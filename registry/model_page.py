@@ -1,9 +1,9 @@
 """The model page of the admin (the MLModel change page): status timeline, recent predictions,
 "Try it", "Upload a new version", and the serving actions validate, archive, preload and evict.
 
-Everything here is a client of the services the API uses: Try it sends its body through
-`inference.views.predict_from_body` (the same parsing, validation, cache, history and errors as
-`POST /api/v1/models/{id}/predict`), a new version goes through the add form (and so
+Everything here is a client of the services the API uses: Try it is a door of the serving
+exchange (inference.exchange: the same authorization, throttle, parsing, validation, cache,
+history and errors as `POST /api/v1/models/{id}/predict`), a new version goes through the add form (and so
 `registry.services.model_register`), and the actions call `registry.services` and the session
 pool. Values that come from uploaded files or from clients are escaped.
 """
@@ -166,29 +166,35 @@ def server_timing(header: str) -> dict[str, float]:
 
 
 def try_predict(*, model: MLModel, input_text: str, skip_cache: bool, user) -> dict:
-    """Run one prediction as `POST /api/v1/models/{id}/predict` would with this input_data text.
+    """Run one prediction as `POST /api/v1/models/{id}/predict` would with this input_data text:
+    the admin's door of the serving exchange, as the signed-in user.
 
     Returns {"ok", "status", "response" (the API's JSON), "timings", "wall_ms"}; a refusal is
     the API's {"code", "detail"} with its status.
     """
-    from inference.views import check_body_size, predict_from_body
+    from access.principals import Credential
+    from inference import exchange
+    from inference.protocols import JSON_PREDICT
 
     # The text is placed into the body unparsed, so the API's own parser judges it (NaN
     # literals, depth, syntax) and its errors read exactly as an API client would see them.
     body = b'{"input_data": ' + input_text.encode() + b', "skip_cache": ' + (b"true" if skip_cache else b"false") + b"}"
     started = time.perf_counter()
-    try:
-        check_body_size(len(body))
-        content, headers = predict_from_body(model=model, body=body, api_key=None, user=user)
-    except DomainError as exc:
-        return {"ok": False, "status": exc.status_code, "response": {"code": exc.code, "detail": exc.detail}}
+    reply = exchange.answer(
+        Credential(user=user),
+        exchange.ModelRef(model_id=str(model.pk)),
+        exchange.Incoming(len(body), lambda: body),
+        JSON_PREDICT,
+    )
+    if reply.status != 200:
+        return {"ok": False, "status": reply.status, "response": json.loads(reply.content)}
     wall_ms = (time.perf_counter() - started) * 1000
     return {
         "ok": True,
         "status": 200,
-        "response": json.loads(content),
-        "cache": headers.get("X-Cache", ""),
-        "timings": server_timing(headers.get("Server-Timing", "")),
+        "response": json.loads(reply.content),
+        "cache": reply.headers.get("X-Cache", ""),
+        "timings": server_timing(reply.headers.get("Server-Timing", "")),
         "wall_ms": round(wall_ms, 3),
     }
 

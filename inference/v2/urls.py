@@ -7,6 +7,7 @@ is a 404 in the protocol's error format, so a client always gets ``{"error": ...
 
 from django.urls import path, re_path
 
+from inference import routes
 from inference.v2 import views
 
 _MODEL = r"^v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
@@ -17,7 +18,7 @@ urlpatterns = [
     path("v2/health/ready", views.ServerReadyView.as_view(), name="v2-ready"),
     re_path(_MODEL + r"/?$", views.ModelMetadataView.as_view(), name="v2-model-metadata"),
     re_path(_MODEL + r"/ready/?$", views.ModelReadyView.as_view(), name="v2-model-ready"),
-    re_path(_MODEL + r"/infer/?$", views.InferView.as_view(), name="v2-infer"),
+    *routes.urlpatterns(""),  # infer: the serving route table (inference.routes)
     path("v2/repository/index", views.RepositoryIndexView.as_view(), name="v2-repository-index"),
     re_path(r"^v2/repository/models/(?P<name>[^/]+)/load/?$", views.RepositoryLoadView.as_view(), name="v2-load"),
     re_path(r"^v2/repository/models/(?P<name>[^/]+)/unload/?$", views.RepositoryUnloadView.as_view(), name="v2-unload"),

@@ -14,16 +14,12 @@ Statuses: 400 bad request, 401/403 key or scope, 404 unknown model, version or r
 over the limit (also once decompressed), 415 an unsupported Content-Encoding, 503 a model that
 is not ready (any status but ready, archived included) or a full queue (with Retry-After).
 
-`infer_reply` is the whole infer exchange after routing; the WSGI fast path
-(`inference.v2.fastpath`) calls it too, so both answer alike.
+Infer is a door of the serving exchange (inference.exchange), as is the WSGI fast path in front
+of Django (inference.fastpath), so both answer alike; errors come from the /v2 error table
+(inference.protocols.v2_error).
 """
 
 from __future__ import annotations
-
-import logging
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import orjson
 from django.conf import settings
@@ -31,31 +27,22 @@ from django.http import HttpResponse, RawPostDataException
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework import exceptions
 
-from access import throttling
-from access.keys import authenticate_key, key_from_header
-from access.models import APIKey, Scope
-from core import request_log, shutdown
-from core.exceptions import DomainError, NotFound
-from inference import services
-from inference.errors import InvalidInput, ModelArchived, ModelIntegrityError, ModelNotReady
-from inference.serving import serving_cache
+from access.models import Scope
+from access.principals import Credential, authorize
+from core import shutdown
+from core.exceptions import NotFound
+from inference import exchange
+from inference.errors import InvalidInput
+from inference.exchange import Reply
+from inference.protocols import v2_error, v2_json, v2_resolve
 from inference.sessions import get_pool
 from inference.v2 import codec
-from inference.views import check_body_size
-from modelforge_site import health
-from registry.errors import ModelNotFound
+from modelforge_site import health as probes  # moves to core (layers)
 from registry.models import MLModel
-
-logger = logging.getLogger(__name__)
 
 SERVER_NAME = "modelforge"
 EXTENSIONS = ("binary_tensor_data", "model_repository")
-JSON = "application/json"
-
-# Models that exist but are not served answer 503, as the protocol has it for "not ready".
-_NOT_SERVED = (ModelNotReady, ModelArchived, ModelIntegrityError)
 
 # Triton's repository states for our statuses (ready means servable: sessions load on use).
 _STATES = {
@@ -64,153 +51,10 @@ _STATES = {
 }
 
 
-@dataclass
-class Reply:
-    """An answer, independent of Django, so the WSGI fast path can send it too."""
-
-    status: int
-    content: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def as_response(self) -> HttpResponse:
-        content_type = self.headers.pop("Content-Type", JSON if self.content else "text/plain; charset=utf-8")
-        response = HttpResponse(self.content, status=self.status, content_type=content_type)
-        for name, value in self.headers.items():
-            response[name] = value
-        return response
-
-
-def json_reply(document, status: int = 200) -> Reply:
-    return Reply(status, orjson.dumps(document), {"Content-Type": JSON})
-
-
-def error_reply(exc: Exception) -> Reply:
-    """Any failure as ``{"error", "code"}`` with its status; unexpected ones are logged, 500."""
-    if isinstance(exc, exceptions.APIException):  # authentication and scope, from access.keys
-        codes = exc.get_codes()
-        reply = json_reply(
-            {"error": str(exc.detail), "code": codes if isinstance(codes, str) else exc.default_code}, exc.status_code
-        )
-        if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
-            reply.headers["WWW-Authenticate"] = 'Bearer realm="api"'
-        return reply
-    if isinstance(exc, DomainError):
-        status = 503 if isinstance(exc, _NOT_SERVED) else exc.status_code
-        reply = json_reply({"error": exc.detail, "code": exc.code}, status)
-        if getattr(exc, "retry_after", None):
-            reply.headers["Retry-After"] = str(exc.retry_after)
-        return reply
-    logger.exception("v2 request failed")
-    return json_reply({"error": "An unexpected error occurred; it has been logged.", "code": "server_error"}, 500)
-
-
-def authenticate(authorization: str | None, scope: str) -> APIKey:
-    raw = key_from_header(authorization or "")
-    if raw is None:
-        raise exceptions.NotAuthenticated(
-            "This route needs an API key: send `Authorization: Bearer <key>` (keys come from "
-            "`manage.py create_api_key` or the admin).",
-            code="not_authenticated",
-        )
-    api_key = authenticate_key(raw)
-    if not api_key.has_scope(scope):
-        raise exceptions.PermissionDenied(f"This API key lacks the '{scope}' scope needed here.", code="missing_scope")
-    return api_key
-
-
-def resolve_model(name: str, version: str | None) -> MLModel:
-    """A ready model version: the given one (a semver, or an alias such as `production`), or by
-    default the `production` alias's version, else the name's highest ready version.
-
-    Unknown names and versions are 404; a version that exists but is not served, or a name
-    without any ready version, is 503 (not ready).
-    """
-    try:
-        model = serving_cache.by_name(name, version or None)
-    except ModelNotFound:
-        known = list(MLModel.objects.named(name).newest_first().values_list("version", "status"))
-        if not known:
-            raise NotFound(f"Unknown model '{name}'.", code="model_not_found") from None
-        listed = ", ".join(f"{known_version} ({known_status})" for known_version, known_status in known[:20])
-        if version:
-            raise NotFound(
-                f"Model '{name}' has no version '{version}'. Its versions: {listed}.", code="model_not_found"
-            ) from None
-        raise ModelNotReady(
-            f"No version of model '{name}' is ready (versions: {listed}). Try again once one is validated."
-        ) from None
-    services.ensure_servable(model)
-    return model
-
-
-def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000
-
-
-def infer_reply(
-    *,
-    authorization: str | None,
-    name: str,
-    version: str | None,
-    content_length: int,
-    read_body: Callable[[], bytes],
-    header_length: str | None,
-    content_encoding: str | None,
-) -> Reply:
-    """POST /v2/models/{name}[/versions/{version}]/infer, from the key to the response body."""
-    started = time.perf_counter()
-    try:
-        api_key = authenticate(authorization, Scope.PREDICT)
-        throttling.check("predict", api_key.prefix)
-        model = resolve_model(name, version)
-        request_log.bind_model(model)
-        check_body_size(content_length)
-        body = codec.read_body(read_body(), content_encoding, limit=settings.MAX_REQUEST_BODY_BYTES)
-        request = codec.parse_infer_request(
-            body,
-            header_length,
-            inputs=model.input_schema,
-            outputs=model.output_schema,
-            allow_non_finite=model.allow_non_finite,
-            max_elements=settings.MAX_INPUT_ELEMENTS,
-            max_depth=settings.MAX_JSON_DEPTH,
-        )
-        timings = services.Timings(parse=_ms_since(started))
-        feeds = request.feeds
-        outcome = services.infer(
-            model=model,
-            feeds=feeds,
-            skip_cache=request.skip_cache,
-            api_key=api_key,
-            history_input=lambda: codec.feeds_as_json(feeds, model.input_schema),
-            input_size=len(body),
-            requested_outputs=[output.name for output in request.outputs],
-            # JSON renders NaN as null anyway; binary outputs must be the exact values.
-            exact=request.wants_binary,
-            timings=timings,
-        )
-        request_log.bind_outcome(outcome)
-
-        serialize_started = time.perf_counter()
-        values = outcome.values if outcome.values is not None else outcome.output_data
-        tensors = [
-            (output, codec.output_array(output.datatype, values[output.name], outcome.shapes.get(output.name)))
-            for output in request.outputs
-        ]
-        content, json_size = codec.encode_infer_response(
-            model_name=model.name, model_version=model.version, request_id=request.id, outputs=tensors
-        )
-        timings.serialize = _ms_since(serialize_started)
-    except Exception as exc:
-        return error_reply(exc)
-    headers = {
-        "Content-Type": JSON if json_size is None else "application/octet-stream",
-        "X-Cache": "HIT" if outcome.cached else "MISS",
-        "Server-Timing": timings.header(),
-    }
-    if json_size is not None:
-        headers[codec.HEADER_LENGTH] = str(json_size)
-    return Reply(200, content, headers)
+def as_response(reply: Reply) -> HttpResponse:
+    headers = dict(reply.headers)
+    content_type = headers.pop("Content-Type", "application/json" if reply.content else "text/plain; charset=utf-8")
+    return HttpResponse(reply.content, status=reply.status, content_type=content_type, headers=headers)
 
 
 def _content_length(value: str | None) -> int:
@@ -224,31 +68,36 @@ def _content_length(value: str | None) -> int:
 class V2View(View):
     """Routes answer with a `Reply`; errors of every kind become the protocol's JSON errors.
 
-    ``scope`` is the API key scope a route needs (None: open). Handlers take
-    ``(request, api_key, **route_kwargs)``.
+    ``scope`` is the API key scope a route needs (None: open); sessions are not accepted.
+    Handlers take ``(request, api_key, **route_kwargs)``. A door of the serving exchange
+    (``exchange_door``) is authorized by the exchange itself.
     """
 
     scope: str | None = Scope.PREDICT
+    exchange_door = False
 
     def dispatch(self, request, *args, **kwargs):
         method = request.method.lower()
         handler = getattr(self, method, None) if method in self.http_method_names else None
         allowed = ", ".join(self._allowed_methods())
         if method == "options":
-            return Reply(200, headers={"Allow": allowed}).as_response()
+            return as_response(Reply(200, headers={"Allow": allowed}))
         if handler is None:
-            reply = json_reply(
+            reply = v2_json(
                 {"error": f"{request.method} is not allowed on {request.path}; use {allowed}.", "code": "bad_method"},
                 405,
             )
             reply.headers["Allow"] = allowed
-            return reply.as_response()
+            return as_response(reply)
         try:
-            api_key = authenticate(request.headers.get("Authorization"), self.scope) if self.scope else None
+            api_key = None
+            if self.scope and not self.exchange_door:
+                credential = Credential.from_header(request.headers.get("Authorization"))
+                api_key = authorize(credential, scope=self.scope, permissions=None).key
             reply = handler(request, api_key, *args, **kwargs)
         except Exception as exc:
-            reply = error_reply(exc)
-        return reply.as_response()
+            reply = v2_error(exc)
+        return as_response(reply)
 
 
 class ServerLiveView(V2View):
@@ -265,12 +114,12 @@ class ServerReadyView(V2View):
 
     def get(self, request, api_key):
         if shutdown.stopping.is_set():
-            return json_reply({"error": "Not ready: the server is shutting down.", "code": "shutting_down"}, 503)
-        ok, detail = health.check_database()
+            return v2_json({"error": "Not ready: the server is shutting down.", "code": "shutting_down"}, 503)
+        ok, detail = probes.check_database()
         if ok:
-            ok, detail = health.check_migrations()
+            ok, detail = probes.check_migrations()
         if not ok:
-            return json_reply({"error": f"Not ready: database {detail}.", "code": "not_ready"}, 503)
+            return v2_json({"error": f"Not ready: database {detail}.", "code": "not_ready"}, 503)
         return Reply(200)
 
 
@@ -278,14 +127,14 @@ class ServerMetadataView(V2View):
     scope = None
 
     def get(self, request, api_key):
-        return json_reply({"name": SERVER_NAME, "version": settings.MODELFORGE_VERSION, "extensions": list(EXTENSIONS)})
+        return v2_json({"name": SERVER_NAME, "version": settings.MODELFORGE_VERSION, "extensions": list(EXTENSIONS)})
 
 
 class ModelMetadataView(V2View):
     def get(self, request, api_key, name, version=None):
-        model = resolve_model(name, version)
+        model = v2_resolve(name, version)
         ready_versions = list(MLModel.objects.named(name).ready().newest_first().values_list("version", flat=True))
-        return json_reply(
+        return v2_json(
             {
                 "name": model.name,
                 "versions": ready_versions,
@@ -298,22 +147,28 @@ class ModelMetadataView(V2View):
 
 class ModelReadyView(V2View):
     def get(self, request, api_key, name, version=None):
-        resolve_model(name, version)
+        v2_resolve(name, version)
         return Reply(200)
 
 
 class InferView(V2View):
-    scope = None  # infer_reply checks the key itself, as the fast path calls it directly
+    """The /v2 door of the serving exchange (inference.exchange); its route, protocol and model
+    reference come from inference.routes."""
 
-    def post(self, request, api_key, name, version=None):
-        return infer_reply(
-            authorization=request.headers.get("Authorization"),
-            name=name,
-            version=version,
-            content_length=_content_length(request.META.get("CONTENT_LENGTH")),
-            read_body=lambda: _body(request),
-            header_length=request.headers.get(codec.HEADER_LENGTH),
-            content_encoding=request.headers.get("Content-Encoding"),
+    exchange_door = True
+    protocol = None
+    ref = None
+
+    def post(self, request, api_key, **kwargs):
+        return exchange.answer(
+            Credential.from_header(request.headers.get("Authorization")),
+            self.ref(kwargs, request.GET),
+            exchange.Incoming(
+                _content_length(request.META.get("CONTENT_LENGTH")),
+                lambda: _body(request),
+                {name.lower(): request.headers.get(name) for name in self.protocol.headers},
+            ),
+            self.protocol,
         )
 
 
@@ -330,7 +185,7 @@ def _body(request) -> bytes:
 def _repository_request(request) -> dict:
     """The optional JSON object of a repository request (tritonclient sends an empty body to
     the index, a JSON object to load and unload)."""
-    check_body_size(_content_length(request.META.get("CONTENT_LENGTH")))
+    exchange.check_body_size(_content_length(request.META.get("CONTENT_LENGTH")))
     body = codec.read_body(
         _body(request), request.headers.get("Content-Encoding"), limit=settings.MAX_REQUEST_BODY_BYTES
     )
@@ -372,7 +227,7 @@ class RepositoryIndexView(V2View):
             index.append(
                 {"name": name, "version": version, "state": _STATES.get(status, "UNAVAILABLE"), "reason": reason}
             )
-        return json_reply(index)
+        return v2_json(index)
 
 
 class RepositoryLoadView(V2View):
@@ -390,7 +245,7 @@ class RepositoryLoadView(V2View):
                 "/api/v1/models (upload and validation), then loaded by name.",
                 code="unsupported_parameter",
             )
-        get_pool().get(resolve_model(name, None))
+        get_pool().get(v2_resolve(name, None))
         return Reply(200)
 
 
@@ -414,7 +269,7 @@ class RepositoryUnloadView(V2View):
 
 @csrf_exempt
 def unknown_route(request, *args, **kwargs):
-    return json_reply(
+    reply = v2_json(
         {
             "error": f"No route {request.method} {request.path}. The /v2 routes: /v2, /v2/health/live, "
             "/v2/health/ready, /v2/models/{name}[/versions/{version}][/ready|/infer], /v2/repository/index, "
@@ -422,4 +277,5 @@ def unknown_route(request, *args, **kwargs):
             "code": "not_found",
         },
         404,
-    ).as_response()
+    )
+    return as_response(reply)

@@ -1,0 +1,187 @@
+"""The serving exchange: one prediction, whichever door it came in by.
+
+A door parses its transport and calls `answer(credential, ref, incoming, protocol)`:
+
+- the /api/v1 predict views and the /v2 infer view (inference.views, inference.v2.views),
+- the WSGI fast path in front of Django, for both (inference.fastpath),
+- the admin's Try it (console),
+
+and sends the `Reply` it gets back. Everything between is here, once, in this order:
+
+    authorize (access.principals)  ->  throttle (access.throttling)  ->  resolve the model
+    ->  body size  ->  read the body  ->  decode (the protocol)  ->  predict: cache, session,
+    history (inference.services)  ->  encode (the protocol)
+
+No body is read before the caller is authorized, within budget, and the model is known and
+servable. A failure anywhere becomes the protocol's error reply (its error table: /api/v1
+``{"code", "detail"}``, /v2 ``{"error", "code"}``, both read from core.exceptions.problem), with
+its Retry-After. A protocol (inference.protocols) is how one wire format decodes a request and
+encodes an answer; a new door (gRPC) is a new transport adapter over an existing or new protocol.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from access import throttling
+from access.models import Scope
+from access.permissions import RUN_MODEL
+from access.principals import Credential, Principal, authorize
+from core import request_log
+from core.exceptions import PayloadTooLarge
+from inference import services
+from inference.cache import body_memo, cache_tenant
+from registry.models import MLModel
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """Which model a request means: an id, or a name with a version or an alias (neither: the
+    `production` alias's version, else the latest ready one)."""
+
+    model_id: str | None = None
+    name: str | None = None
+    version: str | None = None
+    alias: str | None = None
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A request as its door has it: the body's announced length, how to read the body (called
+    once the caller is admitted), and the headers its protocol reads (lower-case names)."""
+
+    length: int
+    read: Callable[[], bytes]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Decoded:
+    """A request body as the model's feeds, and what the protocol asked of the prediction."""
+
+    feeds: dict[str, Any]
+    history_input: Any  # JSON-ready inputs for the history, or a function returning them
+    input_size: int  # bytes of the request as decoded (decompressed): the history's truncation
+    skip_cache: bool = False
+    requested_outputs: list[str] | None = None
+    exact: bool = False  # the values themselves (binary outputs), not a cached JSON rendering
+    request: Any = None  # the protocol's own parsed request, for its encoder
+
+
+@dataclass(slots=True)
+class Reply:
+    """An answer, independent of any transport."""
+
+    status: int
+    content: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Protocol:
+    """A wire format: how a request names its model and becomes feeds, and how an outcome or
+    an error is written back. Subclasses: inference.protocols.JsonPredict, .V2Infer."""
+
+    # Remember validated bodies (inference.cache.BodyMemo): an identical repeat skips decoding.
+    memo = False
+    # The request headers it reads, which every door hands over in Incoming.headers.
+    headers: tuple[str, ...] = ()
+
+    def resolve(self, ref: ModelRef) -> MLModel:
+        raise NotImplementedError
+
+    def decode(self, model: MLModel, body: bytes, incoming: Incoming) -> Decoded:
+        raise NotImplementedError
+
+    def encode(self, outcome: services.PredictionOutcome, decoded: Decoded | None) -> tuple[bytes, dict[str, str]]:
+        raise NotImplementedError
+
+    def error(self, exc: Exception) -> Reply:
+        raise NotImplementedError
+
+
+def answer(credential: Credential, ref: ModelRef, incoming: Incoming, protocol: Protocol) -> Reply:
+    """One prediction from the credential to the reply; every failure is the protocol's error."""
+    try:
+        return serve(credential, ref, incoming, protocol)
+    except Exception as exc:
+        return protocol.error(exc)
+
+
+def serve(credential: Credential, ref: ModelRef, incoming: Incoming, protocol: Protocol) -> Reply:
+    """As `answer`, raising a domain error (or DRF's 401/403) instead of rendering it."""
+    principal = authorize(credential, scope=Scope.PREDICT, permissions=RUN_MODEL)
+    throttling.check("predict", principal.ident)
+    model = protocol.resolve(ref)
+    request_log.bind_model(model)
+    services.ensure_servable(model)
+    check_body_size(incoming.length)
+    body = incoming.read()
+
+    started = time.perf_counter()
+    timings = services.Timings()
+    caller = caller_of(principal)
+    outcome = None
+    if protocol.memo:
+        remembered = body_memo.get(model, body, tenant=caller["tenant"])
+        if remembered is not None:
+            cache_key, history_input = remembered
+            timings.parse = _ms_since(started)
+            outcome = services.predict_cached(
+                model=model,
+                cache_key=cache_key,
+                input_data=history_input,
+                api_key=caller["api_key"],
+                user=caller["user"],
+                input_size=len(body),
+                timings=timings,
+            )
+    decoded = None
+    if outcome is None:
+        decoded = protocol.decode(model, body, incoming)
+        timings.parse = _ms_since(started)
+        outcome = services.infer(
+            model=model,
+            feeds=decoded.feeds,
+            skip_cache=decoded.skip_cache,
+            api_key=caller["api_key"],
+            user=caller["user"],
+            history_input=decoded.history_input,
+            input_size=decoded.input_size,
+            requested_outputs=decoded.requested_outputs,
+            exact=decoded.exact,
+            timings=timings,
+        )
+        if protocol.memo and outcome.cache_key is not None:
+            body_memo.put(model, body, outcome.cache_key, decoded.history_input, tenant=caller["tenant"])
+    request_log.bind_outcome(outcome)
+
+    started = time.perf_counter()
+    content, headers = protocol.encode(outcome, decoded)
+    timings.serialize = _ms_since(started)
+    headers["X-Cache"] = "HIT" if outcome.cached else "MISS"
+    headers["Server-Timing"] = timings.header()
+    return Reply(200, content, headers)
+
+
+def caller_of(principal: Principal) -> dict[str, Any]:
+    """Who the prediction is recorded for, and whose cache entries it uses (inference.cache)."""
+    api_key, user = principal.key, principal.user
+    return {"api_key": api_key, "user": user, "tenant": cache_tenant(api_key=api_key, user=user)}
+
+
+def check_body_size(content_length: int) -> None:
+    if content_length > settings.MAX_REQUEST_BODY_BYTES:
+        raise PayloadTooLarge(
+            f"The request body is {content_length} bytes; the limit is {settings.MAX_REQUEST_BODY_BYTES} "
+            "(MAX_REQUEST_BODY_BYTES). Send fewer rows per request, or use a batch job.",
+            code="body_too_large",
+        )
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
