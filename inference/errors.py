@@ -1,6 +1,6 @@
 """Errors of the inference path. Each is a `DomainError`, so the API renders it as
-``{"code", "detail"}`` with the error's status; the codes are listed where they are raised
-(`inference.tensors`)."""
+``{"code", "detail"}`` with the error's status. Rejected inputs are `core.tensor_checks.InvalidInput`,
+their codes listed where they are raised (`inference.tensors`, `inference.v2.codec`)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,8 @@ from rest_framework import status
 
 from core.exceptions import DomainError
 
-
-class InvalidInput(DomainError):
-    """The request body or its inputs cannot become tensors for the model (400).
-
-    ``code`` names the rule that failed (``ragged_array``, ``integer_overflow``, ...) and
-    ``input_name`` the offending input when there is one; the detail names it too and says
-    what to change.
-    """
-
-    status_code = status.HTTP_400_BAD_REQUEST
-    code = "invalid_input"
-
-    def __init__(self, detail: str, *, code: str | None = None, input_name: str | None = None):
-        super().__init__(detail, code=code)
-        self.input_name = input_name
+# Until inference.views and inference.v2.views import it from core.tensor_checks.
+from core.tensor_checks import InvalidInput as InvalidInput
 
 
 class ModelNotReady(DomainError):

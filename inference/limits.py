@@ -17,7 +17,8 @@ import threading
 import numpy as np
 from django.conf import settings
 
-from inference.errors import InvalidInput, Overloaded
+from core.tensor_checks import InvalidInput
+from inference.errors import Overloaded
 
 
 class ModelOverloaded(Overloaded):

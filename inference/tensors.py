@@ -4,7 +4,9 @@ This is the hot path of every prediction, so values are checked in bulk with num
 element by element in Python unless a request is already known to be wrong. It is pure: no
 Django, no database, no global state.
 
-Every rejection is an `InvalidInput` (400) whose ``code`` is one of:
+Every rejection is an `InvalidInput` (400) whose ``code`` is one of the following; those the
+v2 codec and batch files share are worded in `core.tensor_checks`, and the datatypes are
+`core.tensor_types`'s:
 
 ``parse_error``             the body is not UTF-8 JSON
 ``non_finite_value``        NaN or infinity: the literals ``NaN``/``Infinity`` (not JSON), a
@@ -39,46 +41,27 @@ from collections.abc import Callable, Iterable
 from itertools import chain
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 import orjson
 
-from inference.errors import InvalidInput
+from core.tensor_checks import (
+    MAX_RANK,
+    InvalidInput,
+    check_shape,
+    index_text,
+    json_kind,
+    missing_input,
+    names_text,
+    non_finite_values,
+    reject,
+    shape_text,
+    short,
+    to_text,
+    too_many_elements,
+    unsupported_input_type,
+)
+from core.tensor_types import DTYPES, FLOAT_DATATYPES, FLOAT_MAX, INT_RANGES, is_supported
 
-# numpy's own ceiling on array rank; deeper nesting cannot be a tensor at all.
-MAX_RANK = 64
-
-# Open Inference Protocol datatypes -> the numpy dtype ONNX Runtime takes for them. numpy has
-# no bfloat16; ml_dtypes (a dependency of onnx) provides it. ONNX Runtime does not take such
-# arrays directly: the session layer passes them as
-# OrtValue.ortvalue_from_numpy_with_onnx_type(array.view(numpy.uint16), TensorProto.BFLOAT16).
-DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    # ONNX Runtime takes tensor(string) as an object array of str.
-    "BYTES": np.dtype(object),
-}
-_FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
-_INT_RANGES = {
-    name: (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)) for name, dtype in DTYPES.items() if dtype.kind in "iu"
-}
-_FLOAT_MAX = {
-    "FP16": float(np.finfo(np.float16).max),
-    "FP32": float(np.finfo(np.float32).max),
-    "FP64": float(np.finfo(np.float64).max),
-    "BF16": float(ml_dtypes.finfo(ml_dtypes.bfloat16).max),
-}
 # Above this a float64 no longer holds every integer exactly, so a float there cannot stand for
 # one specific integer (orjson also reads integers beyond the 64-bit range as floats).
 _EXACT_FLOAT_INT = 2**53
@@ -204,7 +187,7 @@ def decode_inputs(
     if not isinstance(input_data, dict):
         raise InvalidInput(
             "The inputs must be a JSON object mapping each input name to its value, like "
-            f'{{"{schema[0]["name"] if schema else "x"}": [[...]]}}; received {_json_value_name(input_data)}.',
+            f'{{"{schema[0]["name"] if schema else "x"}": [[...]]}}; received {json_kind(input_data)}.',
             code="invalid_input",
         )
     accepted = [entry["name"] for entry in schema]
@@ -212,17 +195,13 @@ def decode_inputs(
     unknown = [name for name in input_data if name not in known]
     if unknown:
         raise InvalidInput(
-            f"Unknown input {_names(unknown)}. This model accepts {_names(accepted)}.",
+            f"Unknown input {names_text(unknown)}. This model accepts {names_text(accepted)}.",
             code="unknown_input",
             input_name=str(unknown[0]),
         )
     missing = [name for name in accepted if name not in input_data]
     if missing:
-        raise InvalidInput(
-            f"Missing input {_names(missing)}. This model needs {_names(accepted)}.",
-            code="missing_input",
-            input_name=missing[0],
-        )
+        raise missing_input(missing, accepted)
 
     arrays: dict[str, np.ndarray] = {}
     remaining = max_elements
@@ -244,24 +223,12 @@ def decode_inputs(
 def _decode_one(
     entry: dict, value: Any, *, allow_non_finite: bool, max_depth: int, remaining: int, max_elements: int
 ) -> np.ndarray:
+    if not is_supported(entry):
+        raise unsupported_input_type(entry)
     name = entry["name"]
-    datatype = entry.get("datatype")
-    if entry.get("kind") != "tensor":
-        raise _fail(
-            "unsupported_input_type",
-            name,
-            f"Input '{name}' has type {entry.get('onnx_type')} ({entry.get('kind')}); only tensor "
-            "inputs can be sent as JSON arrays. Export the model with tensor inputs.",
-        )
-    if datatype not in DTYPES:
-        raise _fail(
-            "unsupported_input_type",
-            name,
-            f"Input '{name}' has element type {entry.get('onnx_type')}, which cannot be sent as JSON. "
-            "Export the model with a standard numeric, bool or string input.",
-        )
+    datatype = entry["datatype"]
     if isinstance(value, dict):
-        raise _fail(
+        raise reject(
             "invalid_input",
             name,
             f"Input '{name}' must be a {datatype} value or a nested array of them, not a JSON object.",
@@ -274,18 +241,18 @@ def _decode_one(
     depth_limit = min(max_depth, MAX_RANK)
     while isinstance(node, (list, tuple)):
         if len(leading) == depth_limit:
-            raise _fail(
+            raise reject(
                 "nesting_too_deep",
                 name,
                 f"Input '{name}' nests arrays more than {depth_limit} levels deep. Send one array "
-                f"level per dimension (expected shape {_shape_text(entry.get('shape'))}).",
+                f"level per dimension (expected shape {shape_text(entry.get('shape'))}).",
             )
         leading.append(len(node))
         if not node:
             break
         node = node[0]
     if math.prod(leading) > remaining:
-        raise _too_many(name, math.prod(leading), remaining, max_elements)
+        raise too_many_elements(name, math.prod(leading), remaining, max_elements)
 
     if datatype == "BYTES":
         # dtype=object, or numpy would turn numbers into strings; it then keeps ragged rows
@@ -294,17 +261,17 @@ def _decode_one(
         types = set(map(type, array.flat))
         if list in types or tuple in types:
             raise _ragged(name)
-        _check_shape(entry, array)
+        check_shape(name, entry.get("shape"), array.shape)
         result = _strings(name, array, types)
     else:
         array = _build(name, value)
-        _check_shape(entry, array)
+        check_shape(name, entry.get("shape"), array.shape)
         if datatype == "BOOL":
             result = _bools(name, value, array)
         else:
             result = _numbers(name, datatype, value, array, allow_non_finite=allow_non_finite)
     if result.size > remaining:
-        raise _too_many(name, result.size, remaining, max_elements)
+        raise too_many_elements(name, result.size, remaining, max_elements)
     return result
 
 
@@ -315,7 +282,7 @@ def _build(name: str, value: Any, *, dtype: Any = None) -> np.ndarray:
         array = np.array(value, dtype=dtype)
     except ValueError as exc:
         if "maximum number of dimension" in str(exc):
-            raise _fail(
+            raise reject(
                 "nesting_too_deep", name, f"Input '{name}' nests arrays more than {MAX_RANK} levels deep."
             ) from None
         raise _ragged(name) from None
@@ -323,7 +290,7 @@ def _build(name: str, value: Any, *, dtype: Any = None) -> np.ndarray:
 
 
 def _ragged(name: str) -> InvalidInput:
-    return _fail(
+    return reject(
         "ragged_array",
         name,
         f"Input '{name}' is a ragged array: nested arrays at the same level must all have the same "
@@ -331,35 +298,9 @@ def _ragged(name: str) -> InvalidInput:
     )
 
 
-def _check_shape(entry: dict, array: np.ndarray) -> None:
-    name = entry["name"]
-    expected = entry.get("shape")
-    if expected is None:  # unknown rank: any shape goes
-        return
-    received = f"received {_shape_text(list(array.shape))}"
-    if array.ndim != len(expected):
-        hint = ""
-        if array.ndim + 1 == len(expected) and expected[0] == -1:
-            hint = " For a single example, wrap it in a list (a batch of one)."
-        raise _fail(
-            "invalid_shape",
-            name,
-            f"Input '{name}' expects shape {_shape_text(expected)} (rank {len(expected)}, -1 = any "
-            f"size); {received} (rank {array.ndim}).{hint}",
-        )
-    for axis, (want, got) in enumerate(zip(expected, array.shape, strict=True)):
-        if want != -1 and want != got:
-            raise _fail(
-                "invalid_shape",
-                name,
-                f"Input '{name}' expects shape {_shape_text(expected)} (-1 = any size); {received}: "
-                f"dimension {axis} must be {want}, not {got}.",
-            )
-
-
 def _strings(name: str, array: np.ndarray, types: set[type]) -> np.ndarray:
     if types - {str}:
-        raise _fail(
+        raise reject(
             "invalid_dtype",
             name,
             f"Input '{name}' is a string tensor (BYTES): every element must be a JSON string; "
@@ -373,7 +314,7 @@ def _bools(name: str, value: Any, array: np.ndarray) -> np.ndarray:
         return array
     if array.size == 0:
         return array.astype(np.bool_)
-    raise _fail(
+    raise reject(
         "invalid_dtype",
         name,
         f"Input '{name}' is BOOL: every element must be true or false; found "
@@ -391,7 +332,7 @@ def _numbers(name: str, datatype: str, value: Any, array: np.ndarray, *, allow_n
     elif kind == "b":
         raise _bools_in_numbers(name, datatype)
     elif kind not in "iuf":
-        raise _fail("invalid_dtype", name, f"Input '{name}' must hold {datatype} numbers.")
+        raise reject("invalid_dtype", name, f"Input '{name}' must hold {datatype} numbers.")
     elif (
         not isinstance(value, np.ndarray)  # arrays (.npy batches, binary tensors) hold no JSON booleans
         and array.size
@@ -401,7 +342,7 @@ def _numbers(name: str, datatype: str, value: Any, array: np.ndarray, *, allow_n
         # numpy turns true/false among numbers into 1/0 silently; only 0 and 1 can be one.
         raise _bools_in_numbers(name, datatype)
 
-    if datatype in _FLOAT_TYPES:
+    if datatype in FLOAT_DATATYPES:
         return _to_float(name, datatype, array, allow_non_finite=allow_non_finite)
     return _to_int(name, datatype, value, array)
 
@@ -413,31 +354,31 @@ def _numbers_from_objects(name: str, datatype: str, array: np.ndarray, *, allow_
     if str in types:
         raise _strings_in_numbers(name, datatype, array.flat, allow_non_finite=allow_non_finite)
     if types - {int, float, type(None)}:
-        raise _fail(
+        raise reject(
             "invalid_dtype",
             name,
             f"Input '{name}' must hold {datatype} numbers; found {_type_list(types - {int, float, type(None)})}.",
         )
     if type(None) in types:
         nulls = np.equal(array, None)
-        if datatype not in _FLOAT_TYPES:
-            raise _fail(
+        if datatype not in FLOAT_DATATYPES:
+            raise reject(
                 "invalid_dtype",
                 name,
-                f"Input '{name}' is {datatype} and cannot hold null (at {_index(array, nulls)}). "
+                f"Input '{name}' is {datatype} and cannot hold null (at {index_text(array, nulls)}). "
                 "Send an integer for every element.",
             )
         if not allow_non_finite:
-            raise _fail(
+            raise reject(
                 "non_finite_value",
                 name,
-                f"Input '{name}' contains null (at {_index(array, nulls)}), i.e. a missing or NaN value; "
+                f"Input '{name}' contains null (at {index_text(array, nulls)}), i.e. a missing or NaN value; "
                 "non-finite values are not accepted. Send a number for every element.",
             )
         array[nulls] = math.nan
     # What is left are Python ints beyond 64 bits (maybe with floats): compare them exactly,
     # in Python. A rare path, so per-element loops are fine here.
-    if datatype in _INT_RANGES:
+    if datatype in INT_RANGES:
         _check_int_range(name, datatype, array, min(array.flat), max(array.flat))
         fractional = _mask(array, lambda x: isinstance(x, float) and not x.is_integer())
         if fractional.any():
@@ -445,22 +386,22 @@ def _numbers_from_objects(name: str, datatype: str, array: np.ndarray, *, allow_
         # orjson reads an integer literal outside the 64-bit range as a float, which may round
         # onto the boundary itself (-2**63 - 1 -> -2**63): a float at or past a 64-bit bound
         # can only be such an overflow, since an in-range integer arrives as an int.
-        lowest, highest = _INT_RANGES[datatype]
+        lowest, highest = INT_RANGES[datatype]
         if highest >= 2**63 - 1:
             boundary = _mask(array, lambda x: isinstance(x, float) and (x <= lowest or x >= highest))
             if boundary.any():
-                raise _fail(
+                raise reject(
                     "integer_overflow",
                     name,
                     f"Input '{name}' is {datatype}, which holds integers from {lowest} to {highest}; the value "
-                    f"at {_index(array, boundary)} is outside that range. Send values within that range.",
+                    f"at {index_text(array, boundary)} is outside that range. Send values within that range.",
                 )
         inexact = _mask(array, lambda x: isinstance(x, float) and abs(x) > _EXACT_FLOAT_INT)
         if inexact.any():
-            raise _fail(
+            raise reject(
                 "invalid_dtype",
                 name,
-                f"Input '{name}' is {datatype} and holds a float beyond ±2**53 at {_index(array, inexact)}, "
+                f"Input '{name}' is {datatype} and holds a float beyond ±2**53 at {index_text(array, inexact)}, "
                 "where floats no longer stand for one exact integer. Send every value as a plain JSON "
                 "integer, without a decimal point or exponent.",
             )
@@ -468,7 +409,7 @@ def _numbers_from_objects(name: str, datatype: str, array: np.ndarray, *, allow_
     try:
         return array.astype(np.float64)
     except OverflowError:
-        too_big = _mask(array, lambda x: isinstance(x, int) and abs(x) > _FLOAT_MAX["FP64"])
+        too_big = _mask(array, lambda x: isinstance(x, int) and abs(x) > FLOAT_MAX["FP64"])
         raise _out_of_range(name, datatype, array, too_big) from None
 
 
@@ -488,12 +429,7 @@ def _to_float(name: str, datatype: str, array: np.ndarray, *, allow_non_finite: 
     if overflowed.any():
         raise _out_of_range(name, datatype, array, overflowed)
     if not allow_non_finite:
-        raise _fail(
-            "non_finite_value",
-            name,
-            f"Input '{name}' contains NaN or infinity (at {_index(array, ~finite)}); non-finite values "
-            "are not accepted. Send finite numbers.",
-        )
+        raise non_finite_values(name, array, ~finite)
     return result
 
 
@@ -503,10 +439,10 @@ def _to_int(name: str, datatype: str, value: Any, array: np.ndarray) -> np.ndarr
     if array.dtype.kind == "f":
         finite = np.isfinite(array)
         if not finite.all():
-            raise _fail(
+            raise reject(
                 "non_finite_value",
                 name,
-                f"Input '{name}' is {datatype} and cannot hold NaN or infinity (at {_index(array, ~finite)}). "
+                f"Input '{name}' is {datatype} and cannot hold NaN or infinity (at {index_text(array, ~finite)}). "
                 "Send integers.",
             )
         fractional = array != np.trunc(array)
@@ -521,15 +457,15 @@ def _to_int(name: str, datatype: str, value: Any, array: np.ndarray) -> np.ndarr
 
 
 def _check_int_range(name: str, datatype: str, array: np.ndarray, low: int | float, high: int | float) -> None:
-    lowest, highest = _INT_RANGES[datatype]
+    lowest, highest = INT_RANGES[datatype]
     if low >= lowest and high <= highest:
         return
     offending = high if high > highest else low
-    raise _fail(
+    raise reject(
         "integer_overflow",
         name,
         f"Input '{name}' is {datatype}, which holds integers from {lowest} to {highest}; the value at "
-        f"{_index(array, array == offending)} is {_number_text(offending)}. Send values "
+        f"{index_text(array, array == offending)} is {_number_text(offending)}. Send values "
         "within that range.",
     )
 
@@ -537,21 +473,8 @@ def _check_int_range(name: str, datatype: str, array: np.ndarray, low: int | flo
 # --- rejections ------------------------------------------------------------------------------
 
 
-def _fail(code: str, name: str, detail: str) -> InvalidInput:
-    return InvalidInput(detail, code=code, input_name=name)
-
-
-def _too_many(name: str, count: int, remaining: int, max_elements: int) -> InvalidInput:
-    return _fail(
-        "too_many_elements",
-        name,
-        f"Input '{name}' has {count} elements, over the {max_elements} allowed across all inputs of "
-        f"one request ({remaining} were left for it). Split the batch into smaller requests.",
-    )
-
-
 def _bools_in_numbers(name: str, datatype: str) -> InvalidInput:
-    return _fail(
+    return reject(
         "invalid_dtype",
         name,
         f"Input '{name}' is {datatype} and contains true/false; send numbers (1 and 0) instead.",
@@ -562,17 +485,17 @@ def _strings_in_numbers(name: str, datatype: str, leaves: Iterable[Any], *, allo
     strings = [leaf for leaf in leaves if isinstance(leaf, str)]
     for text in strings:
         if _is_non_finite_text(text):
-            hint = " Use null for a missing value (NaN)." if allow_non_finite and datatype in _FLOAT_TYPES else ""
-            return _fail(
+            hint = " Use null for a missing value (NaN)." if allow_non_finite and datatype in FLOAT_DATATYPES else ""
+            return reject(
                 "non_finite_value",
                 name,
-                f"Input '{name}' contains the string {_short(repr(text))}, a non-finite number; NaN and "
+                f"Input '{name}' contains the string {short(repr(text))}, a non-finite number; NaN and "
                 f"infinity are not accepted, as strings or otherwise.{hint} Send finite JSON numbers.",
             )
-    return _fail(
+    return reject(
         "invalid_dtype",
         name,
-        f"Input '{name}' is {datatype} and contains strings (e.g. {_short(repr(strings[0]))}); send JSON "
+        f"Input '{name}' is {datatype} and contains strings (e.g. {short(repr(strings[0]))}); send JSON "
         "numbers, without quotes.",
     )
 
@@ -585,20 +508,20 @@ def _is_non_finite_text(text: str) -> bool:
 
 
 def _not_whole(name: str, datatype: str, array: np.ndarray, fractional: np.ndarray) -> InvalidInput:
-    return _fail(
+    return reject(
         "invalid_dtype",
         name,
-        f"Input '{name}' is {datatype} and needs integers; the value at {_index(array, fractional)} is "
+        f"Input '{name}' is {datatype} and needs integers; the value at {index_text(array, fractional)} is "
         f"{_number_text(array[fractional].flat[0])}. Send whole numbers (3 or 3.0, not 3.5).",
     )
 
 
 def _out_of_range(name: str, datatype: str, array: np.ndarray, mask: np.ndarray) -> InvalidInput:
-    return _fail(
+    return reject(
         "value_out_of_range",
         name,
-        f"Input '{name}' is {datatype}, whose largest finite magnitude is {_FLOAT_MAX[datatype]:g}; the "
-        f"value at {_index(array, mask)} is {_number_text(array[mask].flat[0])}, which would become "
+        f"Input '{name}' is {datatype}, whose largest finite magnitude is {FLOAT_MAX[datatype]:g}; the "
+        f"value at {index_text(array, mask)} is {_number_text(array[mask].flat[0])}, which would become "
         "infinity. Scale the values into range.",
     )
 
@@ -617,22 +540,10 @@ def _leaf_types(value: Any, array: np.ndarray) -> set[type]:
     return set(map(type, array.flat if array.dtype == object else _leaves(value, array.ndim)))
 
 
-def _index(array: np.ndarray, mask: np.ndarray) -> str:
-    hits = np.flatnonzero(mask)
-    if array.ndim == 0 or not hits.size:
-        return "the scalar value" if array.ndim == 0 else "some index"
-    position = np.unravel_index(int(hits[0]), array.shape)
-    return "index " + _shape_text([int(i) for i in position])
-
-
 def _number_text(number: Any) -> str:
     number = number.item() if isinstance(number, np.generic) else number
     text = str(number)
     return text if len(text) <= 40 else f"{text[:20]}...({len(text)} digits)"
-
-
-def _shape_text(shape: list[int] | None) -> str:
-    return "any shape" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 def _type_list(types: set[type]) -> str:
@@ -641,19 +552,6 @@ def _type_list(types: set[type]) -> str:
 
 def _json_name(kind: type) -> str:
     return _JSON_NAMES.get(kind, kind.__name__)
-
-
-def _json_value_name(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "true/false", type(None): "null"}
-    return names.get(type(value), "a number")
-
-
-def _names(names: list[Any]) -> str:
-    return ", ".join(f"'{name}'" for name in names) or "no inputs"
-
-
-def _short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --- outputs ------------------------------------------------------------------------------
@@ -697,7 +595,7 @@ def _encode(value: Any, non_finite: list[int], *, as_text: bool = False) -> Any:
         non_finite[0] += 1
         return None
     if isinstance(value, bytes):
-        return _text(value)
+        return to_text(value)
     return value
 
 
@@ -720,7 +618,7 @@ def _encode_array(array: np.ndarray, non_finite: list[int], *, as_text: bool) ->
         if types <= {str}:  # what ONNX Runtime returns for tensor(string)
             return array.tolist()
         if as_text or types <= {str, bytes}:
-            return _map_elements(array, _text)
+            return _map_elements(array, to_text)
         return _map_elements(array, lambda item: _encode(item, non_finite))
     # Complex, datetime and other types JSON has no number for: their text.
     return _map_elements(array, str)
@@ -746,13 +644,9 @@ def _map_elements(array: np.ndarray, convert: Callable[[Any], Any]) -> Any:
     return rendered.tolist()
 
 
-def _text(item: Any) -> str:
-    return item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
-
-
 def _json_key(key: Any) -> str:
     if isinstance(key, bytes):
-        return key.decode("utf-8", errors="replace")
+        return to_text(key)
     return key if isinstance(key, str) else str(key.item() if isinstance(key, np.generic) else key)
 
 
@@ -790,19 +684,13 @@ def example_input(schema: list[dict]) -> dict:
     (``unsupported_input_type``) for inputs that cannot be sent as JSON, as decoding would."""
     example: dict[str, Any] = {}
     for entry in schema:
-        name = entry["name"]
-        datatype = entry.get("datatype")
-        if entry.get("kind") != "tensor" or datatype not in DTYPES:
-            raise _fail(
-                "unsupported_input_type",
-                name,
-                f"Input '{name}' has type {entry.get('onnx_type')}, which cannot be sent as JSON; "
-                "only numeric, bool and string tensors can.",
-            )
+        if not is_supported(entry):
+            raise unsupported_input_type(entry)
+        datatype = entry["datatype"]
         shape = [1] if entry.get("shape") is None else [d if d >= 0 else 1 for d in entry["shape"]]
         if datatype == "BYTES":
             value = np.full(shape, "", dtype=object)
         else:
-            value = np.zeros(shape, dtype=np.float64 if datatype in _FLOAT_TYPES else DTYPES[datatype])
-        example[name] = value.tolist()
+            value = np.zeros(shape, dtype=np.float64 if datatype in FLOAT_DATATYPES else DTYPES[datatype])
+        example[entry["name"]] = value.tolist()
     return example

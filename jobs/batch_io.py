@@ -40,9 +40,10 @@ import orjson
 from django.conf import settings
 
 from core.csv_cells import csv_row
-from inference.errors import InvalidInput
+from core.tensor_checks import InvalidInput, check_shape
+from core.tensor_types import NUMERIC_DATATYPES, is_supported
 from inference.services import decode_model_inputs
-from inference.tensors import DTYPES, decode_inputs, encode_outputs, parse_json_body
+from inference.tensors import decode_inputs, encode_outputs, parse_json_body
 from jobs.errors import BadRow, InvalidInputFile, UnsupportedFormat, UnsupportedOutput
 from registry.models import MLModel
 
@@ -107,7 +108,7 @@ def _batch_schema(model: MLModel) -> list[dict]:
     schema = model.input_schema
     for entry in schema:
         shape = entry.get("shape")
-        if entry.get("kind") != "tensor" or entry.get("datatype") not in DTYPES:
+        if not is_supported(entry):
             raise UnsupportedFormat(
                 f"Input '{entry['name']}' has type {entry.get('onnx_type')}, which batch files cannot carry."
             )
@@ -217,16 +218,11 @@ def _inspect_npy(path: Path, model: MLModel, schema: list[dict]) -> InputInfo:
         )
     array = _open_npy(path)
     entry = schema[0]
-    if array.ndim != len(entry["shape"]):
-        raise InvalidInputFile(
-            f"The array has shape {list(array.shape)}; input '{entry['name']}' needs rank {len(entry['shape'])} "
-            f"(rows first, then {_dims(entry['shape'][1:])})."
-        )
-    for axis, (want, got) in enumerate(zip(entry["shape"][1:], array.shape[1:], strict=True), 1):
-        if want != -1 and want != got:
-            raise InvalidInputFile(
-                f"The array has shape {list(array.shape)}; input '{entry['name']}' needs dimension {axis} to be {want}."
-            )
+    try:
+        # The first axis is the rows, however many the model takes per run (chunk_rows_for).
+        check_shape(entry["name"], [-1, *entry["shape"][1:]], array.shape)
+    except InvalidInput as exc:
+        raise InvalidInputFile(f"The array does not fit the model: {exc.detail}") from None
     if array.shape[0] == 0:
         raise InvalidInputFile("The array has no rows (its first dimension is 0).")
     _check_first_row({entry["name"]: np.array(array[:1])}, model)
@@ -360,7 +356,7 @@ def _csv_columns(schema: list[dict]) -> int | None:
             f"CSV rows fill a single 2-D input; this model has {len(schema)} inputs. Send JSON Lines instead."
         )
     entry = schema[0]
-    if len(entry["shape"]) != 2 or entry["datatype"] in ("BOOL", "BYTES"):
+    if len(entry["shape"]) != 2 or entry["datatype"] not in NUMERIC_DATATYPES:
         raise UnsupportedFormat(
             f"CSV rows fill a single 2-D numeric input; input '{entry['name']}' is {entry['datatype']} with shape "
             f"{entry['shape']}. Send JSON Lines or .npy instead."
@@ -668,7 +664,3 @@ def export_csv(path: Path) -> Iterator[bytes]:
                 buffer.truncate()
     if buffer.tell():
         yield buffer.getvalue().encode()
-
-
-def _dims(shape: list[int]) -> str:
-    return "[" + ", ".join("any" if d == -1 else str(d) for d in shape) + "]"

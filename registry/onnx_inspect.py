@@ -21,9 +21,10 @@ bytes in the web process: a hostile model can still crash ONNX Runtime or make i
 without bound. `registry.sandbox` runs it in a child process through the command-line entry at
 the bottom of this file, which applies memory and CPU limits first.
 
-onnx, onnxruntime and numpy are imported inside the functions that need them, never at module
-level: the command-line entry must set its resource limits before those libraries load (they
-map memory and start threads at import), and Django importing this module stays cheap.
+onnx, onnxruntime and numpy (and `core.tensor_types`, the datatype table, which loads numpy) are
+imported inside the functions that need them, never at module level: the command-line entry
+must set its resource limits before those libraries load (they map memory and start threads
+at import), and Django importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     from onnx import (
         AttributeProto,
         GraphProto,
@@ -59,42 +61,6 @@ ALLOWED_OP_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.tr
 # contains this marker (onnxruntime #28709). Any external data is rejected; this marker gets
 # its own message so the reason is plain in logs.
 ORT_MEMORY_MARKER = "_ORT_MEM_ADDR_"
-
-# Open Inference Protocol v2 datatypes, keyed by the lower-cased TensorProto.DataType name
-# (which is also how ONNX Runtime spells element types: "tensor(float16)").
-_OIP_DATATYPES = {
-    "bool": "BOOL",
-    "uint8": "UINT8",
-    "uint16": "UINT16",
-    "uint32": "UINT32",
-    "uint64": "UINT64",
-    "int8": "INT8",
-    "int16": "INT16",
-    "int32": "INT32",
-    "int64": "INT64",
-    "float16": "FP16",
-    "float": "FP32",
-    "double": "FP64",
-    "string": "BYTES",
-    "bfloat16": "BF16",
-}
-
-# Element types the test run can synthesise with numpy (ORT type name -> numpy dtype name).
-_NUMPY_DTYPES = {
-    "bool": "bool",
-    "uint8": "uint8",
-    "uint16": "uint16",
-    "uint32": "uint32",
-    "uint64": "uint64",
-    "int8": "int8",
-    "int16": "int16",
-    "int32": "int32",
-    "int64": "int64",
-    "float16": "float16",
-    "float": "float32",
-    "double": "float64",
-    "string": "object",
-}
 
 # Dummy inputs bigger than this are not built: a fixed dimension of 10**9 is legal, and zeros
 # for it would exhaust the sandbox's memory for a reason that is ours, not the model's.
@@ -409,6 +375,8 @@ def _reject_custom_ops(model: ModelProto) -> None:
 
 
 def _describe_value(name: str, type_proto: TypeProto, role: str, warnings: list[str]) -> dict[str, Any]:
+    from core.tensor_types import DATATYPE_OF_ONNX
+
     kind = _kind(type_proto)
     entry: dict[str, Any] = {
         "name": name,
@@ -422,7 +390,7 @@ def _describe_value(name: str, type_proto: TypeProto, role: str, warnings: list[
         return entry
     tensor_type = type_proto.tensor_type
     element = _element_type_name(tensor_type.elem_type)
-    entry["datatype"] = _OIP_DATATYPES.get(element)
+    entry["datatype"] = DATATYPE_OF_ONNX.get(element)
     if entry["datatype"] is None:
         warnings.append(
             f"{role} '{name}' has element type {element}, which the Open Inference Protocol "
@@ -729,8 +697,8 @@ def _test_run(session: InferenceSession) -> list[str]:
 
     feeds: dict[str, Any] = {}
     for arg in session.get_inputs():
-        dtype_name = _tensor_dtype_name(arg.type)
-        if dtype_name is None:
+        dtype = _dummy_dtype(arg.type)
+        if dtype is None:
             return [
                 (
                     f"Test run skipped: input '{arg.name}' has type {arg.type}, for which no "
@@ -739,7 +707,6 @@ def _test_run(session: InferenceSession) -> list[str]:
             ]
         # Variable or unknown dimensions become 1, the smallest size most graphs accept.
         shape = [dim if isinstance(dim, int) and dim >= 0 else 1 for dim in arg.shape or []]
-        dtype = np.dtype(dtype_name)
         if math.prod(shape) * dtype.itemsize > _DUMMY_INPUT_BUDGET_BYTES:
             return [
                 (
@@ -747,7 +714,7 @@ def _test_run(session: InferenceSession) -> list[str]:
                     "for a dummy value. The model loads; check that it runs on real inputs."
                 )
             ]
-        if dtype_name == "object":
+        if dtype.hasobject:
             # np.zeros would fill an object array with the int 0; string inputs need strings.
             feeds[arg.name] = np.full(shape, "", dtype=object)
         else:
@@ -771,11 +738,15 @@ def _test_run(session: InferenceSession) -> list[str]:
     return []
 
 
-def _tensor_dtype_name(ort_type: str) -> str | None:
-    """numpy dtype name for an ORT type like ``tensor(float)``; None if not synthesisable."""
+def _dummy_dtype(ort_type: str) -> np.dtype | None:
+    """The numpy dtype of a dummy value for an ORT type like ``tensor(float)``; None when none
+    is built: not a tensor, no datatype, or bfloat16 (ONNX Runtime's numpy bridge has none)."""
+    from core.tensor_types import DATATYPE_OF_ONNX, DTYPES
+
     if not (ort_type.startswith("tensor(") and ort_type.endswith(")")):
         return None
-    return _NUMPY_DTYPES.get(ort_type[len("tensor(") : -1])
+    datatype = DATATYPE_OF_ONNX.get(ort_type[len("tensor(") : -1])
+    return None if datatype in (None, "BF16") else DTYPES[datatype]
 
 
 # --- errors -------------------------------------------------------------------------------------

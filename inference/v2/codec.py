@@ -21,7 +21,8 @@ inputs must be UTF-8 (they reach ONNX Runtime as str, as JSON strings do).
 The same rules as JSON apply to binary data: the declared datatype must be the model's exactly
 (no conversion), the shape must fit the model's rank and fixed dimensions and hold exactly the
 elements sent, NaN and infinity are refused unless the model allows non-finite values, and the
-element limit counts every input.
+element limit counts every input. The rejections both codecs share are worded once, in
+`core.tensor_checks`; the datatypes and their sizes are `core.tensor_types`'s.
 """
 
 from __future__ import annotations
@@ -38,41 +39,27 @@ import orjson
 from rest_framework import status
 
 from core.exceptions import DomainError, PayloadTooLarge
-from inference.errors import InvalidInput
-from inference.tensors import DTYPES, MAX_RANK, decode_inputs, encode_outputs, parse_json_body
+from core.tensor_checks import (
+    MAX_RANK,
+    InvalidInput,
+    check_shape,
+    json_kind,
+    missing_input,
+    names_text,
+    non_finite_values,
+    reject,
+    shape_text,
+    short,
+    to_text,
+    too_many_elements,
+    unsupported_input_type,
+)
+from core.tensor_types import DATATYPES, DTYPES, FLOAT_DATATYPES, ITEM_SIZES, TYPES, is_supported
+from inference.tensors import decode_inputs, encode_outputs, parse_json_body
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PLATFORM = "onnxruntime_onnx"
 
-# Bytes per element on the wire; BYTES elements are variable (length-prefixed).
-ITEM_SIZES: dict[str, int] = {
-    "BOOL": 1,
-    "UINT8": 1,
-    "UINT16": 2,
-    "UINT32": 4,
-    "UINT64": 8,
-    "INT8": 1,
-    "INT16": 2,
-    "INT32": 4,
-    "INT64": 8,
-    "FP16": 2,
-    "FP32": 4,
-    "FP64": 8,
-    "BF16": 2,
-}
-DATATYPES = (*ITEM_SIZES, "BYTES")
-_FLOATS = frozenset({"FP16", "FP32", "FP64", "BF16"})
-# How a Python client makes data of each datatype, for error messages.
-_NUMPY_HINTS = {
-    "BOOL": "numpy bool",
-    "FP16": "numpy float16",
-    "FP32": "numpy float32",
-    "FP64": "numpy float64",
-    "BF16": "ml_dtypes bfloat16",
-    "BYTES": "a numpy object array of str or bytes",
-    **{name: f"numpy {name.lower()}" for name in ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32")},
-    "INT64": "numpy int64",
-}
 _LENGTH = struct.Struct("<I")
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
@@ -212,7 +199,7 @@ def parse_infer_request(
 
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise InvalidInput(f'"id" must be a string; received {_json_kind(request_id)}.', code="invalid_request")
+        raise InvalidInput(f'"id" must be a string; received {json_kind(request_id)}.', code="invalid_request")
     parameters = _object(document.get("parameters"), 'the request\'s "parameters"')
     binary_default = _flag(parameters, "binary_data_output", 'the request\'s "parameters"')
     skip_cache = _flag(parameters, "skip_cache", 'the request\'s "parameters"')
@@ -249,7 +236,7 @@ def _parse_header(header: bytes, *, framed: bool, max_depth: int) -> dict:
     if not isinstance(document, dict):
         raise InvalidInput(
             'The request must be a JSON object: {"inputs": [{"name", "shape", "datatype", "data"}, ...]}; '
-            f"received {_json_kind(document)}.",
+            f"received {json_kind(document)}.",
             code="invalid_request",
         )
     return document
@@ -268,7 +255,7 @@ def _inputs(
         raise InvalidInput(
             '"inputs" must be a list of tensors, each {"name", "shape", "datatype", "data"} (or '
             '"parameters": {"binary_data_size": ...} for binary data); '
-            f"received {_json_kind(items) if items is not None else 'nothing'}.",
+            f"received {json_kind(items) if items is not None else 'nothing'}.",
             code="invalid_request",
         )
     by_name = {entry["name"]: entry for entry in schema}
@@ -283,40 +270,35 @@ def _inputs(
             )
         name = item["name"]
         if name in received:
-            raise _fail("duplicate_input", name, f"Input '{name}' is sent twice. Send each input once.")
+            raise reject("duplicate_input", name, f"Input '{name}' is sent twice. Send each input once.")
         entry = by_name.get(name)
         if entry is None:
-            raise _fail("unknown_input", name, f"Unknown input '{name}'. This model's inputs: {_names(by_name)}.")
+            raise reject("unknown_input", name, f"Unknown input '{name}'. This model's inputs: {names_text(by_name)}.")
         datatype = _check_datatype(entry, item.get("datatype"))
         shape = _shape(name, item.get("shape"), max_elements)
-        _check_shape(entry, shape)
+        check_shape(name, entry.get("shape"), shape, declared=True)
         count = math.prod(shape)
         if count > remaining:
-            raise _fail(
-                "too_many_elements",
-                name,
-                f"Input '{name}' has {count} elements, over the {max_elements} allowed across all inputs of "
-                f"one request ({remaining} were left for it). Split the batch into smaller requests.",
-            )
+            raise too_many_elements(name, count, remaining, max_elements)
         parameters = _object(item.get("parameters"), f"input '{name}' parameters")
         _refuse_shared_memory(parameters, f"input '{name}'")
         size = parameters.get("binary_data_size")
         if size is not None:
             if "data" in item:
-                raise _fail(
+                raise reject(
                     "invalid_request",
                     name,
                     f"Input '{name}' has both \"data\" and a binary_data_size. Send its data one way: "
                     "in JSON, or as binary bytes after the JSON header.",
                 )
             if type(size) is not int or size < 0:
-                raise _fail(
+                raise reject(
                     "invalid_request",
                     name,
                     f"Input '{name}': binary_data_size must be a non-negative integer (bytes); received {size!r}.",
                 )
             if offset + size > len(binary):
-                raise _fail(
+                raise reject(
                     "binary_size_mismatch",
                     name,
                     f"Input '{name}' declares binary_data_size {size}, but only {len(binary) - offset} bytes of "
@@ -339,7 +321,7 @@ def _inputs(
                 budget=remaining,
             )
         else:
-            raise _fail(
+            raise reject(
                 "missing_data",
                 name,
                 f"Input '{name}' has no data. Send \"data\" (a flat or nested JSON array), or the bytes after "
@@ -356,74 +338,48 @@ def _inputs(
         )
     missing = [name for name in by_name if name not in received]
     if missing:
-        raise _fail(
-            "missing_input",
-            missing[0],
-            f"Missing input {_names(missing)}. This model needs {_names(by_name)}.",
-        )
+        raise missing_input(missing, by_name)
     return {name: received[name] for name in by_name}
 
 
 def _check_datatype(entry: dict, declared: Any) -> str:
-    name, expected = entry["name"], entry.get("datatype")
-    if entry.get("kind") != "tensor" or expected not in DATATYPES:
-        raise _fail(
-            "unsupported_input_type",
-            name,
-            f"Input '{name}' has type {entry.get('onnx_type')}, which the v2 protocol cannot carry; only "
-            "numeric, bool and string tensors can be sent.",
-        )
-    if not isinstance(declared, str) or declared not in DATATYPES:
-        raise _fail(
+    if not is_supported(entry):
+        raise unsupported_input_type(entry)
+    name, expected = entry["name"], entry["datatype"]
+    if not isinstance(declared, str) or declared not in TYPES:
+        raise reject(
             "invalid_datatype",
             name,
             f"Input '{name}' declares datatype {declared!r}, which is not a v2 datatype (one of "
             f"{', '.join(DATATYPES)}). This input is {expected}.",
         )
     if declared != expected:
-        raise _fail(
+        raise reject(
             "datatype_mismatch",
             name,
             f"Input '{name}' is {expected}; the request declares {declared}. Send {expected} data "
-            f"({_NUMPY_HINTS[expected]}): datatypes are not converted.",
+            f"({TYPES[expected].made_with}): datatypes are not converted.",
         )
     return declared
 
 
 def _shape(name: str, value: Any, max_elements: int) -> list[int]:
     if not isinstance(value, list) or len(value) > MAX_RANK or not all(type(dim) is int and dim >= 0 for dim in value):
-        raise _fail(
+        raise reject(
             "invalid_shape",
             name,
             f"Input '{name}' needs a \"shape\": a list of at most {MAX_RANK} non-negative integers such as "
-            f"[1, 4]; received {_short(value)}.",
+            f"[1, 4]; received {short(_json_text(value))}.",
         )
     too_big = [dim for dim in value if dim > max_elements]
     if too_big:
-        raise _fail(
+        raise reject(
             "too_many_elements",
             name,
             f"Input '{name}' declares a dimension of {too_big[0]}, over the {max_elements} elements allowed "
             "in one request. Split the batch into smaller requests.",
         )
     return value
-
-
-def _check_shape(entry: dict, shape: list[int]) -> None:
-    name, expected = entry["name"], entry.get("shape")
-    if expected is None:  # the model does not fix the rank: any shape goes
-        return
-    fits = len(shape) == len(expected) and all(want in (-1, got) for want, got in zip(expected, shape, strict=True))
-    if not fits:
-        hint = ""
-        if len(shape) + 1 == len(expected) and expected[0] == -1:
-            hint = " For a single example, add a leading batch dimension of 1."
-        raise _fail(
-            "invalid_shape",
-            name,
-            f"Input '{name}' expects shape {_dims(expected)} (-1 = any size); the request declares "
-            f"{_dims(shape)}.{hint}",
-        )
 
 
 def _json_tensor(
@@ -446,10 +402,10 @@ def _json_tensor(
         array = None
     if array is None or array.size != count:
         held = "more" if array is None else str(array.size)
-        raise _fail(
+        raise reject(
             "invalid_shape",
             name,
-            f"Input '{name}' declares shape {_dims(shape)}, i.e. {count} elements, but its data holds {held}. "
+            f"Input '{name}' declares shape {shape_text(shape)}, i.e. {count} elements, but its data holds {held}. "
             "Send exactly the declared number of elements, in row-major order.",
         )
     return array.reshape(shape)
@@ -461,19 +417,19 @@ def decode_tensor(
     """One binary tensor, exactly ``raw``, as the numpy array ONNX Runtime takes for it."""
     count = math.prod(shape)
     if datatype == "BYTES":
-        return _strings(name, raw, count).reshape(shape)
+        return _bytes_elements(name, raw, count).reshape(shape)
     expected = count * ITEM_SIZES[datatype]
     if len(raw) != expected:
-        raise _fail(
+        raise reject(
             "binary_size_mismatch",
             name,
-            f"Input '{name}' is {datatype} with shape {_dims(shape)}: {count} elements of {ITEM_SIZES[datatype]} "
+            f"Input '{name}' is {datatype} with shape {shape_text(shape)}: {count} elements of {ITEM_SIZES[datatype]} "
             f"bytes, i.e. {expected} bytes; its binary data has {len(raw)}. Check the shape and datatype.",
         )
     if datatype == "BOOL":
         octets = np.frombuffer(raw, dtype=np.uint8)
         if octets.size and octets.max() > 1:
-            raise _fail(
+            raise reject(
                 "invalid_bool",
                 name,
                 f"Input '{name}' is BOOL, one byte per element, 0 (false) or 1 (true); byte "
@@ -486,20 +442,14 @@ def decode_tensor(
         native = DTYPES[datatype]
         array = np.frombuffer(raw, dtype=native.newbyteorder("<")).astype(native, copy=False)
     array = array.reshape(shape)
-    if datatype in _FLOATS and not allow_non_finite:
+    if datatype in FLOAT_DATATYPES and not allow_non_finite:
         finite = np.isfinite(array)
         if not finite.all():
-            where = np.unravel_index(int(np.flatnonzero(~finite)[0]), array.shape) if array.ndim else ()
-            raise _fail(
-                "non_finite_value",
-                name,
-                f"Input '{name}' contains NaN or infinity (at index {_dims([int(i) for i in where])}); "
-                "non-finite values are not accepted. Send finite numbers.",
-            )
+            raise non_finite_values(name, array, ~finite)
     return array
 
 
-def _strings(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
+def _bytes_elements(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
     """BYTES elements: each a 4-byte little-endian length, then that many UTF-8 bytes."""
     elements = np.empty(count, dtype=object)
     end = len(raw)
@@ -508,7 +458,7 @@ def _strings(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
         length = _LENGTH.unpack_from(raw, offset)[0] if offset + 4 <= end else end
         offset += 4
         if offset + length > end:
-            raise _fail(
+            raise reject(
                 "binary_size_mismatch",
                 name,
                 f"Input '{name}' declares {count} BYTES elements, but its {end} bytes of binary data end inside "
@@ -517,15 +467,10 @@ def _strings(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
         try:
             elements[index] = str(raw[offset : offset + length], "utf-8")
         except UnicodeDecodeError:
-            raise _fail(
-                "invalid_utf8",
-                name,
-                f"Element {index} of input '{name}' is not UTF-8 text; ONNX string tensors hold text. "
-                "Encode the strings as UTF-8.",
-            ) from None
+            raise _not_utf8(name, index) from None
         offset += length
     if offset != end:
-        raise _fail(
+        raise reject(
             "binary_size_mismatch",
             name,
             f"Input '{name}' declares {count} BYTES elements; its binary data has {end - offset} bytes left "
@@ -541,7 +486,7 @@ def _raw_request(
     if len(schema) != 1:
         raise InvalidInput(
             f"A raw binary body ({HEADER_LENGTH}: 0) is for models with one input; this model has "
-            f"{len(schema)} ({_names([entry['name'] for entry in schema])}). Send a JSON header describing "
+            f"{len(schema)} ({names_text([entry['name'] for entry in schema])}). Send a JSON header describing "
             "each input.",
             code="invalid_raw_request",
         )
@@ -549,7 +494,7 @@ def _raw_request(
     name, declared = entry["name"], entry.get("shape")
     datatype = _check_datatype(entry, entry.get("datatype"))
     if declared is None:
-        raise _fail(
+        raise reject(
             "invalid_raw_request",
             name,
             f"Input '{name}' has no fixed rank, so the shape of a raw binary body cannot be deduced. Send a "
@@ -557,46 +502,41 @@ def _raw_request(
         )
     if datatype == "BYTES":
         if -1 in declared or math.prod(declared) != 1:
-            raise _fail(
+            raise reject(
                 "invalid_raw_request",
                 name,
                 f"A raw binary body for a BYTES input is one element (the whole body), but input '{name}' has "
-                f"shape {_dims(declared)}. Send a JSON header with the shape.",
+                f"shape {shape_text(declared)}. Send a JSON header with the shape.",
             )
         try:
             text = str(body, "utf-8")
         except UnicodeDecodeError:
-            raise _fail("invalid_utf8", name, f"The raw body for input '{name}' is not UTF-8 text.") from None
+            raise _not_utf8(name, 0) from None
         array = np.empty(1, dtype=object)
         array[0] = text
         feeds = {name: array.reshape(declared)}
     else:
         variable = [axis for axis, dim in enumerate(declared) if dim == -1]
         if len(variable) > 1:
-            raise _fail(
+            raise reject(
                 "invalid_raw_request",
                 name,
-                f"Input '{name}' has shape {_dims(declared)}: with more than one variable dimension the shape "
+                f"Input '{name}' has shape {shape_text(declared)}: with more than one variable dimension the shape "
                 "of a raw binary body cannot be deduced. Send a JSON header with the shape.",
             )
         shape = list(declared)
         if variable:
             row = math.prod(dim for dim in declared if dim != -1) * ITEM_SIZES[datatype]
             if row == 0 or len(body) % row:
-                raise _fail(
+                raise reject(
                     "binary_size_mismatch",
                     name,
-                    f"Input '{name}' is {datatype} with shape {_dims(declared)}: a raw body must be a whole "
+                    f"Input '{name}' is {datatype} with shape {shape_text(declared)}: a raw body must be a whole "
                     f"number of {row}-byte steps along the variable dimension; it has {len(body)} bytes.",
                 )
             shape[variable[0]] = len(body) // row
         if math.prod(shape) > max_elements:
-            raise _fail(
-                "too_many_elements",
-                name,
-                f"Input '{name}' has {math.prod(shape)} elements, over the {max_elements} allowed in one "
-                "request. Split the batch into smaller requests.",
-            )
+            raise too_many_elements(name, math.prod(shape), max_elements, max_elements)
         feeds = {name: decode_tensor(name, datatype, shape, body, allow_non_finite=allow_non_finite)}
     return InferRequest(feeds=feeds, outputs=_requested_outputs(None, outputs, binary_default=False))
 
@@ -607,7 +547,7 @@ def _requested_outputs(items: Any, schema: list[dict], *, binary_default: bool) 
         return [RequestedOutput(entry["name"], entry["datatype"], binary_default) for entry in tensor_entries(schema)]
     if not isinstance(items, list):
         raise InvalidInput(
-            f'"outputs" must be a list of {{"name": ...}} objects; received {_json_kind(items)}.',
+            f'"outputs" must be a list of {{"name": ...}} objects; received {json_kind(items)}.',
             code="invalid_request",
         )
     by_name = {entry["name"]: entry for entry in schema}
@@ -621,9 +561,9 @@ def _requested_outputs(items: Any, schema: list[dict], *, binary_default: bool) 
         entry = by_name.get(name)
         if entry is None:
             raise InvalidInput(
-                f"Unknown output '{name}'. This model's outputs: {_names(by_name)}.", code="unknown_output"
+                f"Unknown output '{name}'. This model's outputs: {names_text(by_name)}.", code="unknown_output"
             )
-        if not _is_tensor(entry):
+        if not is_supported(entry):
             raise InvalidInput(
                 f"Output '{name}' has type {entry.get('onnx_type')}, which the v2 protocol cannot carry; "
                 "/api/v1 predict returns it as JSON.",
@@ -651,7 +591,7 @@ def _object(value: Any, what: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise InvalidInput(f"{what} must be a JSON object; received {_json_kind(value)}.", code="invalid_request")
+        raise InvalidInput(f"{what} must be a JSON object; received {json_kind(value)}.", code="invalid_request")
     return value
 
 
@@ -680,7 +620,7 @@ def output_array(datatype: str, value: Any, shape: Sequence[int] | None) -> np.n
     matters, see `services.infer`)."""
     if isinstance(value, np.ndarray):
         array = value
-    elif datatype in _FLOATS:
+    elif datatype in FLOAT_DATATYPES:
         array = np.array(value, dtype=np.float64).astype(DTYPES[datatype])  # null -> NaN
     else:
         array = np.array(value, dtype=DTYPES[datatype])
@@ -704,7 +644,7 @@ def tensor_bytes(datatype: str, array: np.ndarray) -> bytes:
 def json_data(datatype: str, array: np.ndarray) -> list:
     """A tensor's elements as a flat JSON list (row-major); NaN and infinity become null."""
     flat = array.reshape(-1)
-    if datatype in _FLOATS:
+    if datatype in FLOAT_DATATYPES:
         finite = np.isfinite(flat)
         if datatype == "BF16" or not finite.all():
             flat = flat.astype(np.float64)
@@ -713,7 +653,7 @@ def json_data(datatype: str, array: np.ndarray) -> list:
             flat[~finite] = None
         return flat.tolist()
     if datatype == "BYTES":
-        return [item if isinstance(item, str) else _utf8(item).decode("utf-8", errors="replace") for item in flat]
+        return [item if isinstance(item, str) else to_text(item) for item in flat]
     return flat.tolist()
 
 
@@ -748,11 +688,7 @@ def encode_infer_response(
 
 def tensor_entries(schema: list[dict]) -> list[dict]:
     """The schema entries the protocol can carry: tensors with a v2 datatype."""
-    return [entry for entry in schema if _is_tensor(entry)]
-
-
-def _is_tensor(entry: dict) -> bool:
-    return entry.get("kind") == "tensor" and entry.get("datatype") in DATATYPES
+    return [entry for entry in schema if is_supported(entry)]
 
 
 def tensor_metadata(entry: dict) -> dict:
@@ -770,8 +706,13 @@ def feeds_as_json(feeds: dict[str, np.ndarray], schema: list[dict]) -> dict[str,
 # --- messages -----------------------------------------------------------------------------------
 
 
-def _fail(code: str, name: str, detail: str) -> InvalidInput:
-    return InvalidInput(detail, code=code, input_name=name)
+def _not_utf8(name: str, index: int) -> InvalidInput:
+    return reject(
+        "invalid_utf8",
+        name,
+        f"Element {index} of input '{name}' is not UTF-8 text; ONNX string tensors hold text. "
+        "Encode the strings as UTF-8.",
+    )
 
 
 def _utf8(item: Any) -> bytes:
@@ -780,22 +721,8 @@ def _utf8(item: Any) -> bytes:
     return str(item).encode("utf-8", errors="surrogatepass")
 
 
-def _dims(shape: Sequence[int]) -> str:
-    return "[" + ", ".join(str(dim) for dim in shape) + "]"
-
-
-def _names(names: Any) -> str:
-    return ", ".join(f"'{name}'" for name in names) or "none"
-
-
-def _json_kind(value: Any) -> str:
-    kinds = {dict: "an object", list: "an array", str: "a string", bool: "true/false", type(None): "null"}
-    return kinds.get(type(value), "a number")
-
-
-def _short(value: Any, limit: int = 60) -> str:
+def _json_text(value: Any) -> str:
     try:
-        text = orjson.dumps(value).decode()
+        return orjson.dumps(value).decode()
     except TypeError:
-        text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        return repr(value)

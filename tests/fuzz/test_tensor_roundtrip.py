@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from inference.tensors import DTYPES, decode_inputs, encode_outputs
+from core.tensor_types import DTYPES
+from inference.tensors import decode_inputs, encode_outputs
 from inference.v2 import codec
 
 DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from inference.errors import InvalidInput
+from core.tensor_checks import InvalidInput
 from inference.tensors import decode_inputs, encode_outputs, example_input, parse_json_body, tensor_digest
 
 NAME = "features"

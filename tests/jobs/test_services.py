@@ -13,7 +13,7 @@ from django.db import OperationalError
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from inference.errors import InvalidInput
+from core.tensor_checks import InvalidInput
 from jobs import services
 from jobs.errors import BadRow
 from jobs.models import Job

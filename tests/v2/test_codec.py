@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import serialize_byte_tensor
 
 from core.exceptions import PayloadTooLarge
-from inference.errors import InvalidInput
+from core.tensor_checks import InvalidInput
 from inference.v2 import codec
 
 LIMITS = {"allow_non_finite": False, "max_elements": 1000, "max_depth": 32}
