@@ -8,9 +8,6 @@ from rest_framework import status
 
 from core.exceptions import DomainError
 
-# Until inference.views and inference.v2.views import it from core.tensor_checks.
-from core.tensor_checks import InvalidInput as InvalidInput
-
 
 class ModelNotReady(DomainError):
     status_code = status.HTTP_409_CONFLICT

@@ -19,8 +19,9 @@ import orjson
 from django.conf import settings
 
 from core.exceptions import NotFound, error_body, problem
+from core.tensor_checks import InvalidInput
 from inference import services
-from inference.errors import InvalidInput, ModelArchived, ModelIntegrityError, ModelNotReady
+from inference.errors import ModelArchived, ModelIntegrityError, ModelNotReady
 from inference.exchange import Decoded, Incoming, ModelRef, Protocol, Reply
 from inference.serving import serving_cache
 from inference.tensors import parse_json_body

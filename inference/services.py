@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from core import ids
 from core.exceptions import DomainError
+from core.tensor_types import DTYPES
 from inference.batching import batchable_schema, batchers
 from inference.cache import cache_tenant, prediction_cache
 from inference.errors import InferenceFailed, ModelArchived, ModelNotReady
@@ -26,7 +27,7 @@ from inference.history import history
 from inference.limits import check_batch_rows, in_flight
 from inference.metrics import metrics
 from inference.sessions import get_pool
-from inference.tensors import DTYPES, decode_inputs, encode_outputs, tensor_digest
+from inference.tensors import decode_inputs, encode_outputs, tensor_digest
 from registry.models import MLModel
 
 Status = MLModel.Status

@@ -49,7 +49,6 @@ def _errors(*statuses: int) -> dict:
 # table (inference.routes) gives each view its protocol and how its path names the model. (A
 # comment, not a docstring: DRF would publish a docstring as the operation's description.)
 class PredictView(APIView):
-
     required_scopes = {"POST": Scope.PREDICT}
     protocol: Protocol | None = None
     ref = None

@@ -32,8 +32,8 @@ from access.models import Scope
 from access.principals import Credential, authorize
 from core import shutdown
 from core.exceptions import NotFound
+from core.tensor_checks import InvalidInput
 from inference import exchange
-from inference.errors import InvalidInput
 from inference.exchange import Reply
 from inference.protocols import v2_error, v2_json, v2_resolve
 from inference.sessions import get_pool
