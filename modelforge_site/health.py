@@ -21,6 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core import shutdown
+from core.celery_app import app as celery_app
 
 _migrations_applied = False
 
@@ -66,10 +67,8 @@ def check_storage() -> tuple[bool, str]:
 def check_broker() -> tuple[bool, str]:
     if not settings.CELERY_BROKER_URL:
         return True, "not configured: jobs run in-process"
-    from modelforge_site.celery import app
-
     try:
-        with app.connection_for_write() as connection:
+        with celery_app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=2)
         return True, "ok"
     except Exception as exc:
