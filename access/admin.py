@@ -27,8 +27,6 @@ from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from access import services
 from access.models import ALL_SCOPES, APIKey, Scope
-from inference.models import Prediction
-from jobs.models import Job
 
 # The session entry holding a new key's raw value until its one display.
 NEW_KEY_SESSION = "mf_new_api_key"
@@ -236,20 +234,23 @@ class ScopedAPIKeyAdmin(APIKeyModelAdmin):
 
 def key_recent_use(api_keys: list[APIKey]) -> list[dict]:
     """Each key with what it did lately: its last use, and the predictions recorded and jobs
-    created with it in the last RECENT_USE (two grouped queries, whatever the number of keys)."""
+    created with it in the last RECENT_USE (two grouped queries, whatever the number of keys).
+
+    Read through the key's reverse relations (Prediction.api_key, Job.api_key): the inference
+    and jobs apps, above this one, declare them; access does not import those apps."""
     since = timezone.now() - RECENT_USE
     pks = [api_key.pk for api_key in api_keys]
 
-    def counts(model) -> dict:
+    def counts(relation: str) -> dict:
         rows = (
-            model.objects.filter(api_key__in=pks, created_at__gte=since)
+            APIKey.objects.filter(pk__in=pks, **{f"{relation}__created_at__gte": since})
             .order_by()
-            .values("api_key")
-            .annotate(count=Count("pk"))
+            .values("pk")
+            .annotate(count=Count(relation))
         )
-        return {row["api_key"]: row["count"] for row in rows}
+        return {row["pk"]: row["count"] for row in rows}
 
-    predictions, jobs = counts(Prediction), counts(Job)
+    predictions, jobs = counts("predictions"), counts("jobs")
     return [
         {
             "key": api_key,

@@ -3,7 +3,7 @@
 `problem(exc)` says once what an error means to a client (status, code, detail, Retry-After,
 WWW-Authenticate); each protocol only shapes it: /api/v1 as ``{"code": "<machine-readable>",
 "detail": "<what to fix>"}`` (validation errors add ``errors`` with the per-field messages), /v2
-as ``{"error", "code"}`` (inference.protocols).
+as ``{"error", "code"}`` (inference.v2.protocol).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def problem(exc: Exception) -> Problem | None:
     None for anything else (an unexpected failure: a 500, logged where it is rendered).
 
     The /api/v1 body is ``{"code", "detail"}`` (`error_body`); /v2 reads the same table with
-    its own shape (inference.protocols).
+    its own shape (inference.v2.protocol).
     """
     if isinstance(exc, DomainError):
         retry_after = getattr(exc, "retry_after", None)

@@ -15,7 +15,7 @@ and sends the `Reply` it gets back. Everything between is here, once, in this or
 No body is read before the caller is authorized, within budget, and the model is known and
 servable. A failure anywhere becomes the protocol's error reply (its error table: /api/v1
 ``{"code", "detail"}``, /v2 ``{"error", "code"}``, both read from core.exceptions.problem), with
-its Retry-After. A protocol (inference.protocols) is how one wire format decodes a request and
+its Retry-After. A protocol (inference.protocols, inference.v2.protocol) is how one wire format decodes a request and
 encodes an answer; a new door (gRPC) is a new transport adapter over an existing or new protocol.
 """
 
@@ -84,7 +84,7 @@ class Reply:
 
 class Protocol:
     """A wire format: how a request names its model and becomes feeds, and how an outcome or
-    an error is written back. Subclasses: inference.protocols.JsonPredict, .V2Infer."""
+    an error is written back. Subclasses: inference.protocols.JsonPredict, inference.v2.protocol.V2Infer."""
 
     # Remember validated bodies (inference.cache.BodyMemo): an identical repeat skips decoding.
     memo = False

@@ -29,7 +29,10 @@ class Prediction(models.Model):
     # The name and version at the time, kept for exports and for reading without a join.
     model_name = models.CharField(max_length=100)
     model_version = models.CharField(max_length=64)
-    api_key = models.ForeignKey("access.APIKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Named on the key so that access reads a key's use (its revoke page) without importing this app.
+    api_key = models.ForeignKey(
+        "access.APIKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="predictions"
+    )
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

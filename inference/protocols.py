@@ -1,40 +1,30 @@
-"""The wire formats the serving exchange (inference.exchange) speaks, each with its error table.
+"""Our /api/v1 predict contract, as a protocol of the serving exchange (inference.exchange).
 
-- `JsonPredict`: our /api/v1 predict contract. ``{"input_data": {...}, "skip_cache": false}`` in,
-  ``{"id", "model_id", ..., "output_data", "cached", ...}`` out; errors ``{"code", "detail"}``.
-- `V2Infer`: the Open Inference Protocol v2 infer request (JSON, optionally followed by binary
-  tensors; ../shared/REFERENCE.md §1); errors ``{"error", "code"}`` (clients read "error").
-
-Both error tables read core.exceptions.problem, so a status, a code, a Retry-After or a
-WWW-Authenticate means the same on every door; /v2 differs only where the protocol says so: a
-model that exists but is not served (not ready, archived, its file damaged) is 503.
+``{"input_data": {...}, "skip_cache": false}`` in, ``{"id", "model_id", ..., "output_data",
+"cached", ...}`` out; errors ``{"code", "detail"}`` from core.exceptions.problem, the table the
+/v2 protocol (inference.v2.protocol) reads too, so a status, a code, a Retry-After or a
+WWW-Authenticate means the same on every door.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import orjson
 from django.conf import settings
 
-from core.exceptions import NotFound, error_body, problem
+from core.exceptions import error_body, problem
 from core.tensor_checks import InvalidInput
 from inference import services
-from inference.errors import ModelArchived, ModelIntegrityError, ModelNotReady
 from inference.exchange import Decoded, Incoming, ModelRef, Protocol, Reply
 from inference.serving import serving_cache
 from inference.tensors import parse_json_body
-from inference.v2 import codec
-from registry.errors import ModelNotFound
 from registry.models import MLModel
 
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
 UNEXPECTED = "An unexpected error occurred; it has been logged."
-
-# --- /api/v1 --------------------------------------------------------------------------------
 
 PREDICT_FIELDS = {"input_data", "skip_cache"}
 
@@ -101,100 +91,4 @@ class JsonPredict(Protocol):
         return v1_error(exc)
 
 
-# --- /v2 ------------------------------------------------------------------------------------
-
-# Models that exist but are not served answer 503, as the protocol has it for "not ready".
-_NOT_SERVED = (ModelNotReady, ModelArchived, ModelIntegrityError)
-
-
-def v2_json(document: Any, status: int = 200) -> Reply:
-    return Reply(status, orjson.dumps(document), {"Content-Type": JSON})
-
-
-def v2_error(exc: Exception) -> Reply:
-    """Any failure as /v2's ``{"error", "code"}`` with its status; unexpected ones are logged, 500."""
-    found = problem(exc)
-    if found is None:
-        logger.exception("v2 request failed")
-        return v2_json({"error": UNEXPECTED, "code": "server_error"}, 500)
-    reply = v2_json({"error": found.detail, "code": found.code}, 503 if isinstance(exc, _NOT_SERVED) else found.status)
-    reply.headers.update(found.headers)
-    return reply
-
-
-def v2_resolve(name: str, version: str | None) -> MLModel:
-    """A ready model version: the given one (a semver, or an alias such as `production`), or by
-    default the `production` alias's version, else the name's highest ready version.
-
-    Unknown names and versions are 404; a version that exists but is not served, or a name
-    without any ready version, is 503 (not ready).
-    """
-    try:
-        model = serving_cache.by_name(name, version or None)
-    except ModelNotFound:
-        known = list(MLModel.objects.named(name).newest_first().values_list("version", "status"))
-        if not known:
-            raise NotFound(f"Unknown model '{name}'.", code="model_not_found") from None
-        listed = ", ".join(f"{known_version} ({known_status})" for known_version, known_status in known[:20])
-        if version:
-            raise NotFound(
-                f"Model '{name}' has no version '{version}'. Its versions: {listed}.", code="model_not_found"
-            ) from None
-        raise ModelNotReady(
-            f"No version of model '{name}' is ready (versions: {listed}). Try again once one is validated."
-        ) from None
-    services.ensure_servable(model)
-    return model
-
-
-class V2Infer(Protocol):
-    headers = ("Content-Encoding", codec.HEADER_LENGTH)
-
-    def resolve(self, ref: ModelRef) -> MLModel:
-        return v2_resolve(ref.name, ref.version)
-
-    def decode(self, model: MLModel, body: bytes, incoming: Incoming) -> Decoded:
-        headers = incoming.headers
-        body = codec.read_body(body, headers.get("content-encoding"), limit=settings.MAX_REQUEST_BODY_BYTES)
-        request = codec.parse_infer_request(
-            body,
-            headers.get("inference-header-content-length"),
-            inputs=model.input_schema,
-            outputs=model.output_schema,
-            allow_non_finite=model.allow_non_finite,
-            max_elements=settings.MAX_INPUT_ELEMENTS,
-            max_depth=settings.MAX_JSON_DEPTH,
-        )
-        feeds = request.feeds
-        return Decoded(
-            feeds,
-            history_input=lambda: codec.feeds_as_json(feeds, model.input_schema),
-            input_size=len(body),
-            skip_cache=request.skip_cache,
-            requested_outputs=[output.name for output in request.outputs],
-            # JSON renders NaN as null anyway; binary outputs must be the exact values.
-            exact=request.wants_binary,
-            request=request,
-        )
-
-    def encode(self, outcome: services.PredictionOutcome, decoded: Decoded | None) -> tuple[bytes, dict[str, str]]:
-        request = decoded.request
-        values = outcome.values if outcome.values is not None else outcome.output_data
-        tensors = [
-            (output, codec.output_array(output.datatype, values[output.name], outcome.shapes.get(output.name)))
-            for output in request.outputs
-        ]
-        model = outcome.model
-        content, json_size = codec.encode_infer_response(
-            model_name=model.name, model_version=model.version, request_id=request.id, outputs=tensors
-        )
-        if json_size is None:
-            return content, {"Content-Type": JSON}
-        return content, {"Content-Type": "application/octet-stream", codec.HEADER_LENGTH: str(json_size)}
-
-    def error(self, exc: Exception) -> Reply:
-        return v2_error(exc)
-
-
 JSON_PREDICT = JsonPredict()
-V2_INFER = V2Infer()

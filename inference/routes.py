@@ -14,8 +14,9 @@ from django.urls import URLPattern, re_path
 
 from inference import views
 from inference.exchange import ModelRef, Protocol
-from inference.protocols import JSON_PREDICT, V2_INFER
+from inference.protocols import JSON_PREDICT
 from inference.v2 import views as v2_views
+from inference.v2.protocol import V2_INFER
 
 # A model id as Django's uuid converter has it, in either case.
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"

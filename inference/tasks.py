@@ -1,8 +1,8 @@
 """Periodic maintenance of the inference app (scheduled by Celery beat)."""
 
+from core.celery_app import app  # bound to the project's app (core.celery_app says why)
 from inference.history import history_cleanup
 from inference.serving_stats import serving_stats_cleanup
-from modelforge_site.celery import app  # bound to the project's app, as jobs.tasks explains
 
 
 @app.task(name="inference.cleanup_history", ignore_result=True)

@@ -77,7 +77,8 @@ class Job(models.Model):
     model = models.ForeignKey("registry.MLModel", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     model_name = models.CharField(max_length=100)
     model_version = models.CharField(max_length=64)
-    api_key = models.ForeignKey("access.APIKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Named on the key so that access reads a key's use (its revoke page) without importing this app.
+    api_key = models.ForeignKey("access.APIKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -10,6 +10,8 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Count
 
+from core.celery_app import app as celery_app
+from core.embedded_runner import runner
 from jobs.models import Job
 
 PING_TIMEOUT_SECONDS = 1.0
@@ -38,9 +40,7 @@ def queue_lengths() -> dict[str, int]:
         queued = Job.objects.filter(status=Job.Status.QUEUED).order_by().values("priority").annotate(n=Count("pk"))
         queued = {row["priority"]: row["n"] for row in queued}
         return {name: queued.get(name, 0) for name in QUEUES}
-    from modelforge_site.celery import app
-
-    with app.connection_for_read() as conn:
+    with celery_app.connection_for_read() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
         client = conn.default_channel.client  # honours the transport's key prefix
         # Jobs are sent without message priorities, so each queue is one Redis list.
@@ -48,8 +48,6 @@ def queue_lengths() -> dict[str, int]:
 
 
 def _embedded() -> tuple[dict[str, Any], bool]:
-    from jobs.runner import runner
-
     queued = queue_lengths()
     return {
         "mode": "embedded",
@@ -62,8 +60,6 @@ def _embedded() -> tuple[dict[str, Any], bool]:
 def _broker() -> tuple[dict[str, Any], bool]:
     from kombu.utils.url import maybe_sanitize_url
 
-    from modelforge_site.celery import app
-
     report: dict[str, Any] = {"mode": "celery", "workers": [], "queues": []}
     try:
         report["queues"] = [{"name": name, "length": length} for name, length in queue_lengths().items()]
@@ -71,6 +67,6 @@ def _broker() -> tuple[dict[str, Any], bool]:
     except Exception as exc:
         report["broker"] = {"ok": False, "detail": f"unreachable: {exc.__class__.__name__}"}
         return report, False
-    replies = app.control.inspect(timeout=PING_TIMEOUT_SECONDS).ping() or {}
+    replies = celery_app.control.inspect(timeout=PING_TIMEOUT_SECONDS).ping() or {}
     report["workers"] = [{"name": name, "ok": True} for name in sorted(replies)]
     return report, bool(replies)

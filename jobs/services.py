@@ -1,6 +1,10 @@
 """Every write to a job goes through here: the API, the admin, the Celery tasks and the
 embedded runner alike.
 
+A job runs on a Celery worker (task `jobs.run`, jobs.tasks, sent by name) or, without a broker,
+on the embedded runner's threads (core.embedded_runner) as an `EmbeddedJob`: the same claim,
+run and failure record in both.
+
 Delivery is at least once (a message can be redelivered after a worker dies, the sweeper may
 publish a second copy), so each step is a compare-and-set on the row:
 
@@ -18,8 +22,12 @@ Slow work (reading files, running the model) happens outside transactions.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -33,6 +41,9 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
+from core.celery_app import app as celery_app
+from core.celery_app import broker_configured
+from core.embedded_runner import runner
 from core.exceptions import DomainError
 from inference.errors import InferenceFailed
 from inference.services import decode_model_inputs, ensure_servable, run_session
@@ -60,6 +71,13 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError, ConnectionError, TimeoutEr
 
 SWEEP_BATCH = 500
 
+# The Celery task that runs a job (jobs.tasks.run_job). Sent by name: that module calls this one.
+RUN_TASK = "jobs.run"
+
+# A test seam: called in the embedded runner's thread with each job it has claimed, just before
+# the run. Tests set it to make a thread die for real in the middle of a job.
+before_run: Callable[[Job], None] | None = None
+
 
 class JobSuperseded(Exception):
     """This run no longer holds the job (it was cancelled, or a redelivery took it over):
@@ -68,10 +86,6 @@ class JobSuperseded(Exception):
 
 class JobTimeLimit(Exception):
     """The embedded runner's soft time limit (Celery raises SoftTimeLimitExceeded instead)."""
-
-
-def broker_configured() -> bool:
-    return bool(settings.CELERY_BROKER_URL)
 
 
 def _move(job_id, *, source, target: str, attempt: int | None = None, **fields: Any) -> bool:
@@ -198,10 +212,10 @@ def job_enqueue(*, job_id, countdown: float | None = None) -> bool:
     now = timezone.now()
     fields: dict[str, Any] = {"enqueued_at": now}
     if broker_configured():
-        from jobs.tasks import run_job
-
         try:
-            run_job.apply_async(args=[str(job.pk)], task_id=str(job.pk), queue=job.priority, countdown=countdown)
+            celery_app.send_task(
+                RUN_TASK, args=[str(job.pk)], task_id=str(job.pk), queue=job.priority, countdown=countdown
+            )
         except Exception as exc:
             logger.warning(
                 "could not queue a job (%s); the sweeper retries", exc, extra={"job": str(job.pk), "error": repr(exc)}
@@ -209,9 +223,7 @@ def job_enqueue(*, job_id, countdown: float | None = None) -> bool:
             return False
         fields["celery_task_id"] = str(job.pk)
     else:
-        from jobs.runner import runner
-
-        runner.submit(job.pk, job.priority, delay=countdown)
+        runner.submit(EmbeddedJob(str(job.pk), job.priority), rank=Job.PRIORITY_RANK[job.priority], delay=countdown)
         fields["worker"] = runner.name  # the process that holds it, for recovery if it ends
     if not _move(job.pk, source=Status.PENDING, target=Status.QUEUED, **fields):
         Job.objects.filter(pk=job.pk, status=Status.QUEUED).update(**fields)  # queued again: no status change
@@ -433,6 +445,38 @@ def job_requeue(*, job: Job) -> bool:
     return _move(job.pk, source=Status.RUNNING, target=Status.QUEUED, attempt=job.attempts, enqueued_at=timezone.now())
 
 
+@dataclass(frozen=True)
+class EmbeddedJob:
+    """A job on the embedded runner's threads: what the Celery task does (claim, run, record a
+    failure and retry it later), with the soft time limit checked between chunks."""
+
+    job_id: str
+    priority: str
+
+    def __call__(self) -> None:
+        job = job_claim(job_id=self.job_id, worker=runner.name)
+        if job is None:
+            return
+        if before_run is not None:
+            before_run(job)
+        try:
+            job_execute(job=job, deadline=time.monotonic() + settings.CELERY_TASK_SOFT_TIME_LIMIT)
+        except JobSuperseded:
+            return
+        except Exception as exc:
+            delay = job_record_failure(job=job, exc=exc)
+            if delay is not None:
+                runner.submit(self, rank=Job.PRIORITY_RANK[self.priority], delay=delay)
+
+    def lost(self) -> None:
+        """The thread running this job died: queue it again, as a new attempt (as after a lost
+        Celery worker). If the database cannot be reached now, `jobs_recover` does it later."""
+        job = Job.objects.filter(pk=self.job_id, status=Status.RUNNING, worker=runner.name).first()
+        if job is not None and job_requeue(job=job):
+            job_enqueue(job_id=job.pk)
+            logger.warning("job of a dead embedded runner thread queued again", extra={"job": self.job_id})
+
+
 # --- cancel, delete, wait ------------------------------------------------------------------
 
 
@@ -450,10 +494,8 @@ def job_cancel(*, job: Job) -> Job:
 
 
 def _revoke(job_id) -> None:
-    from modelforge_site.celery import app
-
     try:
-        app.control.revoke(str(job_id), terminate=True, signal="SIGTERM")
+        celery_app.control.revoke(str(job_id), terminate=True, signal="SIGTERM")
     except Exception as exc:  # the run still stops at its next chunk
         logger.warning("could not revoke a cancelled job's task", extra={"job": str(job_id), "error": repr(exc)})
 
@@ -532,6 +574,42 @@ def jobs_sweep(*, now: datetime | None = None) -> dict[str, int]:
     if any(report.values()):
         logger.info("jobs swept", extra=report)
     return report
+
+
+def jobs_recover() -> int:
+    """Queue on this process's embedded runner the jobs that another, ended server process on
+    this host held, and those running under this process's name that none of its threads holds
+    (a thread died and its job could not be queued again then). Returns how many."""
+    prefix = f"embedded@{socket.gethostname()}:"
+    fields = ("pk", "status", "attempts", "worker")
+    held = (
+        Job.objects.filter(status__in=[Status.QUEUED, Status.RUNNING], worker__startswith=prefix)
+        .exclude(worker=runner.name)
+        .only(*fields)
+    )
+    holding = {work.job_id for work in runner.held() if isinstance(work, EmbeddedJob)}
+    running_here = Job.objects.filter(status=Status.RUNNING, worker=runner.name).only(*fields)
+    orphans = [job for job in running_here if str(job.pk) not in holding]
+    recovered = 0
+    for job in [*held, *orphans]:
+        if job.worker != runner.name and _process_alive(job.worker.rpartition(":")[2]):
+            continue
+        if job.status == Status.RUNNING and not job_requeue(job=job):
+            continue
+        recovered += job_enqueue(job_id=job.pk)
+    if recovered:
+        logger.info("jobs of ended server processes queued again", extra={"count": recovered})
+    return recovered
+
+
+def _process_alive(pid_text: str) -> bool:
+    try:
+        os.kill(int(pid_text), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def jobs_cleanup(*, now: datetime | None = None) -> dict[str, int]:

@@ -1,4 +1,5 @@
 """Celery tasks. Thin: claim the row, call a service, record a failure through a service.
+Bound to the project's app (core.celery_app says why not @shared_task).
 
 Messages are acknowledged late and rejected (requeued) when the worker process dies, so a job
 is delivered at least once; `services.job_claim` makes running it idempotent. A job's result
@@ -10,15 +11,11 @@ from __future__ import annotations
 
 from celery.exceptions import Ignore
 
+from core.celery_app import app
 from jobs import services
-from modelforge_site.celery import app
-
-# Bound to the project's app, not @shared_task: a shared task resolves Celery's "current app"
-# on every call, and that is per thread; a thread where another app is current (or none is)
-# would send to an app that has never heard of jobs.run (NotRegistered).
 
 
-@app.task(bind=True, name="jobs.run", acks_late=True, reject_on_worker_lost=True, max_retries=None)
+@app.task(bind=True, name=services.RUN_TASK, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def run_job(self, job_id: str) -> str:
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     job = services.job_claim(job_id=job_id, worker=self.request.hostname or "", redelivered=redelivered)

@@ -29,6 +29,8 @@ from rest_framework.views import APIView
 from access.models import APIKey, Scope
 from access.permissions import is_staff_request
 from access.throttling import KeyRateThrottle
+from core.celery_app import broker_configured
+from core.embedded_runner import runner
 from core.exceptions import PayloadTooLarge, error_body
 from core.list_filters import StrictFilterBackend
 from core.strict_input import UNAUTHENTICATED, ErrorSerializer, error_responses
@@ -148,10 +150,8 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
-        if not services.broker_configured():
-            from jobs.runner import runner
-
-            runner.start()  # picks up jobs an ended server process left (see jobs.runner)
+        if not broker_configured():
+            runner.start()  # its maintenance picks up jobs an ended server process left (jobs_recover)
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):

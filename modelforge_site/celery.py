@@ -1,16 +1,18 @@
-"""The Celery app. Configuration comes from Django settings (CELERY_* names)."""
+"""The Celery wiring for `celery -A modelforge_site` (worker and beat): the app itself is
+core.celery_app, where the apps bind their tasks; this module makes sure the settings module is
+known before it is created, and adds the worker processes' start-up hook."""
 
 import gc
 import os
 
-from celery import Celery
 from celery.signals import worker_process_init
 
+# Before the app is created: Celery installs its Django fix-up only when this is set.
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "modelforge_site.settings")
 
-app = Celery("modelforge_site")
-app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks()
+from core.celery_app import app  # noqa: E402
+
+__all__ = ("app",)
 
 
 @worker_process_init.connect

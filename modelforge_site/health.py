@@ -12,8 +12,6 @@ import time
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import DEFAULT_DB_ALIAS, connections
-from django.db.migrations.executor import MigrationExecutor
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
@@ -21,29 +19,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core import shutdown
-
-_migrations_applied = False
-
-
-def check_database() -> tuple[bool, str]:
-    try:
-        with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
-            cursor.execute("SELECT 1")
-        return True, "ok"
-    except Exception as exc:  # any driver error means "down" to a probe
-        return False, f"unreachable: {exc.__class__.__name__}"
-
-
-def check_migrations() -> tuple[bool, str]:
-    global _migrations_applied
-    if _migrations_applied:
-        return True, "ok"
-    executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
-    pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
-    if pending:
-        return False, f"{len(pending)} migrations not applied; run manage.py migrate"
-    _migrations_applied = True  # migrations never un-apply while a process runs
-    return True, "ok"
+from core.celery_app import app as celery_app
+from core.probes import check_database, check_migrations
 
 
 def check_cache() -> tuple[bool, str]:
@@ -66,10 +43,8 @@ def check_storage() -> tuple[bool, str]:
 def check_broker() -> tuple[bool, str]:
     if not settings.CELERY_BROKER_URL:
         return True, "not configured: jobs run in-process"
-    from modelforge_site.celery import app
-
     try:
-        with app.connection_for_write() as connection:
+        with celery_app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=2)
         return True, "ok"
     except Exception as exc:

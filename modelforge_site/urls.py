@@ -44,7 +44,9 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     # Prometheus scrapes (a key with `read`); not under /api/v1, where scrapers do not look.
     path("metrics", MetricsView.as_view(), name="metrics"),
-    # Open Inference Protocol v2 (KServe / Triton clients); plain Django views, not in the OpenAPI schema.
+    # Open Inference Protocol v2 (KServe / Triton clients); plain Django views, not in the OpenAPI
+    # schema. Infer is a serving route (inference.routes), before the /v2 catch-all.
+    *routes.urlpatterns(""),
     path("", include("inference.v2.urls")),
 ]
 

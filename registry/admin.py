@@ -3,6 +3,11 @@
 Registering, uploading, validating, archiving and deleting all call the services; the change
 form edits only a model's description and tags, through `services.model_update`. Schema and
 metadata come from uploaded files, so every value shown from them is escaped.
+
+The ops console (console/admin.py) registers its own subclasses of the model and alias admins
+in their place: the model page (Try it, the serving actions) and the confirmation pages that
+show what an archive, a delete or an alias move touches, traffic included. Both read the
+inference app, which the registry does not import.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.contrib import admin, messages
-from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.contrib.admin.options import IS_POPUP_VAR
 from django.db.models import Count
 from django.http import HttpResponseRedirect
@@ -23,10 +27,9 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from core.exceptions import DomainError
-from registry import admin_confirm, services
+from registry import services
 from registry.forms import MLModelAddForm, MLModelChangeForm, ModelAliasAddForm, ModelAliasChangeForm
-from registry.model_page import ModelPageMixin
-from registry.models import DEFAULT_ALIAS, AliasEvent, MLModel, ModelAlias, Tag
+from registry.models import AliasEvent, MLModel, ModelAlias, Tag
 
 Status = MLModel.Status
 
@@ -181,7 +184,7 @@ def _model_label(model: MLModel) -> str:
     return f"{model.name} {model.version}"
 
 
-def _report_result(request, model: MLModel) -> None:
+def report_validation(request, model: MLModel) -> None:
     """One message with the outcome of a validation."""
     if model.status == Status.READY:
         inputs, outputs = len(model.input_schema), len(model.output_schema)
@@ -220,7 +223,7 @@ class RefusedDeleteMixin:
 
 
 @admin.register(MLModel)
-class MLModelAdmin(RefusedDeleteMixin, ModelPageMixin, admin.ModelAdmin):
+class MLModelAdmin(RefusedDeleteMixin, admin.ModelAdmin):
     list_display = (
         "name",
         "version_display",
@@ -383,7 +386,7 @@ class MLModelAdmin(RefusedDeleteMixin, ModelPageMixin, admin.ModelAdmin):
         # row the service created.
         obj.pk = model.pk
         obj.refresh_from_db()
-        _report_result(request, model)
+        report_validation(request, model)
 
     def response_add(self, request, obj, post_url_continue=None):
         # A new version is being validated: its own page shows the progress, then the report.
@@ -413,24 +416,17 @@ class MLModelAdmin(RefusedDeleteMixin, ModelPageMixin, admin.ModelAdmin):
             messages.error(request, f"The new file for {_model_label(obj)} was not used: {exc.detail}")
             return
         obj.refresh_from_db()
-        _report_result(request, model)
+        report_validation(request, model)
 
     def save_related(self, request, form, formsets, change) -> None:
         # Tags were set by the services; the form's own m2m save would treat names as ids.
         for formset in formsets:
             self.save_formset(request, form, formset, change=change)
 
-    # --- deleting: Django's confirmation pages, with what the delete takes away ---------------
+    # --- deleting: Django's confirmation pages (the console adds what the delete takes away) --
     # An alias's foreign key PROTECTs its version, so Django's pages already refuse (no confirm
     # button) a version an alias points at; the service refuses it too if an alias was pointed
     # at it after the page was shown.
-
-    def get_deleted_objects(self, objs, request):
-        return admin_confirm.version_deleted_objects(self, objs, request)
-
-    def render_delete_form(self, request, context):
-        context.update(admin_confirm.delete_context([context["object"]]))
-        return super().render_delete_form(request, context)
 
     refused_delete_redirect = None  # the delete page again, to show why
 
@@ -443,13 +439,6 @@ class MLModelAdmin(RefusedDeleteMixin, ModelPageMixin, admin.ModelAdmin):
                 services.model_delete(model=model)
             except DomainError as exc:
                 self.message_user(request, f"Not deleted: {exc.detail}", messages.ERROR)
-
-    @admin.action(description="Delete selected models", permissions=["delete"])
-    def delete_selected(self, request, queryset):
-        response = django_delete_selected(self, request, queryset)
-        if response is not None:  # the confirmation page (a lazy TemplateResponse)
-            response.context_data.update(admin_confirm.delete_context(list(queryset)))
-        return response
 
     # --- actions -------------------------------------------------------------------------------
 
@@ -475,15 +464,6 @@ class MLModelAdmin(RefusedDeleteMixin, ModelPageMixin, admin.ModelAdmin):
 
     @admin.action(description="Archive selected models", permissions=["change"])
     def archive_selected(self, request, queryset):
-        """A page listing the versions, their aliases and traffic first; archives on its Confirm."""
-        if not admin_confirm.confirmed(request):
-            return admin_confirm.archive_page(
-                self,
-                request,
-                list(queryset),
-                hidden=admin_confirm.posted_fields(request),
-                cancel_url=request.get_full_path(),
-            )
         archived, refused = 0, []
         for model in queryset:
             try:
@@ -512,7 +492,7 @@ class MLModelAdmin(RefusedDeleteMixin, ModelPageMixin, admin.ModelAdmin):
                 refused.append(f"{_model_label(model)}: {exc.detail}")
                 continue
             self.log_change(request, model, f"Unarchived: {model.get_status_display().lower()}")
-            _report_result(request, model)
+            report_validation(request, model)
         for reason in refused:
             self.message_user(request, f"Not unarchived: {reason}", messages.ERROR)
 
@@ -603,10 +583,6 @@ class ModelAliasAdmin(RefusedDeleteMixin, admin.ModelAdmin):
         return alias_history_table(events)
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        if request.method == "POST" and not admin_confirm.confirmed(request):
-            page = self._confirmation(request, object_id)
-            if page is not None:
-                return page
         try:
             return super().changeform_view(request, object_id, form_url, extra_context)
         except DomainError as exc:
@@ -615,43 +591,6 @@ class ModelAliasAdmin(RefusedDeleteMixin, admin.ModelAdmin):
             messages.error(request, exc.detail)
             return HttpResponseRedirect(request.get_full_path())
 
-    def _confirmation(self, request, object_id):
-        """The page before a valid form moves an alias (or creates the default alias, which
-        takes the requests without a version): from -> to and the traffic the alias's version
-        carries. None when the form has errors (the form page shows them), changes nothing, or
-        the user may not make it (Django's view answers that)."""
-        obj = self.get_object(request, object_id) if object_id else None
-        if object_id and (obj is None or not self.has_change_permission(request, obj)):
-            return None
-        if not object_id and not self.has_add_permission(request):
-            return None
-        current_id = obj.model_id if obj is not None else None
-        # Validating a ModelForm writes the values into its instance; obj is not saved here.
-        form = self.get_form(request, obj, change=obj is not None)(request.POST, request.FILES, instance=obj)
-        if not form.is_valid():
-            return None
-        target = form.cleaned_data["model"]
-        if target.pk == current_id:
-            return None
-        name = obj.name if obj is not None else target.name
-        alias = obj.alias if obj is not None else form.cleaned_data["alias"]
-        if obj is None and alias != DEFAULT_ALIAS:
-            return None  # a new alias other than the default takes no traffic from anything
-        cancel = (
-            reverse("admin:registry_modelalias_change", args=[obj.pk])
-            if obj is not None
-            else reverse("admin:registry_modelalias_changelist")
-        )
-        return admin_confirm.alias_page(
-            self,
-            request,
-            name=name,
-            alias=alias,
-            target=target,
-            hidden=admin_confirm.posted_fields(request),
-            cancel_url=cancel,
-        )
-
     def save_model(self, request, obj: ModelAlias, form, change: bool) -> None:
         target = form.cleaned_data["model"]
         name = obj.name if change else target.name
@@ -659,10 +598,6 @@ class ModelAliasAdmin(RefusedDeleteMixin, admin.ModelAdmin):
         # The admin goes on with the form's instance (change message, redirect): make it the row.
         obj.pk = result.alias.pk
         obj.refresh_from_db()
-
-    def render_delete_form(self, request, context):
-        context.update(admin_confirm.alias_delete_context([context["object"]]))
-        return super().render_delete_form(request, context)
 
     refused_delete_redirect = "admin:registry_modelalias_changelist"
 
@@ -675,13 +610,6 @@ class ModelAliasAdmin(RefusedDeleteMixin, admin.ModelAdmin):
                 services.alias_delete(name=alias.name, alias=alias.alias, actor=request.user)
             except DomainError as exc:
                 self.message_user(request, f"Not deleted: {exc.detail}", messages.ERROR)
-
-    @admin.action(description="Delete selected aliases", permissions=["delete"])
-    def delete_selected(self, request, queryset):
-        response = django_delete_selected(self, request, queryset)
-        if response is not None:  # the confirmation page (a lazy TemplateResponse)
-            response.context_data.update(admin_confirm.alias_delete_context(list(queryset.select_related("model"))))
-        return response
 
 
 @admin.register(AliasEvent)

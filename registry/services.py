@@ -23,6 +23,9 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from core import invalidation
+from core.celery_app import app as celery_app
+from core.celery_app import broker_configured
+from core.embedded_runner import runner
 from registry import sandbox, selectors
 from registry.errors import (
     DuplicateVersion,
@@ -48,6 +51,9 @@ Status = MLModel.Status
 UPLOADABLE = (Status.PENDING, Status.UPLOADED, Status.ERROR)
 VALIDATABLE = (Status.UPLOADED, Status.READY, Status.ERROR)
 SWEEP_BATCH = 500
+# The Celery task that runs a validation (registry.tasks.validate_model). Sent by name: that
+# module calls this one.
+VALIDATE_TASK = "registry.validate"
 
 
 @dataclass(frozen=True)
@@ -240,7 +246,7 @@ def _point_at(*, model: MLModel, staged: StagedFile) -> MLModel:
 # A validation runs a sandboxed child for up to VALIDATION_TIMEOUT_SECONDS, too long for a
 # serving thread. `model_validate` only moves the row to `validating` and hands the run over
 # once the transaction commits: to a Celery task (registry.tasks) with a broker, else to the
-# embedded runner's threads (jobs.runner), as jobs are. Delivery is at least once: the run
+# embedded runner's threads (core.embedded_runner), as jobs are. Delivery is at least once: the run
 # claims the row (`validation_attempts` + 1 as one conditional UPDATE, the attempt being the
 # token of the only run that may write the outcome), and `validations_sweep` hands over again
 # what a down broker or a lost worker left behind.
@@ -281,10 +287,12 @@ def validation_enqueue(*, model_id) -> bool:
     """Hand a waiting validation to the broker (task registry.validate) or, without one, to the
     embedded runner. A broker that cannot be reached leaves it for the sweeper: the row stays
     `validating` and nothing is lost. Returns whether it was handed over."""
-    from registry import tasks
-
     try:
-        tasks.submit_validation(str(model_id))
+        if broker_configured():
+            celery_app.send_task(VALIDATE_TASK, args=[str(model_id)])
+        else:
+            # The runner's first rank: ahead of normal and low jobs.
+            runner.submit(partial(model_validation_run, model_id=str(model_id)))
     except Exception as exc:
         logger.warning(
             "could not queue a validation (%s); the sweeper retries",

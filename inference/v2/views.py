@@ -16,7 +16,7 @@ is not ready (any status but ready, archived included) or a full queue (with Ret
 
 Infer is a door of the serving exchange (inference.exchange), as is the WSGI fast path in front
 of Django (inference.fastpath), so both answer alike; errors come from the /v2 error table
-(inference.protocols.v2_error).
+(inference.v2.protocol.v2_error).
 """
 
 from __future__ import annotations
@@ -30,15 +30,14 @@ from django.views.decorators.csrf import csrf_exempt
 
 from access.models import Scope
 from access.principals import Credential, authorize
-from core import shutdown
+from core import probes, shutdown
 from core.exceptions import NotFound
 from core.tensor_checks import InvalidInput
 from inference import exchange
 from inference.exchange import Reply
-from inference.protocols import v2_error, v2_json, v2_resolve
 from inference.sessions import get_pool
 from inference.v2 import codec
-from modelforge_site import health as probes  # moves to core (layers)
+from inference.v2.protocol import v2_error, v2_json, v2_resolve
 from registry.models import MLModel
 
 SERVER_NAME = "modelforge"

@@ -1,6 +1,6 @@
 """An embedded job thread (jobs without a broker, `make run`) that dies in the middle of a job is
 replaced, and the job it held runs again to completion as a new attempt; the runner goes on
-running jobs. The thread dies for real: `jobs.runner.before_run` (the runner's test seam, called
+running jobs. The thread dies for real: `jobs.services.before_run` (the runner's test seam, called
 with each claimed job) raises what an `except Exception` does not catch, as a library calling
 `sys.exit()` would. Transactional: the runner's threads must see the rows the API commits."""
 
@@ -10,9 +10,9 @@ import threading
 
 import pytest
 
-from jobs import runner as runner_module
+from core.embedded_runner import runner
+from jobs import services
 from jobs.models import Job
-from jobs.runner import runner
 from tests.jobs.api import create_inline, created, job_url, wait_finished
 from tests.jobs.factories import iris_model, reference_outputs
 
@@ -41,7 +41,7 @@ def test_a_job_thread_that_dies_is_replaced_and_its_job_runs_again(jobs_client, 
     settings.JOB_EMBEDDED_THREADS = 1  # nothing could run afterwards without the replacement
     iris = make_model(iris_model())
     killer = ThreadKiller()
-    monkeypatch.setattr(runner_module, "before_run", killer)
+    monkeypatch.setattr(services, "before_run", killer)
 
     job = created(create_inline(jobs_client, iris, {"X": ROW}))
     response = wait_finished(jobs_client, job["id"])
@@ -69,7 +69,7 @@ def test_a_job_that_kills_its_thread_every_time_fails_after_the_attempt_limit(
     settings.JOB_EMBEDDED_THREADS = 1
     settings.JOB_MAX_ATTEMPTS = 3
     iris = make_model(iris_model())
-    monkeypatch.setattr(runner_module, "before_run", ThreadKiller(kills=1000))
+    monkeypatch.setattr(services, "before_run", ThreadKiller(kills=1000))
 
     job = created(create_inline(jobs_client, iris, {"X": ROW}))
     response = wait_finished(jobs_client, job["id"])
@@ -78,7 +78,7 @@ def test_a_job_that_kills_its_thread_every_time_fails_after_the_attempt_limit(
     assert Job.objects.get(pk=job["id"]).attempts == 3
     assert runner.stats()["replaced"] == 3
 
-    monkeypatch.setattr(runner_module, "before_run", None)
+    monkeypatch.setattr(services, "before_run", None)
     after = created(create_inline(jobs_client, iris, {"X": ROW}))
     assert wait_finished(jobs_client, after["id"]).status_code == 200  # still serving jobs
 
@@ -94,7 +94,7 @@ def test_a_running_job_of_this_process_that_no_thread_holds_is_queued_again(jobs
     Job.objects.filter(pk=job["id"]).update(
         status=Job.Status.RUNNING, attempts=1, worker=runner.name, output_data=None, finished_at=None
     )
-    assert runner.recover() == 1
+    assert services.jobs_recover() == 1
     assert wait_finished(jobs_client, job["id"]).status_code == 200
     assert Job.objects.get(pk=job["id"]).attempts == 2
-    assert runner.recover() == 0
+    assert services.jobs_recover() == 0

@@ -38,7 +38,7 @@ def _jobs(settings, tmp_path):
     """Job files in the test's folder; the embedded runner unless a test asks for a Celery
     worker; no periodic sweeper thread (tests sweep when they mean to). The runner is drained
     and stopped after each test, so the next one starts it with its own settings."""
-    from jobs.runner import runner
+    from core.embedded_runner import runner
 
     settings.JOB_STORAGE_PATH = tmp_path / "jobs"
     settings.CELERY_BROKER_URL = ""
@@ -218,7 +218,7 @@ def point_celery_at(url: str, prefix: str, settings) -> None:
     Celery prefers the CELERY_BROKER_URL environment variable to its configured broker_url, but
     not to broker_read_url / broker_write_url, which every connection is made from.
     """
-    from modelforge_site.celery import app
+    from core.celery_app import app
 
     options = {**settings.CELERY_BROKER_TRANSPORT_OPTIONS, "global_keyprefix": prefix}
     app.conf.update(broker_read_url=url, broker_write_url=url, broker_transport_options=options)
@@ -256,7 +256,7 @@ def celery_worker(celery_stack, settings):
 
 
 def _wait_worker_idle(worker: CeleryWorker, timeout: float = 30.0) -> None:
-    from modelforge_site.celery import app
+    from core.celery_app import app
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -13,9 +13,9 @@ from datetime import datetime
 import numpy as np
 import pytest
 
+from core.embedded_runner import runner
 from jobs import services
 from jobs.models import Job
-from jobs.runner import runner
 from registry.models import MLModel
 from tests.jobs.api import (
     create_file,
@@ -266,11 +266,11 @@ def test_jobs_of_an_ended_server_process_are_run_again(jobs_client, make_model):
     Job.objects.filter(pk=queued["id"]).update(
         status=Job.Status.QUEUED, attempts=0, worker=holder, output_data=None, finished_at=None
     )
-    assert runner.recover() == 2
+    assert services.jobs_recover() == 2
     for job_id, attempts in ((running["id"], 2), (queued["id"], 1)):
         assert wait_finished(jobs_client, job_id).status_code == 200
         assert Job.objects.get(pk=job_id).attempts == attempts
-    assert runner.recover() == 0  # this process's own jobs are never taken
+    assert services.jobs_recover() == 0  # this process's own jobs are never taken
 
 
 def test_empty_csv_cells_are_missing_values_for_models_that_take_nan(jobs_client, make_model):

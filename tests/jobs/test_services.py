@@ -143,7 +143,7 @@ def test_status_moves_outside_the_machine_are_refused():
 @pytest.mark.django_db(transaction=True)
 def test_sweeper_queues_jobs_the_broker_never_got(new_job, settings):
     job = new_job()  # queued with the embedded runner...
-    from jobs.runner import runner
+    from core.embedded_runner import runner
 
     assert runner.wait_idle(timeout=10)
     # ...now pretend its hand-over failed: still pending, long ago.

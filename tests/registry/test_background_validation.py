@@ -17,7 +17,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
-from jobs.runner import runner
+from core.embedded_runner import runner
 from registry import services
 from registry.models import MLModel
 from tests.inference.factories import make_scaled_model
@@ -54,7 +54,7 @@ def held_runner():
         holding.set()
         release.wait(120)
 
-    runner.submit_call(hold)
+    runner.submit(hold)
     assert holding.wait(60)
     yield release
     release.set()
@@ -124,7 +124,7 @@ def test_the_sweeper_hands_over_a_validation_the_broker_never_got(manage_client,
     # The broker is down: nothing listens on port 1. The setting alone is not enough: this
     # process's Celery app keeps its own connections, and with them a message would reach the
     # real broker and the session's shared worker (tests/jobs/conftest.py).
-    from modelforge_site.celery import app
+    from core.celery_app import app
 
     dead = "redis://127.0.0.1:1/0"
     previous = app.conf.broker_read_url, app.conf.broker_write_url, app.conf.broker_transport_options

@@ -1,5 +1,5 @@
-"""The confirmation pages of the registry admin: what an archive, a delete or an alias move will
-change, shown before it is applied.
+"""The confirmation pages of the registry admin (console.admin): what an archive, a delete or
+an alias move will change, shown before it is applied.
 
 Every irreversible act of the registry admin (archive a version, delete a version, move or
 create an alias, delete an alias) first renders a page listing each thing it touches: its state
@@ -10,8 +10,8 @@ delete confirmation uses); a GET or an unconfirmed POST only shows the page. Wha
 will refuse (a version an alias points at) is marked on the page; the services still decide, so
 a change made between the page and the confirmation is refused then too.
 
-The admin, not the registry's services, reads the inference app's statistics here: it is the
-console, a client of both apps.
+The console, not the registry, reads the inference app's statistics here: it is a client of
+both apps.
 """
 
 from __future__ import annotations

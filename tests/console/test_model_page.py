@@ -183,7 +183,7 @@ def test_model_page_views_need_a_staff_login(client, iris):
 
 
 def test_example_input_follows_the_schema_types(admin_client):
-    from registry.model_page import example_input_text
+    from console.model_page import example_input_text
 
     model = MLModel(
         input_schema=[

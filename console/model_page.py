@@ -3,9 +3,10 @@
 
 Everything here is a client of the services the API uses: Try it is a door of the serving
 exchange (inference.exchange: the same authorization, throttle, parsing, validation, cache,
-history and errors as `POST /api/v1/models/{id}/predict`), a new version goes through the add form (and so
-`registry.services.model_register`), and the actions call `registry.services` and the session
-pool. Values that come from uploaded files or from clients are escaped.
+history and errors as `POST /api/v1/models/{id}/predict`), a new version goes through the add
+form (and so `registry.services.model_register`), and the actions call `registry.services` and the session
+pool. Values that come from uploaded files or from clients are escaped. It is the console's, not
+the registry's: it reads and drives the inference app (console.admin adds it to the model admin).
 """
 
 from __future__ import annotations
@@ -25,8 +26,17 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from access.principals import Credential
+from console import confirm
 from core.exceptions import DomainError
-from registry import admin_confirm, selectors, services
+from inference import exchange
+from inference.models import Prediction
+from inference.protocols import JSON_PREDICT
+from inference.services import ensure_servable
+from inference.sessions import get_pool
+from inference.tensors import example_input
+from registry import selectors, services
+from registry.admin import report_validation
 from registry.models import DEFAULT_ALIAS, MLModel, ModelAlias
 from registry.versioning import parse_version
 
@@ -95,8 +105,6 @@ def timeline_html(model: MLModel) -> SafeString:
 
 
 def recent_predictions_html(model: MLModel) -> SafeString:
-    from inference.models import Prediction
-
     rows = list(
         Prediction.objects.filter(model=model)
         .select_related("api_key", "user")
@@ -133,8 +141,6 @@ def recent_predictions_html(model: MLModel) -> SafeString:
 def example_input_text(model: MLModel) -> str:
     """A JSON input_data document for Try it: one row for each variable dimension, zeros of
     the input's type (0.0, 0, false, "")."""
-    from inference.tensors import example_input
-
     if not model.input_schema:
         return "{}"
     try:
@@ -172,10 +178,6 @@ def try_predict(*, model: MLModel, input_text: str, skip_cache: bool, user) -> d
     Returns {"ok", "status", "response" (the API's JSON), "timings", "wall_ms"}; a refusal is
     the API's {"code", "detail"} with its status.
     """
-    from access.principals import Credential
-    from inference import exchange
-    from inference.protocols import JSON_PREDICT
-
     # The text is placed into the body unparsed, so the API's own parser judges it (NaN
     # literals, depth, syntax) and its errors read exactly as an API client would see them.
     body = b'{"input_data": ' + input_text.encode() + b', "skip_cache": ' + (b"true" if skip_cache else b"false") + b"}"
@@ -200,8 +202,6 @@ def try_predict(*, model: MLModel, input_text: str, skip_cache: bool, user) -> d
 
 
 def session_loaded(model: MLModel) -> bool:
-    from inference.sessions import get_pool
-
     return bool(model.file_sha256) and model.file_sha256 in get_pool().loaded()
 
 
@@ -307,8 +307,8 @@ class ModelPageMixin:
         if not self.has_change_permission(request, model):
             raise PermissionDenied
         alias = request.POST.get("alias", "").strip() or DEFAULT_ALIAS
-        if not admin_confirm.confirmed(request) and self._alias_takes_traffic(model, alias):
-            return admin_confirm.alias_page(
+        if not confirm.confirmed(request) and self._alias_takes_traffic(model, alias):
+            return confirm.alias_page(
                 self,
                 request,
                 name=model.name,
@@ -349,8 +349,8 @@ class ModelPageMixin:
             raise Http404("No such action.")
         if not self.has_change_permission(request, model):
             raise PermissionDenied
-        if action == "archive" and not admin_confirm.confirmed(request):
-            return admin_confirm.archive_page(
+        if action == "archive" and not confirm.confirmed(request):
+            return confirm.archive_page(
                 self,
                 request,
                 [model],
@@ -366,10 +366,8 @@ class ModelPageMixin:
         return HttpResponseRedirect(reverse("admin:registry_mlmodel_change", args=[model.pk]))
 
     def _serving_validate(self, request, model: MLModel) -> str:
-        from registry.admin import _report_result
-
         model = services.model_validate(model=model)
-        _report_result(request, model)
+        report_validation(request, model)
         if model.status == Status.VALIDATING:
             return "Validation started"
         return f"Validated: {model.get_status_display().lower()}"
@@ -380,16 +378,11 @@ class ModelPageMixin:
         return "Archived"
 
     def _serving_unarchive(self, request, model: MLModel) -> str:
-        from registry.admin import _report_result
-
         model = services.model_unarchive(model=model)
-        _report_result(request, model)
+        report_validation(request, model)
         return f"Unarchived: {model.get_status_display().lower()}"
 
     def _serving_preload(self, request, model: MLModel) -> str:
-        from inference.services import ensure_servable
-        from inference.sessions import get_pool
-
         ensure_servable(model)
         started = time.perf_counter()
         get_pool().get(model)
@@ -402,8 +395,6 @@ class ModelPageMixin:
         return "Session preloaded"
 
     def _serving_evict(self, request, model: MLModel) -> str:
-        from inference.sessions import get_pool
-
         evicted = bool(model.file_sha256) and get_pool().evict(model.file_sha256)
         messages.success(
             request,
