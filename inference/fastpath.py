@@ -30,6 +30,11 @@ from inference.routes import ROUTES
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 # What a serving route's path ends with: a cheap test before any pattern is matched.
 _ENDINGS = ("/predict", "/predict/", "/infer", "/infer/")
+# Each route's protocol headers as (the name the protocol reads, the WSGI environ key), once.
+_PROTOCOL_HEADERS = {
+    route.name: tuple((name.lower(), "HTTP_" + name.upper().replace("-", "_")) for name in route.protocol.headers)
+    for route in ROUTES
+}
 
 
 class PredictFastPath:
@@ -71,7 +76,7 @@ class PredictFastPath:
             exchange.Incoming(
                 length,
                 lambda: body_reading.read_body(environ, length),
-                {name.lower(): environ.get(_environ_key(name)) for name in route.protocol.headers},
+                {name: environ.get(key) for name, key in _PROTOCOL_HEADERS[route.name]},
             ),
             route.protocol,
         )
@@ -137,10 +142,6 @@ def _security_headers(*, hsts: bool) -> tuple[tuple[str, str], ...]:
             found.append(("Strict-Transport-Security", value))
         headers = _headers[hsts] = tuple(found)
     return headers
-
-
-def _environ_key(header: str) -> str:
-    return "HTTP_" + header.upper().replace("-", "_")
 
 
 def _is_secure(environ) -> bool:
