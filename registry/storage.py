@@ -30,6 +30,7 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, storages
 
+from core import request_log
 from registry.errors import StorageUnavailable
 
 logger = logging.getLogger(__name__)
@@ -74,9 +75,13 @@ def _storage_call(action: str) -> Iterator[None]:
     except FileNotFoundError:
         raise
     except _remote_errors() as exc:
+        # The error itself names the endpoint, the bucket and the object key: for the log (with
+        # the request id), never for the client, who gets the id to quote.
         logger.error("model storage failed", extra={"action": action, "error": str(exc)[:300]})
+        context = request_log.current()
+        reference = f" (request {context.id}; the details are in the server log)" if context is not None else ""
         raise StorageUnavailable(
-            f"The model storage is unavailable ({action} failed: {str(exc)[:200]}). Nothing was changed; try again "
+            f"The model storage is unavailable: {action} failed{reference}. Nothing was changed; try again "
             "when it is back."
         ) from exc
 

@@ -239,6 +239,27 @@ def test_storage_down_when_a_node_needs_the_file_is_503_and_the_model_stays_read
     assert MLModel.objects.get(pk=body["id"]).status == MLModel.Status.READY  # not the file's fault
 
 
+def test_a_storage_outage_tells_the_client_no_endpoint_bucket_or_key_only_the_request_id(
+    settings, tmp_path, own_moto, manage_client, client_for
+):
+    bucket = use_bucket(settings, tmp_path, own_moto)
+    body = register(manage_client, make_scaled_model(11.0)).json()
+    ModelStore().forget_local(body["file_sha256"])
+    get_pool().clear()
+    own_moto.stop()
+
+    for response in (
+        register(manage_client, make_scaled_model(12.0), version="1.1.0"),
+        predict(client_for("predict"), body["id"]),
+    ):
+        assert response.status_code == 503
+        detail = response.json()["detail"]
+        assert response.json()["code"] == "storage_unavailable"
+        for internal in ("http", "127.0.0.1", str(own_moto.port), bucket, "models/", body["file_sha256"]):
+            assert internal not in detail, (internal, detail)
+        assert f"request {response['X-Request-ID']}" in detail  # what to quote to an operator
+
+
 def test_health_names_the_storage_when_the_bucket_is_down(settings, tmp_path, own_moto, api_client):
     use_bucket(settings, tmp_path, own_moto)
     response = api_client.get("/api/v1/health")
