@@ -20,7 +20,7 @@ from core import pubsub
 
 logger = logging.getLogger(__name__)
 
-CHANNEL = "modelforge:invalidate"
+CHANNEL = "invalidate"  # scoped to the deployment by pubsub.channel
 
 _callbacks: dict[str, list[Callable[[], None]]] = defaultdict(list)
 
@@ -51,7 +51,7 @@ def notify(topic: str) -> None:
     def publish() -> None:
         _run_local(topic)
         if settings.REDIS_URL:
-            pubsub.publish(settings.REDIS_URL, CHANNEL, topic)
+            pubsub.publish(settings.REDIS_URL, pubsub.channel(CHANNEL, settings.REDIS_URL), topic)
 
     transaction.on_commit(publish)
 
@@ -65,4 +65,9 @@ def _run_all() -> None:
 def _ensure_listener() -> None:
     """One subscriber thread per process (started lazily, so after a pre-fork server forks)."""
     if settings.REDIS_URL:
-        pubsub.subscribe(settings.REDIS_URL, CHANNEL, on_message=_run_local, on_reconnect=_run_all)
+        pubsub.subscribe(
+            settings.REDIS_URL,
+            pubsub.channel(CHANNEL, settings.REDIS_URL),
+            on_message=_run_local,
+            on_reconnect=_run_all,
+        )

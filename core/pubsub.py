@@ -4,6 +4,11 @@ One cached publishing client per process and URL, and one listener thread per ch
 reconnects on its own. Subscribers pass a callback for each message and one for reconnects:
 messages published while a listener was (re)connecting are lost, so a subscriber must then
 assume anything may have happened.
+
+Channels are server-wide in Redis (not per database, not prefixed like keys), so every channel
+name goes through `channel(name)`, which scopes it by the deployment: the cache's key prefix
+(CACHE_KEY_PREFIX) and the Redis database number. Two deployments sharing a Redis server (staging
+and production) then never hear each other.
 """
 
 from __future__ import annotations
@@ -13,11 +18,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from urllib.parse import urlparse
+
+from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
 _listeners: dict[tuple[str, str], threading.Thread] = {}
 _lock = threading.Lock()
+
+
+def channel(name: str, url: str) -> str:
+    """``name`` scoped to this deployment: "<CACHE_KEY_PREFIX>:db<N>:<name>" for Redis at ``url``."""
+    prefix = settings.CACHES["default"].get("KEY_PREFIX") or "modelforge"
+    database = urlparse(url).path.strip("/") or "0"
+    return f"{prefix}:db{database}:{name}"
 
 
 def _client(url: str, *, socket_timeout: float | None):

@@ -21,7 +21,7 @@ from core import pubsub
 
 logger = logging.getLogger(__name__)
 
-CHANNEL = "modelforge:jobs:finished"
+CHANNEL = "jobs:finished"  # scoped to the deployment by pubsub.channel
 
 _waiters: dict[str, set[threading.Event]] = defaultdict(set)
 _lock = threading.Lock()
@@ -43,7 +43,7 @@ def job_finished(job_id) -> None:
     _wake(key)
     url = redis_url()
     if url:
-        pubsub.publish(url, CHANNEL, key)
+        pubsub.publish(url, pubsub.channel(CHANNEL, url), key)
 
 
 @contextlib.contextmanager
@@ -84,4 +84,4 @@ def _wake_all() -> None:
 def _ensure_listener() -> None:
     url = redis_url()
     if url:
-        pubsub.subscribe(url, CHANNEL, on_message=_wake, on_reconnect=_wake_all)
+        pubsub.subscribe(url, pubsub.channel(CHANNEL, url), on_message=_wake, on_reconnect=_wake_all)
