@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from django.apps import apps
 from rest_framework import exceptions, permissions
 
 from access.models import APIKey, Scope
@@ -38,16 +37,10 @@ RUN_MODEL = (MODELS_VIEW, "inference.add_prediction")
 METRICS_VIEW = MODELS_VIEW
 
 
-def _alias_put(request, view) -> tuple[str, ...]:
-    """Creating an alias needs `add`, moving one `change`: the admin's two forms.
-
-    Looked up through the app registry, not imported: access is below the registry. The
-    alias may be created between this check and the write (then a user with `add` only has
-    moved it); the admin's add form has the same window.
-    """
-    alias_model = apps.get_model("registry", "ModelAlias")
-    exists = alias_model.objects.filter(name=view.kwargs.get("name"), alias=view.kwargs.get("alias")).exists()
-    return ("registry.change_modelalias",) if exists else ("registry.add_modelalias",)
+def _asked_of_the_view(request, view) -> tuple[str, ...]:
+    """What the view says this request needs, where that depends on the registry's rows (which
+    access, below the registry, does not read): the view's ``session_permissions(request)``."""
+    return view.session_permissions(request)
 
 
 Required = tuple[str, ...] | Callable[..., tuple[str, ...]]
@@ -73,7 +66,7 @@ SESSION_PERMISSIONS: dict[tuple[str, str], Required] = {
     ("model-by-name-latest", "GET"): (MODELS_VIEW,),
     # Registry: aliases (the list comes with the aliases' audit trail, as the admin's alias page)
     ("model-by-name-aliases", "GET"): ("registry.view_modelalias",),
-    ("model-by-name-alias-set", "PUT"): _alias_put,
+    ("model-by-name-alias-set", "PUT"): _asked_of_the_view,  # add to create, change to move
     ("model-by-name-alias-set", "DELETE"): ("registry.delete_modelalias",),
     # Inference
     ("model-predict", "POST"): RUN_MODEL,

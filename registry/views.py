@@ -19,7 +19,7 @@ from core.strict_input import UNAUTHENTICATED, error_responses
 from registry import selectors, services
 from registry.errors import ModelNotFound
 from registry.filters import MLModelFilter
-from registry.models import NAME_PATTERN, MLModel
+from registry.models import NAME_PATTERN, MLModel, ModelAlias
 from registry.serializers import (
     AliasesSerializer,
     AliasSerializer,
@@ -306,6 +306,14 @@ class ModelNameViewSet(viewsets.GenericViewSet):
             **error_responses(_ALIAS_ERRORS, 400, 401, 403, 404, 409),
         },
     )
+    def session_permissions(self, request) -> tuple[str, ...]:
+        """What a session needs for PUT on an alias (access.permissions asks): creating one
+        needs `add`, moving one `change`, the admin's two forms. The alias may be created
+        between this check and the write (then a user with `add` only has moved it); the
+        admin's add form has the same window."""
+        exists = ModelAlias.objects.filter(name=self.kwargs.get("name"), alias=self.kwargs.get("alias")).exists()
+        return ("registry.change_modelalias",) if exists else ("registry.add_modelalias",)
+
     @action(detail=True, methods=["put"], url_path=r"aliases/(?P<alias>[^/]+)")
     def alias_set(self, request, name=None, alias=None):
         services.check_alias_name(alias)
