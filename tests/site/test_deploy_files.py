@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -174,3 +175,72 @@ def test_every_production_server_start_respawns_failed_workers():
     # The Kubernetes Deployment runs the image's command.
     api = by_kind_and_name()[("Deployment", "modelforge-api")]["spec"]["template"]["spec"]["containers"][0]
     assert "command" not in api and "args" not in api
+
+
+KEDA = K8S / "keda"
+
+
+def documents(path: Path) -> list[dict]:
+    return [document for document in yaml.safe_load_all(path.read_text()) if document]
+
+
+def configmap() -> dict:
+    (found,) = [document for document in documents(K8S / "configmap.yaml") if document["kind"] == "ConfigMap"]
+    return found
+
+
+def scaled_object_schema(version: str) -> dict:
+    """The openAPIV3Schema of KEDA's ScaledObject at ``version``, from the vendored CRD."""
+    (crd,) = documents(KEDA / "scaledobjects.keda.sh.crd.yaml")
+    assert crd["kind"] == "CustomResourceDefinition" and crd["spec"]["names"]["kind"] == "ScaledObject"
+    (served,) = [entry for entry in crd["spec"]["versions"] if entry["name"] == version]
+    return served["schema"]["openAPIV3Schema"]
+
+
+def scaled_object_errors(document: dict) -> list[str]:
+    import jsonschema
+
+    version = document["apiVersion"].partition("/")[2]
+    validator = jsonschema.Draft7Validator(scaled_object_schema(version))
+    return sorted(
+        f"{'.'.join(map(str, error.absolute_path))}: {error.message}" for error in validator.iter_errors(document)
+    )
+
+
+def test_the_keda_scaled_object_is_valid_and_watches_every_celery_queue_on_the_broker():
+    (scaled,) = documents(KEDA / "worker-scaledobject.yaml")
+    assert scaled_object_errors(scaled) == []
+
+    workers = documents(K8S / "worker.yaml")
+    target = scaled["spec"]["scaleTargetRef"]
+    assert any(doc["kind"] == target["kind"] and doc["metadata"]["name"] == target["name"] for doc in workers)
+
+    broker = urlsplit(configmap()["data"]["CELERY_BROKER_URL"])
+    queues = {"high", "normal", "low"}
+    assert queues == {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()} | {
+        settings.CELERY_TASK_DEFAULT_QUEUE
+    }
+    triggers = scaled["spec"]["triggers"]
+    assert {trigger["metadata"]["listName"] for trigger in triggers} == queues
+    for trigger in triggers:
+        assert trigger["type"] == "redis"
+        assert trigger["metadata"]["address"] == broker.netloc
+        assert trigger["metadata"]["databaseIndex"] == (broker.path.strip("/") or "0")
+        assert int(trigger["metadata"]["listLength"]) >= 1
+
+
+@pytest.mark.parametrize(
+    "breakage, where",
+    [
+        (lambda spec: spec["triggers"][0].pop("metadata"), "spec.triggers.0"),
+        (lambda spec: spec["triggers"][0]["metadata"].update(listLength=4), "spec.triggers.0.metadata.listLength"),
+        (lambda spec: spec.pop("scaleTargetRef"), "spec"),
+        (lambda spec: spec.update(maxReplicaCount="eight"), "spec.maxReplicaCount"),
+    ],
+)
+def test_a_broken_scaled_object_fails_the_schema_check(breakage, where):
+    (scaled,) = documents(KEDA / "worker-scaledobject.yaml")
+    broken = copy.deepcopy(scaled)
+    breakage(broken["spec"])
+    errors = scaled_object_errors(broken)
+    assert errors and any(error.startswith(f"{where}:") for error in errors), errors
