@@ -92,6 +92,14 @@ def bind_key(api_key) -> None:
         context.key_name = api_key.name
 
 
+def bind_inference() -> None:
+    """The request is a prediction, whichever path it came by (the admin's Try it too): it is
+    counted in the inference metrics when it finishes."""
+    context = current()
+    if context is not None:
+        context.inference = True
+
+
 def bind_model(model) -> None:
     """The request is served by this model version."""
     context = current()

@@ -114,6 +114,7 @@ def answer(credential: Credential, ref: ModelRef, incoming: Incoming, protocol: 
 
 def serve(credential: Credential, ref: ModelRef, incoming: Incoming, protocol: Protocol) -> Reply:
     """As `answer`, raising a domain error (or DRF's 401/403) instead of rendering it."""
+    request_log.bind_inference()  # counted in the metrics like every prediction, whatever the door
     principal = authorize(credential, scope=Scope.PREDICT, permissions=RUN_MODEL)
     throttling.check("predict", principal.ident)
     model = protocol.resolve(ref)

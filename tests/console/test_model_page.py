@@ -193,3 +193,18 @@ def test_example_input_follows_the_schema_types(admin_client):
         ]
     )
     assert json.loads(example_input_text(model)) == {"a": [[0, 0]], "b": [False, False, False], "c": [""]}
+
+
+def test_try_it_counts_in_the_metrics_like_any_prediction_refused_or_not(admin_client, iris, read_client):
+    from tests.inference.test_metrics import scrape, value
+
+    labels = {"model": "iris", "version": "1.0.0"}
+    before = scrape(read_client)
+    assert try_it(admin_client, iris, '{"X": [[5.1, 3.5, 1.4, 0.2]]}').status_code == 200
+    assert try_it(admin_client, iris, '{"X": [[5.1, 3.5]]}').status_code == 400  # refused: wrong shape
+    after = scrape(read_client)
+    for outcome in ("ok", "client_error"):
+        grown = value(after, "modelforge_requests_total", **labels, outcome=outcome) - value(
+            before, "modelforge_requests_total", **labels, outcome=outcome
+        )
+        assert grown == 1, outcome
