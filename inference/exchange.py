@@ -8,7 +8,7 @@ A door parses its transport and calls `answer(credential, ref, incoming, protoco
 
 and sends the `Reply` it gets back. Everything between is here, once, in this order:
 
-    authorize (access.principals)  ->  throttle (access.throttling)  ->  resolve the model
+    authorize (access.principals)  ->  throttle (access.throttling)  ->  resolve a servable model
     ->  body size  ->  read the body  ->  decode (the protocol)  ->  predict: cache, session,
     history (inference.services)  ->  encode (the protocol)
 
@@ -92,6 +92,7 @@ class Protocol:
     headers: tuple[str, ...] = ()
 
     def resolve(self, ref: ModelRef) -> MLModel:
+        """The model ``ref`` means, if it may be served (services.ensure_servable); raises otherwise."""
         raise NotImplementedError
 
     def decode(self, model: MLModel, body: bytes, incoming: Incoming) -> Decoded:
@@ -117,9 +118,8 @@ def serve(credential: Credential, ref: ModelRef, incoming: Incoming, protocol: P
     request_log.bind_inference()  # counted in the metrics like every prediction, whatever the door
     principal = authorize(credential, scope=Scope.PREDICT, permissions=RUN_MODEL)
     throttling.check("predict", principal.ident)
-    model = protocol.resolve(ref)
+    model = protocol.resolve(ref)  # servable, or raises: nothing below checks again
     request_log.bind_model(model)
-    services.ensure_servable(model)
     check_body_size(incoming.length)
     body = incoming.read()
 

@@ -63,8 +63,11 @@ class JsonPredict(Protocol):
 
     def resolve(self, ref: ModelRef) -> MLModel:
         if ref.model_id is not None:
-            return serving_cache.by_id(ref.model_id)
-        return serving_cache.by_name(ref.name, ref.version, ref.alias)
+            model = serving_cache.by_id(ref.model_id)
+        else:
+            model = serving_cache.by_name(ref.name, ref.version, ref.alias)
+        services.ensure_servable(model)
+        return model
 
     def decode(self, model: MLModel, body: bytes, incoming: Incoming) -> Decoded:
         input_data, skip_cache = parse_predict_body(body)

@@ -149,7 +149,8 @@ def infer(
     exact: bool = False,
     timings: Timings | None = None,
 ) -> PredictionOutcome:
-    """One prediction on a ready model from validated feeds (``{input name: array}`` as
+    """One prediction on a servable model (the exchange checked it: `ensure_servable`) from
+    validated feeds (``{input name: array}`` as
     `inference.tensors.decode_inputs` makes them), whatever protocol they came in by: the same
     cache (keyed by the feeds' digest, so /api/v1 and /v2 share entries), session and history.
 
@@ -160,7 +161,6 @@ def infer(
     rendered as null is not used (the model runs again), so the outcome holds exact values.
     """
     timings = timings or Timings()
-    ensure_servable(model)
     check_batch_rows(feeds, model.input_schema)
 
     cache_key = None
@@ -226,7 +226,6 @@ def predict_cached(
 ) -> PredictionOutcome | None:
     """Serve a request whose body was validated before into this cache key (see
     inference.cache.BodyMemo) straight from the prediction cache; None when it is not cached."""
-    ensure_servable(model)
     cached = prediction_cache.get(cache_key)
     if cached is None:
         return None
