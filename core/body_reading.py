@@ -34,6 +34,14 @@ UNREAD = "modelforge.body_unread"
 SLOT_WAIT_SECONDS = 0.1
 
 
+def content_length(value: str | None) -> int:
+    """A CONTENT_LENGTH header as a byte count: 0 when absent or not a number."""
+    try:
+        return max(int(value or 0), 0)
+    except ValueError:
+        return 0
+
+
 class RequestTimeout(DomainError):
     status_code = HTTPStatus.REQUEST_TIMEOUT
     code = "request_timeout"

@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 
 from access.models import Scope
 from access.principals import Credential
+from core.body_reading import content_length
 from core.datetime_filters import UtcIsoDateTimeFilter
 from core.list_filters import StrictFilterBackend
 from core.strict_input import UNAUTHENTICATED, error_responses
@@ -62,20 +63,13 @@ class PredictView(APIView):
             Credential.from_request(request),
             self.ref(kwargs, request.query_params),
             exchange.Incoming(
-                _content_length(request),
+                content_length(request.META.get("CONTENT_LENGTH")),
                 lambda: request.body,
                 {name.lower(): request.headers.get(name) for name in self.protocol.headers},
             ),
             self.protocol,
         )
         return HttpResponse(reply.content, status=reply.status, headers=reply.headers)
-
-
-def _content_length(request) -> int:
-    try:
-        return max(int(request.META.get("CONTENT_LENGTH") or 0), 0)
-    except ValueError:
-        return 0
 
 
 _predict_examples = [

@@ -43,7 +43,7 @@ from rest_framework.views import APIView
 
 from access.permissions import required_scope
 from access.principals import Credential, authorize
-from core.body_reading import UNREAD, BodyInput
+from core.body_reading import UNREAD, BodyInput, content_length
 from inference.v2.views import V2View
 
 # Open routes (no credential) take small forms only: the admin login, nothing with files.
@@ -64,7 +64,7 @@ class BodyGate:
             return self.app(environ, start_response)  # no body: nothing to gate
         body = None
         if admits(environ):
-            body = environ["wsgi.input"] = BodyInput(environ["wsgi.input"], _content_length(length), environ)
+            body = environ["wsgi.input"] = BodyInput(environ["wsgi.input"], content_length(length), environ)
         else:
             withhold(environ)
             path = get_path_info(environ)
@@ -112,7 +112,7 @@ def admits(environ) -> bool:
     # Plain Django views (the admin, the console): a staff session (what admin_view asks), except
     # the admin's login form; anything else (the /v2 catch-all 404) reads no body anyway.
     if match.namespace == "admin" and match.url_name in _OPEN_ADMIN_ROUTES:
-        return _content_length(environ.get("CONTENT_LENGTH")) <= OPEN_BODY_MAX_BYTES
+        return content_length(environ.get("CONTENT_LENGTH")) <= OPEN_BODY_MAX_BYTES
     user = _session_user(environ)
     return user is not None and user.is_active and user.is_staff
 
@@ -126,7 +126,7 @@ def _admits_drf(environ, view_class, initkwargs: dict, actions: dict | None, met
     if method not in allowed:
         return False
     if any(permission is AllowAny for permission in view_class.permission_classes):
-        return _content_length(environ.get("CONTENT_LENGTH")) <= OPEN_BODY_MAX_BYTES
+        return content_length(environ.get("CONTENT_LENGTH")) <= OPEN_BODY_MAX_BYTES
     credential = Credential.from_header(environ.get("HTTP_AUTHORIZATION"))
     if credential.raw_key is None:  # as DRF: no Bearer key, then the session (what it permits is the view's call)
         return _session_user(environ) is not None
@@ -140,7 +140,7 @@ def _admits_v2(environ, view_class, method: str) -> bool:
     if method not in allowed | ({"head"} if "get" in allowed else set()):
         return False
     if view_class.scope is None:
-        return _content_length(environ.get("CONTENT_LENGTH")) <= OPEN_BODY_MAX_BYTES
+        return content_length(environ.get("CONTENT_LENGTH")) <= OPEN_BODY_MAX_BYTES
     credential = Credential.from_header(environ.get("HTTP_AUTHORIZATION"))
     return credential.raw_key is not None and _authorized(credential, view_class.scope)  # /v2 takes keys only
 
@@ -166,13 +166,6 @@ def _session_user(environ):
     session = import_module(settings.SESSION_ENGINE).SessionStore(key)
     user = auth.get_user(SimpleNamespace(session=session))
     return user if user.is_authenticated else None
-
-
-def _content_length(value) -> int:
-    try:
-        return max(int(value or 0), 0)
-    except ValueError:
-        return 0
 
 
 class _Empty:

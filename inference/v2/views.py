@@ -31,6 +31,7 @@ from django.views.decorators.csrf import csrf_exempt
 from access.models import Scope
 from access.principals import Credential, authorize
 from core import probes, shutdown
+from core.body_reading import content_length
 from core.exceptions import NotFound
 from core.tensor_checks import InvalidInput
 from inference import exchange
@@ -54,13 +55,6 @@ def as_response(reply: Reply) -> HttpResponse:
     headers = dict(reply.headers)
     content_type = headers.pop("Content-Type", "application/json" if reply.content else "text/plain; charset=utf-8")
     return HttpResponse(reply.content, status=reply.status, content_type=content_type, headers=headers)
-
-
-def _content_length(value: str | None) -> int:
-    try:
-        return max(int(value or 0), 0)
-    except ValueError:
-        return 0
 
 
 @method_decorator(csrf_exempt, name="dispatch")
@@ -163,7 +157,7 @@ class InferView(V2View):
             Credential.from_header(request.headers.get("Authorization")),
             self.ref(kwargs, request.GET),
             exchange.Incoming(
-                _content_length(request.META.get("CONTENT_LENGTH")),
+                content_length(request.META.get("CONTENT_LENGTH")),
                 lambda: _body(request),
                 {name.lower(): request.headers.get(name) for name in self.protocol.headers},
             ),
@@ -184,7 +178,7 @@ def _body(request) -> bytes:
 def _repository_request(request) -> dict:
     """The optional JSON object of a repository request (tritonclient sends an empty body to
     the index, a JSON object to load and unload)."""
-    exchange.check_body_size(_content_length(request.META.get("CONTENT_LENGTH")))
+    exchange.check_body_size(content_length(request.META.get("CONTENT_LENGTH")))
     body = codec.read_body(
         _body(request), request.headers.get("Content-Encoding"), limit=settings.MAX_REQUEST_BODY_BYTES
     )
