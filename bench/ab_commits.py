@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,9 +39,9 @@ from bench.harness import (  # noqa: E402
     free_port,
     fresh_database,
     machine,
+    running,
     serve_command,
     server_env,
-    wait_http,
     wrk,
 )
 
@@ -91,20 +90,9 @@ def prepare(root: Path, label: str, workdir: Path) -> tuple[dict, str]:
 def server(root: Path, env: dict, workers: int, threads: int, label: str):
     """The production server of one checkout, run from its folder (granian imports from there)."""
     port = free_port()
-    log = open(Path(tempfile.gettempdir()) / f"bench-{label}.log", "w")  # noqa: SIM115
-    command = serve_command(port, workers, threads)
-    process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/api/v1/live")
+    ready = f"http://127.0.0.1:{port}/api/v1/live"
+    with running(serve_command(port, workers, threads), env=env, ready_url=ready, log_name=label, cwd=root):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
 
 
 def main() -> None:

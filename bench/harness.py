@@ -41,9 +41,9 @@ def wait_http(url: str, timeout: float = 60.0) -> None:
 
 
 @contextlib.contextmanager
-def running(command: list[str], *, env: dict, ready_url: str, log_name: str):
+def running(command: list[str], *, env: dict, ready_url: str, log_name: str, cwd: Path = ROOT):
     log = open(Path(tempfile.gettempdir()) / f"bench-{log_name}.log", "w")  # noqa: SIM115
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(ready_url)
         yield process
