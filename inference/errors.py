@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from rest_framework import status
 
-from core.exceptions import DomainError
+from core.exceptions import DomainError, ServiceUnavailable
 
 
 class ModelNotReady(DomainError):
@@ -19,19 +19,23 @@ class ModelArchived(DomainError):
     code = "model_archived"
 
 
-class ModelIntegrityError(DomainError):
-    """The stored file is missing or no longer matches its sha256: it is never served."""
+class ModelFileUnavailable(ServiceUnavailable):
+    """This server cannot read the model's stored file now: missing, or not the bytes of its
+    sha256, as this server sees the storage. One server's view is not the truth (a wrong prefix,
+    a bucket being restored, a partition), so the model's status is left alone: 503 with
+    Retry-After, and a worker confirms the fault before the model is marked `error`
+    (registry.services.model_file_report). The client gets the request id; the log the rest."""
 
-    status_code = status.HTTP_409_CONFLICT
-    code = "checksum_mismatch"
+    code = "model_file_unavailable"
+    RETRY_AFTER_SECONDS = 5
 
-    @classmethod
-    def mismatch(cls, model) -> ModelIntegrityError:
-        return cls(f"{model}'s stored file no longer matches its sha256 and is not served. Upload it again.")
-
-    @classmethod
-    def missing(cls, model) -> ModelIntegrityError:
-        return cls(f"{model}'s stored file is missing. Upload it again.", code="file_missing")
+    def __init__(self, model, *, request_id: str | None = None):
+        reference = f" (request {request_id}; the details are in the server log)" if request_id else ""
+        super().__init__(
+            f"{model}'s file cannot be read on this server right now{reference}. It is being checked; "
+            f"try again in a few seconds."
+        )
+        self.retry_after = self.RETRY_AFTER_SECONDS
 
 
 class InferenceFailed(DomainError):

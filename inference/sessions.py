@@ -37,10 +37,13 @@ import numpy as np
 import onnxruntime as ort
 from django.conf import settings
 
+from core import request_log
 from inference import deadlines
-from inference.errors import InferenceFailed, ModelIntegrityError, ResourceLimitExceeded
+from inference.errors import InferenceFailed, ModelFileUnavailable, ResourceLimitExceeded
 from inference.isolation import IsolatedSession, IsolationError
 from registry.models import MLModel
+from registry.sentinel import verdicts
+from registry.services import model_file_report
 from registry.storage import ModelStore, StoredFileMismatch
 
 logger = logging.getLogger(__name__)
@@ -254,12 +257,13 @@ class SessionPool:
     def _load(self, model: MLModel) -> LoadedSession:
         # The file was validated as these exact bytes; anything else is never served. A storage
         # that is down (StorageUnavailable, 503) says nothing about the file: the model stays.
+        # Nor does a file missing or changed as this process sees it: see `_unavailable`.
         try:
             data = ModelStore().read_verified(model.file_sha256)
         except FileNotFoundError:
-            self._refuse(model, ModelIntegrityError.missing(model))
+            self._unavailable(model, "file_missing")
         except StoredFileMismatch:
-            self._refuse(model, ModelIntegrityError.mismatch(model))
+            self._unavailable(model, "checksum_mismatch")
         if model.value_dependent_memory or settings.MODEL_ISOLATION == "all":
             return self._load_isolated(model, data)
         before = allocated_bytes()
@@ -317,11 +321,14 @@ class SessionPool:
         return entry
 
     @staticmethod
-    def _refuse(model: MLModel, error: ModelIntegrityError) -> None:
-        from registry.services import model_mark_corrupt
-
-        model_mark_corrupt(model=model, code=error.code, detail=error.detail)
-        raise error
+    def _unavailable(model: MLModel, code: str) -> None:
+        """503 model_file_unavailable, the model's status unchanged: this process's view of the
+        storage may be the wrong one (a wrong prefix, a restore, a partition). The registry logs
+        and counts it, has this process's storage checked again (readiness), and asks a worker
+        to confirm before the model is marked `error` for every node."""
+        model_file_report(model=model, code=code)
+        context = request_log.current()
+        raise ModelFileUnavailable(model, request_id=context.id if context is not None else None)
 
     def _warm_up(self, model: MLModel, entry: LoadedSession) -> None:
         """One run on an example input, so the first real request does not pay for allocation."""
@@ -370,13 +377,22 @@ def get_pool() -> SessionPool:
 
 
 def preload_flagged() -> int:
-    """Load sessions for every ready model flagged `preload`; returns how many loaded."""
+    """Check this process's model storage, then load sessions for every ready model flagged
+    `preload`; returns how many loaded.
+
+    Run by each server process at start: a storage that is not this deployment's is logged
+    there, with what is wrong (registry.sentinel), and nothing is preloaded from it.
+    """
     pool = get_pool()
     count = 0
     try:
         models = list(MLModel.objects.ready().filter(preload=True))
+        verdict = verdicts.current()
     except Exception:  # no database yet (e.g. before migrate): nothing to preload
         logger.warning("preload skipped: the model list could not be read")
+        return 0
+    if not verdict.ok:
+        logger.warning("preload skipped: the model storage check failed", extra={"reason": verdict.reason})
         return 0
     for model in models:
         try:

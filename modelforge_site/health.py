@@ -1,8 +1,10 @@
 """Health probes: no authentication, answered by status code.
 
 - /api/v1/live: the process answers.
-- /api/v1/ready: the database answers and every migration is applied (503 until then), and
-  the process is not shutting down (503 from SIGTERM on: core.shutdown).
+- /api/v1/ready: the database answers, every migration is applied (503 until then), the model
+  storage holds this deployment's files (registry.sentinel: 503 on a node started with another
+  bucket, prefix or folder), and the process is not shutting down (503 from SIGTERM on:
+  core.shutdown).
 - /api/v1/health: database, cache, broker and model storage, each named; 503 when any is down.
 """
 
@@ -12,6 +14,7 @@ import time
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import DatabaseError
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
@@ -20,7 +23,7 @@ from rest_framework.views import APIView
 
 from core import shutdown
 from core.celery_app import app as celery_app
-from core.probes import check_database, check_migrations
+from core.probes import check_database, check_ready
 
 
 def check_cache() -> tuple[bool, str]:
@@ -35,9 +38,19 @@ def check_cache() -> tuple[bool, str]:
 
 
 def check_storage() -> tuple[bool, str]:
+    """The storage can be listed, and it is this deployment's (registry.sentinel)."""
+    from registry.sentinel import verdicts
     from registry.storage import ModelStore
 
-    return ModelStore().check()
+    ok, detail = ModelStore().check()
+    if ok:
+        try:
+            verdict = verdicts.current()
+        except DatabaseError:  # the database component says so; the storage itself answered
+            return ok, f"{detail} (not verified against the database)"
+        if not verdict.ok:
+            return False, verdict.reason
+    return ok, detail
 
 
 def check_broker() -> tuple[bool, str]:
@@ -96,14 +109,14 @@ class HealthView(ProbeView):
 
 class ReadyView(ProbeView):
     @extend_schema(
-        summary="Ready to serve: database up, migrations applied", responses={200: _probe, 503: _probe}, auth=[]
+        summary="Ready to serve: database up, migrations applied, the model storage this deployment's",
+        responses={200: _probe, 503: _probe},
+        auth=[],
     )
     def get(self, request):
         if shutdown.stopping.is_set():
             return Response({"status": "shutting down"}, status=503)
-        ok, detail = check_database()
-        if ok:
-            ok, detail = check_migrations()
+        ok, detail = check_ready()
         return Response({"status": "ready" if ok else detail}, status=200 if ok else 503)
 
 

@@ -320,3 +320,20 @@ class AliasEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}@{self.alias} {self.action} {self.from_version or '-'} -> {self.to_version or '-'}"
+
+
+class DeploymentIdentity(models.Model):
+    """This deployment's one row: a token the model storage holds too, in its sentinel object
+    (registry.sentinel). A process whose storage settings hold another token, or none and none
+    of the files this database lists, is looking at the wrong bucket, prefix or folder."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    token = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "deployment identity"
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="registry_deployment_identity_single_row")]
+
+    def __str__(self) -> str:
+        return f"deployment {self.token}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,16 +18,18 @@ from pathlib import Path
 from typing import BinaryIO
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from prometheus_client import Counter
 
 from core import invalidation
 from core.celery_app import app as celery_app
 from core.celery_app import broker_configured
 from core.embedded_runner import runner
-from registry import sandbox, selectors
+from registry import sandbox, selectors, sentinel
 from registry.errors import (
     DuplicateVersion,
     InvalidAlias,
@@ -406,10 +409,23 @@ def validations_sweep(*, now: datetime | None = None) -> dict[str, int]:
 
 def _verify_stored_file(sha256: str) -> tuple[Path | None, sandbox.SandboxResult | None]:
     """The local path of the stored file if its bytes still hash to `sha256`, else the failure
-    (file_missing, checksum_mismatch, or the storage being unavailable)."""
+    (file_missing, checksum_mismatch, or the storage being unavailable). A file missing from a
+    storage that is not this deployment's (registry.sentinel: this process has the wrong
+    bucket, prefix or folder) is the storage's fault, not the file's: storage_unavailable."""
+    store = ModelStore()
     try:
-        path = ModelStore().fetch(sha256)
+        path = store.fetch(sha256)
     except FileNotFoundError:
+        verdict = sentinel.verify(store=store)
+        if not verdict.ok:
+            logger.error("model file not found in a storage that is not this deployment's: %s", verdict.detail)
+            return None, sandbox.SandboxResult(
+                False,
+                None,
+                StorageUnavailable.code,
+                "This process's model storage does not hold this deployment's files (its settings point "
+                "elsewhere; the details are in its log). Validate again once it is fixed.",
+            )
         return None, sandbox.SandboxResult(
             False, None, "file_missing", "The stored model file is missing; upload it again."
         )
@@ -584,13 +600,145 @@ def model_delete(*, model: MLModel) -> None:
         invalidation.notify("models")
 
 
-def model_mark_corrupt(*, model: MLModel, code: str, detail: str) -> None:
-    """The stored file failed its integrity check when loaded: never serve it again."""
-    logger.error("model file failed its integrity check", extra={"model": str(model), "code": code})
-    MLModel.objects.filter(pk=model.pk, file_sha256=model.file_sha256).exclude(status=Status.ARCHIVED).update(
+def model_mark_corrupt(*, model: MLModel, code: str, detail: str) -> bool:
+    """Take a ready version out of service for good: its stored file is gone (`file_missing`)
+    or no longer hashes to its sha256 (`checksum_mismatch`), as confirmed by
+    `model_file_confirm`. Every node then refuses it (409 model_not_ready naming the code);
+    validating it again once the file is back makes it ready again. Returns whether it moved."""
+    moved = MLModel.objects.filter(pk=model.pk, file_sha256=model.file_sha256, status=Status.READY).update(
         status=Status.ERROR, error_code=code, error_message=detail, updated_at=timezone.now()
     )
-    invalidation.notify("models")
+    if moved:
+        logger.error("model file failed its integrity check", extra={"model": str(model), "code": code})
+        invalidation.notify("models")
+    return bool(moved)
+
+
+# --- a model file a node cannot read ----------------------------------------------------------
+#
+# One node's view of the storage is not the truth: a wrong S3_PREFIX, a bucket being restored, a
+# partition or a bad download make files "missing" or "changed" to it alone. Such a node answers
+# 503 for the model (inference.sessions), counts and logs it, checks its own storage again
+# (registry.sentinel: readiness fails if the storage is not this deployment's), and asks for a
+# confirmation: a task on a worker (or the embedded runner's thread) reads the object from the
+# storage itself, hashes it, re-reads a mismatch, and only then marks the model `error`.
+
+CONFIRM_FILE_TASK = "registry.confirm_file"
+# At most one confirmation per model and file in this window, however many requests fail.
+CONFIRM_FILE_WINDOW_SECONDS = 30
+FILE_FAILURE_CODES = ("file_missing", "checksum_mismatch")
+
+FILE_FAILURES = Counter(
+    "modelforge_model_file_failures",
+    "Model files this process could not read from the model storage (file_missing) or whose bytes did not "
+    "match their sha256 (checksum_mismatch): answered 503 model_file_unavailable, and confirmed by a worker "
+    "before the model is marked error.",
+    ["model", "version", "code"],
+)
+FILE_CONFIRMATIONS = Counter(
+    "modelforge_model_file_confirmations",
+    "Confirmations run on a model file a node could not read, by outcome: present (the node's view was "
+    "wrong), file_missing or checksum_mismatch (the model was marked error), unverified (this process's "
+    "storage is not this deployment's, or is unreachable: nothing changed), skipped (no longer ready).",
+    ["outcome"],
+)
+
+
+def model_file_report(*, model: MLModel, code: str) -> None:
+    """This process could not read `model`'s file (`code`: file_missing or checksum_mismatch).
+
+    Changes nothing shared: logs it, counts it, has this process check its own storage again
+    before the next readiness answer, and asks for one confirmation per model and file every
+    CONFIRM_FILE_WINDOW_SECONDS (after the current transaction commits).
+    """
+    if code not in FILE_FAILURE_CODES:
+        raise ValueError(f"code must be one of {', '.join(FILE_FAILURE_CODES)}")
+    store = ModelStore()
+    logger.error(
+        "model file unreadable on this node; asking for a confirmation",
+        extra={"model": str(model), "sha256": model.file_sha256, "code": code, "storage": store.describe()},
+    )
+    FILE_FAILURES.labels(model.name, model.version, code).inc()
+    sentinel.verdicts.recheck(store=store)
+    key = f"modelforge:confirm-file:{model.pk}:{model.file_sha256}"
+    try:
+        first = cache.add(key, code, timeout=CONFIRM_FILE_WINDOW_SECONDS)
+    except Exception:  # the cache down: a duplicate confirmation is harmless, a missing one is not
+        first = True
+    if first:
+        transaction.on_commit(
+            partial(model_file_confirm_enqueue, model_id=model.pk, sha256=model.file_sha256), robust=True
+        )
+
+
+def model_file_confirm_enqueue(*, model_id, sha256: str) -> bool:
+    """Hand a confirmation to the broker (task registry.confirm_file, queue high) or, without
+    one, to the embedded runner. Lost if the broker is down: the next failing request asks
+    again once the window has passed. Returns whether it was handed over."""
+    try:
+        if broker_configured():
+            celery_app.send_task(CONFIRM_FILE_TASK, args=[str(model_id), sha256], queue="high")
+        else:
+            runner.submit(partial(model_file_confirm, model_id=str(model_id), sha256=sha256))
+    except Exception as exc:
+        logger.warning(
+            "could not queue a model file confirmation (%s)", exc, extra={"model_id": str(model_id), "error": repr(exc)}
+        )
+        return False
+    return True
+
+
+def model_file_confirm(*, model_id, sha256: str) -> str:
+    """Confirm, from this process, what a node reported about a model's file, and mark the model
+    `error` only if it holds. Returns the outcome (see FILE_CONFIRMATIONS).
+
+    Nothing is condemned from a storage that is not this deployment's (registry.sentinel: its
+    sentinel and none of the database's files) or that cannot be reached. The object is read
+    from the storage itself, never from a cached copy, and a mismatch is read again before it
+    counts. Idempotent: a model no longer ready with this file is left alone.
+    """
+    try:
+        model_id = uuid.UUID(str(model_id))
+    except ValueError:
+        logger.warning("model file confirmation skipped: not a model id", extra={"model_id": str(model_id)[:64]})
+        model_id = None
+    model = None
+    if model_id is not None:
+        model = MLModel.objects.filter(pk=model_id, file_sha256=str(sha256), status=Status.READY).first()
+    outcome = "skipped"
+    if model is not None:
+        outcome = _confirm(model)
+    FILE_CONFIRMATIONS.labels(outcome).inc()
+    return outcome
+
+
+def _confirm(model: MLModel) -> str:
+    store = ModelStore()
+    verdict = sentinel.verify(store=store)
+    if not verdict.ok:
+        logger.error(
+            "model file not confirmed: this process's model storage is not this deployment's: %s",
+            verdict.detail,
+            extra={"model": str(model), "sha256": model.file_sha256},
+        )
+        return "unverified"
+    try:
+        found = store.check_object(model.file_sha256)
+    except StorageUnavailable:
+        return "unverified"  # logged by the storage; the next failing request asks again
+    if found == "present":
+        logger.warning(
+            "model file confirmed present: the node that reported it sees another storage or had a passing fault",
+            extra={"model": str(model), "sha256": model.file_sha256, "storage": store.describe()},
+        )
+        return "present"
+    if found == "missing":
+        code, detail = "file_missing", f"{model}'s stored file is missing from the model storage."
+    else:
+        code, detail = "checksum_mismatch", f"{model}'s stored file no longer matches its sha256 (read twice)."
+    detail += " Put the original file back and validate the version again, or register a new version."
+    model_mark_corrupt(model=model, code=code, detail=detail)
+    return code
 
 
 def staged_cleanup(staged: StagedFile) -> None:

@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 from django.conf import settings
 from django.core.files import File
+from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage, storages
 
 from core import request_log
@@ -38,6 +39,10 @@ logger = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK_SIZE = 1024 * 1024
 PRUNE_GRACE_SECONDS = 60
+# Beside the content-addressed objects (``ab/cd/...``, so never one of them): the object that
+# says which deployment's files these are (registry.sentinel).
+SENTINEL_NAME = "_modelforge/sentinel.json"
+SENTINEL_MAX_BYTES = 4096
 
 
 class ModelFileStorage(FileSystemStorage):
@@ -138,8 +143,11 @@ class ModelStore:
     def fetch(self, sha256: str) -> Path:
         """A local file with the object's bytes, downloading it into the cache if needed.
 
-        A downloaded copy is verified before it is renamed into place (StoredFileMismatch if
-        the stored bytes are not the sha256's); FileNotFoundError when there is no object.
+        A downloaded copy is verified before it is renamed into place. One that does not hash
+        to the sha256 is downloaded once more (a transfer can go wrong) before StoredFileMismatch
+        says the stored bytes are not the sha256's; FileNotFoundError when there is no object.
+        Neither condemns the model: this node's view may be the wrong one (see
+        registry.services.model_file_report).
         """
         target = self.path_for(sha256)
         if self.is_local:
@@ -150,6 +158,20 @@ class ModelStore:
             with contextlib.suppress(FileNotFoundError):  # pruned meanwhile: download again
                 os.utime(target)  # least recently used = oldest mtime
                 return target
+        try:
+            self._download(sha256, target)
+        except StoredFileMismatch:
+            logger.warning(
+                "a downloaded model file did not match its sha256; downloading it again", extra={"sha256": sha256}
+            )
+            self._download(sha256, target)
+        logger.info("model file fetched into the cache", extra={"sha256": sha256})
+        self.prune_cache(keep=sha256)
+        return target
+
+    def _download(self, sha256: str, target: Path) -> None:
+        """Download the object into a temporary file while hashing it; rename it to `target`
+        only if it hashes to `sha256` (StoredFileMismatch otherwise, and nothing is kept)."""
         fd, temp_name = tempfile.mkstemp(dir=self.temp_dir, suffix=".fetch")
         try:
             digest = hashlib.sha256()
@@ -164,9 +186,26 @@ class ModelStore:
             os.replace(temp_name, target)
         finally:
             Path(temp_name).unlink(missing_ok=True)
-        logger.info("model file fetched into the cache", extra={"sha256": sha256})
-        self.prune_cache(keep=sha256)
-        return target
+
+    def check_object(self, sha256: str) -> str:
+        """What the storage itself holds under the sha256's name, read from it and hashed, never
+        from this node's cached copy: ``present``, ``missing`` or ``mismatch`` (read and hashed a
+        second time before it is said). StorageUnavailable when the storage cannot say."""
+        outcome = self._hash_object(sha256)
+        if outcome == "mismatch":
+            logger.warning("stored model file did not match its sha256; reading it again", extra={"sha256": sha256})
+            outcome = self._hash_object(sha256)
+        return outcome
+
+    def _hash_object(self, sha256: str) -> str:
+        digest = hashlib.sha256()
+        try:
+            with _storage_call("verify"), self.storage.open(self.name_for(sha256)) as src:
+                while chunk := src.read(CHUNK_SIZE):
+                    digest.update(chunk)
+        except FileNotFoundError:
+            return "missing"
+        return "present" if digest.hexdigest() == sha256 else "mismatch"
 
     def read_verified(self, sha256: str) -> bytes:
         """The object's bytes, checked against the sha256 (StoredFileMismatch otherwise).
@@ -241,6 +280,45 @@ class ModelStore:
         except StorageUnavailable as exc:
             return False, f"unreachable: {exc.__cause__.__class__.__name__}"
         return True, "ok" if not self.is_local else "ok: local filesystem"
+
+    def describe(self) -> str:
+        """Where this storage is, for the log and `check --deploy` (never for a client: it
+        names the bucket and the endpoint)."""
+        if self.is_local:
+            return f"the folder {self.storage.location}"
+        bucket = getattr(self.storage, "bucket_name", None)
+        if bucket is None:
+            return f"the {self.storage.__class__.__name__} storage at {getattr(self.storage, 'location', '?')}"
+        endpoint = getattr(self.storage, "endpoint_url", None)
+        at = f" at {endpoint}" if endpoint else ""
+        return f"the bucket '{bucket}'{at}, prefix '{self.storage.location}'"
+
+    def read_sentinel(self) -> bytes | None:
+        """The sentinel object's bytes (registry.sentinel), or None when there is none."""
+        try:
+            with _storage_call("sentinel read"), self.storage.open(SENTINEL_NAME) as handle:
+                return handle.read(SENTINEL_MAX_BYTES)
+        except FileNotFoundError:
+            return None
+
+    def write_sentinel(self, data: bytes) -> None:
+        """Put the sentinel object in place of any earlier one."""
+        if self.is_local:
+            # FileSystemStorage.save would pick another name beside an existing file.
+            target = Path(self.storage.path(SENTINEL_NAME))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp_name = tempfile.mkstemp(dir=self.temp_dir, suffix=".sentinel")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                os.chmod(temp_name, 0o644)
+                with _storage_call("sentinel write"):
+                    os.replace(temp_name, target)
+            finally:
+                Path(temp_name).unlink(missing_ok=True)
+            return
+        with _storage_call("sentinel write"):
+            self.storage.save(SENTINEL_NAME, ContentFile(data))  # file_overwrite: the same key
 
     def forget_local(self, sha256: str) -> None:
         if not self.is_local:

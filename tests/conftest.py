@@ -12,12 +12,19 @@ from access.models import APIKey
 
 
 @pytest.fixture(autouse=True)
-def model_storage(settings, tmp_path) -> Path:
-    """Every test gets its own model store (and upload temp folder beside it)."""
+def model_storage(settings, tmp_path, request) -> Path:
+    """Every test gets its own model store (and upload temp folder beside it). A test with the
+    database finds in it this deployment's sentinel, as `migrate` writes it (registry.sentinel)."""
+    from registry.sentinel import sentinel_write, verdicts
+
     root = tmp_path / "models"
     (root / "tmp").mkdir(parents=True)
     settings.MODEL_STORAGE_PATH = root
     settings.FILE_UPLOAD_TEMP_DIR = str(root / "tmp")
+    verdicts.forget()
+    if request.node.get_closest_marker("django_db") is not None:
+        request.getfixturevalue("_django_db_helper")  # what pytest-django's marker does: the database, now
+        sentinel_write()
     return root
 
 

@@ -3,7 +3,7 @@
 
 Errors are ``{"error", "code"}`` (clients read "error"; "code" is ours), from the same table as
 /api/v1 (core.exceptions.problem); /v2 differs only where the protocol says so: a model that
-exists but is not served (not ready, archived, its file damaged) is 503.
+exists but is not served (not ready, archived) is 503.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from django.conf import settings
 
 from core.exceptions import NotFound, problem
 from inference import services
-from inference.errors import ModelArchived, ModelIntegrityError, ModelNotReady
+from inference.errors import ModelArchived, ModelNotReady
 from inference.exchange import Decoded, Incoming, ModelRef, Protocol, Reply
 from inference.serving import serving_cache
 from inference.v2 import codec
@@ -27,8 +27,9 @@ logger = logging.getLogger(__name__)
 
 JSON = "application/json"
 
-# Models that exist but are not served answer 503, as the protocol has it for "not ready".
-_NOT_SERVED = (ModelNotReady, ModelArchived, ModelIntegrityError)
+# Models that exist but are not served answer 503, as the protocol has it for "not ready" (a file
+# this server cannot read, inference.errors.ModelFileUnavailable, is a 503 everywhere).
+_NOT_SERVED = (ModelNotReady, ModelArchived)
 
 
 def v2_json(document: Any, status: int = 200) -> Reply:

@@ -101,18 +101,16 @@ class ServerLiveView(V2View):
 
 
 class ServerReadyView(V2View):
-    """Ready: the database answers and every migration is applied (as /api/v1/ready)."""
+    """Ready: the checks of /api/v1/ready (core.probes.check_ready)."""
 
     scope = None
 
     def get(self, request, api_key):
         if shutdown.stopping.is_set():
             return v2_json({"error": "Not ready: the server is shutting down.", "code": "shutting_down"}, 503)
-        ok, detail = probes.check_database()
-        if ok:
-            ok, detail = probes.check_migrations()
+        ok, detail = probes.check_ready()
         if not ok:
-            return v2_json({"error": f"Not ready: database {detail}.", "code": "not_ready"}, 503)
+            return v2_json({"error": f"Not ready: {detail}.", "code": "not_ready"}, 503)
         return Reply(200)
 
 

@@ -1,14 +1,22 @@
 """A model file changed on disk after upload (REFERENCE §5) is refused, whether its session was
 loaded or not, on both predict paths, /v2 and jobs; other models keep answering, and the
-tampered file is never served, not even from the prediction cache."""
+tampered file is never served, not even from the prediction cache.
+
+The server that finds it answers 503 `model_file_unavailable` and leaves the model's status
+alone (its view of the storage may be the wrong one); a confirmation read from the storage
+itself (the worker's task) marks it `error`, and from then on it is a model that is not ready."""
 
 from __future__ import annotations
+
+import time
 
 import orjson
 import pytest
 
 from inference.sessions import get_pool
+from registry.models import MLModel
 from registry.storage import ModelStore
+from registry.tasks import confirm_model_file
 from tests.inference.factories import make_int64_model, make_scaled_model
 from tests.jobs.api import create_inline, created, wait_finished
 from tests.security.battery import SENDERS, assert_history_is, assert_still_serves, predict_path
@@ -34,10 +42,13 @@ def test_a_file_changed_on_disk_is_refused_on_every_route(ready_model, key, sett
     ModelStore().path_for(tampered["file_sha256"]).write_bytes(make_scaled_model(1000.0))
     get_pool().clear()  # a new process, or the session evicted meanwhile
 
-    # The first request finds the mismatch (the cached answer is not served either) and marks
-    # the model as failed; from then on it is a model that is not ready, naming the reason.
+    # The first request finds the mismatch (the cached answer is not served either): 503, the
+    # model unchanged until the confirmation; from then on it is a model that is not ready,
+    # naming the reason.
     first = send(predict_path(tampered["id"]), orjson.dumps({"input_data": X}), key=key)
-    assert (first.status, first.code) == (409, "checksum_mismatch"), first.content[:300]
+    assert (first.status, first.code) == (503, "model_file_unavailable"), first.content[:300]
+    assert MLModel.objects.get(pk=tampered["id"]).status == MLModel.Status.READY
+    assert confirm_model_file(tampered["id"], tampered["file_sha256"]) == "checksum_mismatch"
     again = send(predict_path(tampered["id"]), orjson.dumps({"input_data": X, "skip_cache": True}), key=key)
     assert (again.status, again.code) == (409, "model_not_ready"), again.content[:300]
     assert "checksum_mismatch" in again.json()["detail"]
@@ -54,7 +65,7 @@ def test_a_file_changed_on_disk_is_refused_on_every_route(ready_model, key, sett
 
 
 @pytest.mark.django_db(transaction=True)  # the embedded runner's threads must see the rows
-def test_a_job_on_a_changed_file_fails_naming_the_checksum(ready_model, jobs_client, key):
+def test_a_job_on_a_changed_file_fails_and_the_model_is_marked_once_confirmed(ready_model, jobs_client, key):
     tampered = ready_model(make_scaled_model(2.0), name="scaler")
     other = ready_model(make_int64_model(), name="ints")
     ModelStore().path_for(tampered["file_sha256"]).write_bytes(make_scaled_model(1000.0))
@@ -62,6 +73,15 @@ def test_a_job_on_a_changed_file_fails_naming_the_checksum(ready_model, jobs_cli
     result = wait_finished(jobs_client, job["id"], timeout=30)
     assert (result.status_code, result.json()["code"]) == (409, "job_failed"), result.content[:300]
     failed = jobs_client.get(f"/api/v1/jobs/{job['id']}").json()
-    assert (failed["status"], failed["error_code"]) == ("failed", "checksum_mismatch")
+    assert (failed["status"], failed["error_code"]) == ("failed", "model_file_unavailable")
+    # The confirmation ran on the embedded runner's thread (no broker here, as in `make run`).
+    deadline = time.monotonic() + 30
+    while MLModel.objects.get(pk=tampered["id"]).status == MLModel.Status.READY:
+        assert time.monotonic() < deadline, "the model was not marked by the confirmation"
+        time.sleep(0.05)
+    marked = MLModel.objects.get(pk=tampered["id"])
+    assert (marked.status, marked.error_code) == (MLModel.Status.ERROR, "checksum_mismatch")
+    refused = create_inline(jobs_client, tampered["id"], X)
+    assert (refused.status_code, refused.json()["code"]) == (409, "model_not_ready"), refused.content[:300]
     done = created(create_inline(jobs_client, other["id"], {"X": [[3, 4]]}))
     assert wait_finished(jobs_client, done["id"], timeout=30).status_code == 200

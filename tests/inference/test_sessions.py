@@ -10,6 +10,7 @@ from onnx import TensorProto, helper
 from inference.sessions import SessionPool, get_pool
 from registry.models import MLModel
 from registry.storage import ModelStore
+from registry.tasks import confirm_model_file
 from tests.inference.api import MODELS, predict, predict_ok
 from tests.inference.factories import make_add_model, make_int64_model, make_scaled_model
 
@@ -84,9 +85,10 @@ def test_a_file_changed_on_disk_is_refused_and_other_models_still_answer(ready_m
     get_pool().clear()  # a fresh process, or the session evicted meanwhile
 
     response = predict(predict_client, tampered["id"], {"X": [[4.0, 5.0, 6.0]]})
-    assert response.status_code == 409
-    assert response.json()["code"] == "checksum_mismatch"
+    assert response.status_code == 503  # this server's view, until a worker confirms it
+    assert response.json()["code"] == "model_file_unavailable"
     assert "scaler:1.0.0" in response.json()["detail"]
+    assert confirm_model_file(tampered["id"], tampered["file_sha256"]) == "checksum_mismatch"
     again = predict(predict_client, tampered["id"], {"X": [[7.0, 8.0, 9.0]]}, skip_cache=True)
     assert again.status_code == 409  # never served, whatever it is marked meanwhile
     assert tampered["file_sha256"] not in get_pool().loaded()
@@ -94,14 +96,18 @@ def test_a_file_changed_on_disk_is_refused_and_other_models_still_answer(ready_m
     assert predict_ok(predict_client, other["id"], {"X": [[3, 4]]}, skip_cache=True)["output_data"]["Y"] == [[10, 13]]
 
 
-def test_a_missing_file_is_refused(ready_model, predict_client):
+def test_a_missing_file_is_503_then_refused_once_confirmed(ready_model, predict_client):
     model = ready_model(make_scaled_model(2.0), name="scaler")
     ModelStore().path_for(model["file_sha256"]).unlink()
 
     response = predict(predict_client, model["id"], X)
+    assert (response.status_code, response.json()["code"]) == (503, "model_file_unavailable")
+    assert MLModel.objects.get(pk=model["id"]).status == MLModel.Status.READY
 
-    assert response.status_code == 409
-    assert response.json()["code"] == "file_missing"
+    assert confirm_model_file(model["id"], model["file_sha256"]) == "file_missing"
+    refused = predict(predict_client, model["id"], X)
+    assert (refused.status_code, refused.json()["code"]) == (409, "model_not_ready")
+    assert "file_missing" in refused.json()["detail"]
 
 
 def test_the_pool_evicts_the_least_recently_used_session_past_its_bound(ready_model, settings):
