@@ -47,14 +47,16 @@ def add_readiness_check(name: str, check: Callable[[], tuple[bool, str]]) -> Non
 
 
 def check_ready() -> tuple[bool, str]:
-    """Everything readiness needs, in order; the first failure's detail ("database unreachable:
-    OperationalError", "model storage unreachable")."""
+    """Everything readiness needs, in order: (False, the first failure's detail: "database
+    unreachable: OperationalError", "model storage unreachable"), or (True, "ok" or what the
+    passing checks said beside it: "degraded: ...")."""
     ok, detail = check_database()
     if not ok:
         return False, f"database {detail}"
     ok, detail = check_migrations()
     if not ok:
         return False, detail
+    notes = []
     for name, check in _readiness_checks:
         try:
             ok, detail = check()
@@ -63,4 +65,6 @@ def check_ready() -> tuple[bool, str]:
             ok, detail = False, f"{name} check failed: {exc.__class__.__name__}"
         if not ok:
             return False, detail
-    return True, "ok"
+        if detail != "ok":
+            notes.append(detail)
+    return True, "; ".join(notes) or "ok"

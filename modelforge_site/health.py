@@ -117,7 +117,9 @@ class ReadyView(ProbeView):
         if shutdown.stopping.is_set():
             return Response({"status": "shutting down"}, status=503)
         ok, detail = check_ready()
-        return Response({"status": "ready" if ok else detail}, status=200 if ok else 503)
+        if ok:  # still serving; a note says why it is degraded ("ready; degraded: ...")
+            return Response({"status": "ready" if detail == "ok" else f"ready; {detail}"})
+        return Response({"status": detail}, status=503)
 
 
 class LiveView(ProbeView):

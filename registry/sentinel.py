@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 # How many of the database's files are looked for when the sentinel does not answer.
 SAMPLE_SIZE = 5
 RECHECK_SECONDS = 30.0
+# How long readiness still says "degraded" after a model file could not be read here.
+FILE_FAILURE_NOTE_SECONDS = 60.0
 
 # Verdict states: the first three pass.
 VERIFIED, NO_FILES, FOUND_FILES = "verified", "no_files", "found_files"
@@ -169,6 +171,7 @@ class Verdicts:
         self._last: dict[str, tuple[float, Verdict]] = {}
         self._verified: set[str] = set()
         self._stale: set[str] = set()
+        self._file_failed_at = -FILE_FAILURE_NOTE_SECONDS
 
     def current(self, *, store: ModelStore | None = None, max_age: float = RECHECK_SECONDS) -> Verdict:
         store = store or ModelStore()
@@ -191,25 +194,31 @@ class Verdicts:
         return verdict
 
     def recheck(self, *, store: ModelStore | None = None) -> None:
-        """The next `current` checks again (a model file could not be read here)."""
+        """A model file could not be read here: the next `current` checks again, and readiness
+        reports the node degraded for FILE_FAILURE_NOTE_SECONDS."""
         with self._lock:
             self._stale.add((store or ModelStore()).describe())
+            self._file_failed_at = time.monotonic()
 
     def ready(self) -> tuple[bool, str]:
-        """For the readiness probes: (ok, short reason)."""
+        """For the readiness probes: (ok, short reason); a passing one says "ok" or why the node
+        is degraded but still serving."""
         store = ModelStore()
         verdict = self.current(store=store)
-        if verdict.ok:
-            return True, "ok"
-        if verdict.state == UNREACHABLE and store.describe() in self._verified:
-            return True, "ok (model storage unreachable: serving what this node has)"
-        return False, verdict.reason
+        if not verdict.ok:
+            if verdict.state == UNREACHABLE and store.describe() in self._verified:
+                return True, "degraded: model storage unreachable, serving what this node has"
+            return False, verdict.reason
+        if time.monotonic() - self._file_failed_at < FILE_FAILURE_NOTE_SECONDS:
+            return True, "degraded: model files could not be read here lately (see /metrics)"
+        return True, "ok"
 
     def forget(self) -> None:
         with self._lock:
             self._last.clear()
             self._verified.clear()
             self._stale.clear()
+            self._file_failed_at = -FILE_FAILURE_NOTE_SECONDS
 
 
 verdicts = Verdicts()

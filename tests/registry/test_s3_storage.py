@@ -17,7 +17,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from inference.sessions import get_pool
 from registry.models import MLModel
+from registry.sentinel import sentinel_write
 from registry.storage import ModelStore
+from registry.tasks import confirm_model_file
 from tests.inference.factories import make_scaled_model
 from tests.s3_server import MotoServer, s3_environment, storage_options
 
@@ -35,12 +37,14 @@ def moto(tmp_path_factory):
 
 
 def use_bucket(settings, tmp_path, server: MotoServer) -> str:
-    """Point this process's model storage at a new bucket on `server`, with its own cache."""
+    """Point this process's model storage at a new bucket on `server`, with its own cache and
+    this deployment's sentinel in it (as `migrate` writes it: registry.sentinel)."""
     bucket = server.new_bucket()
     settings.STORAGES = {**settings.STORAGES, "models": storage_options(server, bucket)}
     settings.MODEL_CACHE_PATH = tmp_path / "cache"
     settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "cache" / "tmp")
     (tmp_path / "cache" / "tmp").mkdir(parents=True)
+    sentinel_write()
     return bucket
 
 
@@ -157,10 +161,34 @@ def test_an_object_changed_in_the_bucket_is_never_served(bucket, moto, manage_cl
     get_pool().clear()
 
     answer = predict(client_for("predict"), body["id"])
-    assert answer.status_code == 409
-    assert answer.json()["code"] == "checksum_mismatch"
+    assert (answer.status_code, answer.json()["code"]) == (503, "model_file_unavailable")
+    assert MLModel.objects.get(pk=body["id"]).status == MLModel.Status.READY  # until a worker confirms
+    assert not ModelStore().path_for(sha).exists()  # the bad download (twice) was never kept
+
+    assert confirm_model_file(body["id"], sha) == "checksum_mismatch"
     assert MLModel.objects.get(pk=body["id"]).status == MLModel.Status.ERROR
-    assert not ModelStore().path_for(sha).exists()  # the bad download was never kept
+    answer = predict(client_for("predict"), body["id"])
+    assert (answer.status_code, answer.json()["code"]) == (409, "model_not_ready")
+
+
+def test_an_object_put_back_before_the_confirmation_leaves_the_model_ready(bucket, moto, manage_client, client_for):
+    """A bucket being restored: a node that fetched meanwhile answers 503; the worker reads the
+    object again, finds the right bytes, and changes nothing."""
+    data = make_scaled_model(6.5)
+    body = register(manage_client, data).json()
+    sha = body["file_sha256"]
+    moto.client().delete_object(Bucket=bucket, Key=object_key(sha))
+    ModelStore().forget_local(sha)
+    get_pool().clear()
+    answer = predict(client_for("predict"), body["id"])
+    assert (answer.status_code, answer.json()["code"]) == (503, "model_file_unavailable")
+
+    moto.client().put_object(Bucket=bucket, Key=object_key(sha), Body=data)
+    assert confirm_model_file(body["id"], sha) == "present"
+    assert MLModel.objects.get(pk=body["id"]).status == MLModel.Status.READY
+    answer = predict(client_for("predict"), body["id"])
+    assert answer.status_code == 200, answer.json()
+    assert answer.json()["output_data"] == {"Y": [[6.5, 13.0, 19.5]]}
 
 
 def test_the_cache_keeps_the_least_recently_used_copies_within_its_bound(bucket, manage_client, settings):
