@@ -16,6 +16,7 @@ from django.core.management.base import CommandError
 from registry import services
 from registry.importing import split_file_name
 from registry.models import MLModel
+from registry.storage import SENTINEL_NAME
 from tests.registry.onnx_factories import make_add_model, make_iris_model
 
 pytestmark = pytest.mark.django_db
@@ -62,7 +63,8 @@ def write_manifest(folder: Path, kind: str, rows: list[dict]) -> Path:
 
 
 def stored_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.parent.name != "tmp")
+    """The model files: not the uploads in flight (tmp/), nor the storage's sentinel."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.parent.name != "tmp" and p != root / SENTINEL_NAME)
 
 
 def temp_files(root: Path) -> list[Path]:

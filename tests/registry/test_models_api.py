@@ -10,6 +10,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from registry.models import MLModel
+from registry.storage import SENTINEL_NAME
 from tests.registry.onnx_factories import make_add_model, make_iris_model
 
 pytestmark = pytest.mark.django_db
@@ -22,7 +23,8 @@ def onnx_file(data: bytes, name: str = "model.onnx") -> SimpleUploadedFile:
 
 
 def stored_files(root) -> list:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.parent.name != "tmp")
+    """The model files: not the uploads in flight (tmp/), nor the storage's sentinel."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.parent.name != "tmp" and p != root / SENTINEL_NAME)
 
 
 def temp_files(root) -> list:
