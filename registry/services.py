@@ -635,29 +635,18 @@ FILE_FAILURES = Counter(
     "before the model is marked error.",
     ["model", "version", "code"],
 )
-FILE_CONFIRMATIONS = Counter(
-    "modelforge_model_file_confirmations",
-    "Confirmations run on a model file a node could not read, by outcome: present (the node's view was "
-    "wrong), file_missing or checksum_mismatch (the model was marked error), unverified (this process's "
-    "storage is not this deployment's, or is unreachable: nothing changed), skipped (no longer ready).",
-    ["outcome"],
-)
 
 
 def model_file_report(*, model: MLModel, code: str) -> None:
     """This process could not read `model`'s file (`code`: file_missing or checksum_mismatch).
 
-    Changes nothing shared: logs it, counts it, has this process check its own storage again
-    before the next readiness answer, and asks for one confirmation per model and file every
-    CONFIRM_FILE_WINDOW_SECONDS (after the current transaction commits).
+    Changes nothing shared: counts it, has this process check its own storage again before the
+    next readiness answer, and asks for one confirmation per model and file every
+    CONFIRM_FILE_WINDOW_SECONDS (after the current transaction commits), logging each ask.
     """
     if code not in FILE_FAILURE_CODES:
         raise ValueError(f"code must be one of {', '.join(FILE_FAILURE_CODES)}")
     store = ModelStore()
-    logger.error(
-        "model file unreadable on this node; asking for a confirmation",
-        extra={"model": str(model), "sha256": model.file_sha256, "code": code, "storage": store.describe()},
-    )
     FILE_FAILURES.labels(model.name, model.version, code).inc()
     sentinel.verdicts.recheck(store=store)
     key = f"modelforge:confirm-file:{model.pk}:{model.file_sha256}"
@@ -666,6 +655,10 @@ def model_file_report(*, model: MLModel, code: str) -> None:
     except Exception:  # the cache down: a duplicate confirmation is harmless, a missing one is not
         first = True
     if first:
+        logger.error(
+            "model file unreadable on this node; asking for a confirmation",
+            extra={"model": str(model), "sha256": model.file_sha256, "code": code, "storage": store.describe()},
+        )
         transaction.on_commit(
             partial(model_file_confirm_enqueue, model_id=model.pk, sha256=model.file_sha256), robust=True
         )
@@ -690,12 +683,15 @@ def model_file_confirm_enqueue(*, model_id, sha256: str) -> bool:
 
 def model_file_confirm(*, model_id, sha256: str) -> str:
     """Confirm, from this process, what a node reported about a model's file, and mark the model
-    `error` only if it holds. Returns the outcome (see FILE_CONFIRMATIONS).
+    `error` only if it holds.
 
     Nothing is condemned from a storage that is not this deployment's (registry.sentinel: its
     sentinel and none of the database's files) or that cannot be reached. The object is read
     from the storage itself, never from a cached copy, and a mismatch is read again before it
-    counts. Idempotent: a model no longer ready with this file is left alone.
+    counts. Idempotent: a model no longer ready with this file is left alone. The outcome:
+    ``present`` (the node's view was wrong), ``file_missing`` or ``checksum_mismatch`` (the model
+    was marked), ``unverified`` (this process's storage is not this deployment's, or cannot be
+    reached: nothing changed), ``skipped`` (no such model ready with this file).
     """
     try:
         model_id = uuid.UUID(str(model_id))
@@ -705,11 +701,7 @@ def model_file_confirm(*, model_id, sha256: str) -> str:
     model = None
     if model_id is not None:
         model = MLModel.objects.filter(pk=model_id, file_sha256=str(sha256), status=Status.READY).first()
-    outcome = "skipped"
-    if model is not None:
-        outcome = _confirm(model)
-    FILE_CONFIRMATIONS.labels(outcome).inc()
-    return outcome
+    return _confirm(model) if model is not None else "skipped"
 
 
 def _confirm(model: MLModel) -> str:

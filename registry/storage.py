@@ -11,6 +11,11 @@ local cache MODEL_CACHE_PATH, laid out the same way: downloaded to a temporary f
 hashed, renamed into place only when the sha256 matches, and bounded to MODEL_CACHE_MAX_MB
 (least recently used copies go first). Uploads are staged and hashed in a ``tmp/`` folder on
 the same filesystem as their final local place, so every local move is an atomic rename.
+
+A missing or mismatched file is what this process sees, not yet a fact: `check_object` reads the
+object from the storage itself for the confirmation (registry.services.model_file_confirm).
+Beside the objects, ``_modelforge/sentinel.json`` says which deployment's files these are
+(registry.sentinel).
 """
 
 from __future__ import annotations
