@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import os
 import signal
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
 
@@ -46,7 +48,7 @@ from tests.s3_server import MotoServer, s3_environment, storage_options
 # Transactional: the embedded runner's threads and the Celery worker must see the rows. The
 # tests that drive the services themselves are not, so that no runner thread takes their jobs.
 pytestmark = pytest.mark.django_db(transaction=True)
-services_only = pytest.mark.django_db
+not_transactional = pytest.mark.django_db
 
 PREFIX = "jobs"
 
@@ -245,7 +247,7 @@ def test_retry_copy_shares_the_input_in_the_bucket(bucket, jobs_client, make_mod
     assert job_keys(moto, bucket, copy.pk) == ["input.jsonl", "output-1.jsonl"]
 
 
-@services_only
+@not_transactional
 def test_a_run_that_lost_its_job_leaves_no_output_and_the_winner_removes_earlier_ones(bucket, make_model, moto):
     """Attempt 1 was taken over (its worker seemed lost) but runs on; a killed run before it
     left an unfinished upload. The winner's output is the only one; the loser writes nothing."""
@@ -271,7 +273,7 @@ def test_a_run_that_lost_its_job_leaves_no_output_and_the_winner_removes_earlier
     assert_iris_output(lines, rows)
 
 
-@services_only
+@not_transactional
 def test_retention_removes_expired_jobs_objects_and_orphans(own_bucket, make_model, moto, settings):
     bucket = own_bucket
     settings.JOB_RETENTION_DAYS = 7
@@ -374,7 +376,7 @@ def test_bucket_down_is_a_503_without_details_and_leaves_nothing(doomed, jobs_cl
     assert jobs_client.delete(job_url(done["id"])).status_code == 204
 
 
-@services_only
+@not_transactional
 def test_worker_that_cannot_reach_the_bucket_retries_then_fails_the_job(doomed, make_model, settings):
     server, _ = doomed
     settings.JOB_MAX_ATTEMPTS = 2
@@ -396,3 +398,33 @@ def test_worker_that_cannot_reach_the_bucket_retries_then_fails_the_job(doomed, 
     assert (job.status, job.error_code) == (Job.Status.FAILED, "storage_unavailable")
     for secret in (server.endpoint, f":{server.port}", f"{PREFIX}/"):
         assert secret not in job.error_message
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"JOB_STORAGE_BACKEND": "nfs"}, "JOB_STORAGE_BACKEND must be local or s3"),
+        ({"JOB_STORAGE_BACKEND": "s3", "MODEL_STORAGE_BACKEND": "filesystem"}, "set MODEL_STORAGE_BACKEND=s3"),
+        ({"MODEL_STORAGE_BACKEND": "s3", "S3_BUCKET": "b", "S3_JOBS_PREFIX": "/"}, "S3_JOBS_PREFIX must be set"),
+        (
+            {"MODEL_STORAGE_BACKEND": "s3", "S3_BUCKET": "b", "S3_PREFIX": "shared", "S3_JOBS_PREFIX": "shared/"},
+            "S3_JOBS_PREFIX must be set and differ from S3_PREFIX",
+        ),
+    ],
+)
+@not_transactional
+def test_bad_job_storage_settings_stop_start_up_naming_the_variable(variables, message):
+    environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "modelforge_site.settings", **variables}
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
