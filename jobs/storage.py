@@ -44,6 +44,8 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import copy_context
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -62,9 +64,8 @@ _ATTEMPT = re.compile(r"^output-(\d+)\.jsonl")  # a finished output or its .part
 # Multipart parts: S3 takes at most 10,000 parts of at least 5 MiB (but the last), so outputs
 # up to 80 GB. An output part is gathered in a temporary file, not in memory.
 PART_SIZE = 8 * 1024 * 1024
-# One ranged GET per buffer fill when reading an object.
-READ_BUFFER = 4 * 1024 * 1024
-_PIECE = 256 * 1024
+# One ranged GET per buffer fill when reading an object (and one more read ahead).
+READ_BUFFER = 2 * 1024 * 1024
 
 
 class OutputSink(Protocol):
@@ -376,9 +377,16 @@ def _logged(what: str) -> Iterator[None]:
         logger.warning("job storage cleanup failed; left for the retention", extra={"action": what, "error": repr(exc)})
 
 
+def _in_background() -> ThreadPoolExecutor:
+    """One thread for a reader's read-ahead or a sink's uploads, so that the bucket's latency
+    overlaps the job's work instead of adding to it."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-files")
+
+
 class _ObjectReader(io.RawIOBase):
-    """An object read with one ranged GET per `readinto`: the caller's buffer is all the memory
-    it takes, and no connection stays open between two reads."""
+    """An object read by ranged GETs of at most a buffer each, so no connection stays open
+    between two reads however long a chunk takes. While the caller works on a block, the next
+    one is fetched in the background: memory is two blocks at most."""
 
     def __init__(self, client, bucket: str, key: str, size: int, action: str):
         super().__init__()
@@ -386,6 +394,8 @@ class _ObjectReader(io.RawIOBase):
         self._size = size
         self._action = action
         self._position = 0
+        self._ahead: tuple[int, Future] | None = None  # (start, the bytes from there)
+        self._executor: ThreadPoolExecutor | None = None
 
     def readable(self) -> bool:
         return True
@@ -405,80 +415,135 @@ class _ObjectReader(io.RawIOBase):
         wanted = min(len(buffer), self._size - self._position)
         if wanted <= 0:
             return 0
-        view = memoryview(buffer).cast("B")
-        filled = 0
+        data = self._take_ahead(wanted)
+        if data is None:
+            data = self._get(self._position, wanted)
+        memoryview(buffer).cast("B")[: len(data)] = data
+        self._position += len(data)
+        if self._position < self._size:
+            if self._executor is None:
+                self._executor = _in_background()
+            self._ahead = (self._position, self._executor.submit(copy_context().run, self._get, self._position, wanted))
+        return len(data)
+
+    def _take_ahead(self, wanted: int) -> bytes | None:
+        """The block read ahead, if it starts here (a seek elsewhere drops it). Its errors are
+        this read's."""
+        if self._ahead is None:
+            return None
+        (start, fetching), self._ahead = self._ahead, None
+        data = fetching.result()
+        if start != self._position:
+            return None
+        return data[:wanted]  # a shorter read leaves the rest to be fetched again: rare
+
+    def _get(self, start: int, length: int) -> bytes:
         with _bucket_call(self._action):
-            last = self._position + wanted - 1
-            body = self._client.get_object(Bucket=self._bucket, Key=self._key, Range=f"bytes={self._position}-{last}")
-            with contextlib.closing(body["Body"]) as stream:
-                while filled < wanted and (piece := stream.read(min(_PIECE, wanted - filled))):
-                    view[filled : filled + len(piece)] = piece
-                    filled += len(piece)
-            if filled == 0:
-                raise OSError(f"the object ended at byte {self._position} of {self._size}")
-        self._position += filled
-        return filled
+            answer = self._client.get_object(
+                Bucket=self._bucket, Key=self._key, Range=f"bytes={start}-{start + length - 1}"
+            )
+            with contextlib.closing(answer["Body"]) as body:
+                data = body.read()
+            if not data:
+                raise OSError(f"the object ended at byte {start} of {self._size}")
+        return data
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        self._ahead = None
+        super().close()
 
 
 class _MultipartOutput:
-    """An attempt's output as a multipart upload, begun at the first write. Parts of PART_SIZE
-    are gathered in a temporary file (not in memory) and sent as they fill; the object exists
-    only once `commit` completes the upload, and `discard` aborts it."""
+    """An attempt's output, sent to the bucket as it is written. Writes are gathered in a
+    temporary file (not in memory); each time it holds PART_SIZE, it is sent as the next part of
+    a multipart upload by a background thread while the job goes on writing into a new one (at
+    most one part on its way: the next waits for it). `commit` sends the rest and completes the
+    upload, which is when the object appears; an output smaller than one part is one PUT then.
+    `discard` aborts the upload: nothing of the attempt remains."""
 
     def __init__(self, client, bucket: str, key: str):
         self._client, self._bucket, self._key = client, bucket, key
         self._spool: BinaryIO | None = None
-        self._upload_id: str | None = None
+        self._upload_id: str | None = None  # set by the sending thread; read after _wait()
         self._parts: list[dict] = []
+        self._sending: Future | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
     def write(self, data: bytes) -> None:
-        if self._upload_id is None:
-            self._spool = tempfile.TemporaryFile(dir=temp_dir())  # noqa: SIM115 (closed in commit/discard)
-            with _bucket_call("writing the job's output file"):
-                upload = self._client.create_multipart_upload(Bucket=self._bucket, Key=self._key)
-            self._upload_id = upload["UploadId"]
+        if self._spool is None:
+            self._spool = tempfile.TemporaryFile(dir=temp_dir())  # noqa: SIM115 (closed by _send or _close)
         self._spool.write(data)
         if self._spool.tell() >= PART_SIZE:
-            self._send_part()
+            self._wait()
+            if self._executor is None:
+                self._executor = _in_background()
+            spool, self._spool = self._spool, None
+            self._sending = self._executor.submit(copy_context().run, self._send, spool)
 
-    def _send_part(self) -> None:
-        size = self._spool.tell()
-        self._spool.seek(0)
-        number = len(self._parts) + 1
-        with _bucket_call("writing the job's output file"):
+    def _send(self, spool: BinaryIO) -> None:
+        """The spool as the next part (the upload begun first if need be); closes the spool."""
+        with spool, _bucket_call("writing the job's output file"):
+            if self._upload_id is None:
+                self._upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=self._key)["UploadId"]
+            size = spool.tell()
+            spool.seek(0)
+            number = len(self._parts) + 1
             sent = self._client.upload_part(
                 Bucket=self._bucket,
                 Key=self._key,
                 UploadId=self._upload_id,
                 PartNumber=number,
-                Body=self._spool,
+                Body=spool,
                 ContentLength=size,
             )
-        self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
-        self._spool.seek(0)
-        self._spool.truncate()
+            self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+
+    def _wait(self) -> None:
+        """The part on its way has arrived (or its error is raised here)."""
+        if self._sending is not None:
+            sending, self._sending = self._sending, None
+            sending.result()
 
     def commit(self) -> None:
-        if self._upload_id is None:  # nothing was written: an empty output
+        try:
+            self._wait()
+            if self._upload_id is None:
+                spool = self._spool or io.BytesIO()
+                size = spool.tell()
+                spool.seek(0)
+                with _bucket_call("writing the job's output file"):
+                    self._client.put_object(Bucket=self._bucket, Key=self._key, Body=spool, ContentLength=size)
+                return
+            if self._spool is not None and self._spool.tell():
+                spool, self._spool = self._spool, None
+                self._send(spool)
             with _bucket_call("writing the job's output file"):
-                self._client.put_object(Bucket=self._bucket, Key=self._key, Body=b"")
-            return
-        if self._spool.tell() or not self._parts:
-            self._send_part()
-        with _bucket_call("writing the job's output file"):
-            self._client.complete_multipart_upload(
-                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
-            )
-        self._upload_id = None
-        self._spool.close()
+                self._client.complete_multipart_upload(
+                    Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
+                )
+            self._upload_id = None
+        finally:
+            self._close()
 
     def discard(self) -> None:
-        if self._spool is not None:
-            self._spool.close()
+        with contextlib.suppress(Exception):  # the part on its way failed too: the abort is what matters
+            self._wait()
+        self._close()
         if self._upload_id is not None:
             with _logged("aborting an output upload"), _bucket_call("aborting the job's output upload"):
                 self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
             self._upload_id = None
+
+    def _close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
 
 def _bucket_job_ids(older_than: float) -> Iterator[uuid.UUID]:

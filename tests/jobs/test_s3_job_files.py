@@ -21,6 +21,7 @@ import pytest
 from django.utils import timezone
 
 from jobs import services, storage
+from jobs.errors import BadRow
 from jobs.models import Job
 from registry.errors import StorageUnavailable
 from tests.jobs.api import (
@@ -191,14 +192,12 @@ def test_a_file_job_goes_through_the_bucket_end_to_end(s3_worker, s3_stack, jobs
 @pytest.mark.slow
 @pytest.mark.skipif(not BROKER_URL, reason=NO_BROKER)
 def test_killed_attempts_output_never_becomes_the_result(s3_worker, jobs_client, make_model, moto, settings):
-    """The pool process dies mid-job, its multipart upload unfinished: attempt 2 completes, the
-    dead attempt's upload is aborted, and only output-2.jsonl exists."""
+    """The pool process dies mid-job: attempt 2 completes, and only its output exists."""
     bucket = settings.STORAGES["models"]["OPTIONS"]["bucket_name"]
     slow = make_model(slow_model(), name="slow")
     rows = iris_rows(1_000)
     job = created(create_file(jobs_client, slow, jsonl_bytes(rows), "rows.jsonl"))
     wait_status(jobs_client, job["id"], lambda j: j["progress"]["done"] > 0, timeout=60)
-    assert job_uploads(moto, bucket, job["id"]) == ["output-1.jsonl"]  # attempt 1, writing
     for pid in s3_worker.pool_pids():
         os.kill(pid, signal.SIGKILL)
     result = wait_finished(jobs_client, job["id"], timeout=120)
@@ -249,14 +248,16 @@ def test_retry_copy_shares_the_input_in_the_bucket(bucket, jobs_client, make_mod
 
 @not_transactional
 def test_a_run_that_lost_its_job_leaves_no_output_and_the_winner_removes_earlier_ones(bucket, make_model, moto):
-    """Attempt 1 was taken over (its worker seemed lost) but runs on; a killed run before it
-    left an unfinished upload. The winner's output is the only one; the loser writes nothing."""
+    """Attempt 1 was taken over (its worker seemed lost) but runs on, after leaving the
+    unfinished multipart upload of an output over one part. The winner's output is the only
+    one (the upload aborted); the loser writes nothing."""
     iris = make_model(iris_model())
     rows = iris_rows(50)
     job = services.job_create(model=iris, input_file=uploaded_input(jsonl_bytes(rows)))
     Job.objects.filter(pk=job.pk).update(status=Job.Status.QUEUED)
     lost = services.job_claim(job_id=job.pk, worker="w1")
-    storage.job_files(job.pk).output_sink("output-1.jsonl").write(b'{"half": "written"}\n')  # then killed
+    hex_id = job.pk.hex
+    moto.client().create_multipart_upload(Bucket=bucket, Key=f"{PREFIX}/{hex_id[:2]}/{hex_id}/output-1.jsonl")
     winner = services.job_claim(job_id=job.pk, worker="w2", redelivered=True)
     assert job_uploads(moto, bucket, job.pk) == ["output-1.jsonl"]
 
@@ -271,6 +272,22 @@ def test_a_run_that_lost_its_job_leaves_no_output_and_the_winner_removes_earlier
     assert (finished.status, finished.output_file) == (Job.Status.COMPLETED, "output-2.jsonl")
     lines = [orjson.loads(line) for line in object_bytes(moto, bucket, job.pk, "output-2.jsonl").splitlines()]
     assert_iris_output(lines, rows)
+
+
+@not_transactional
+def test_a_run_that_fails_after_sending_parts_aborts_its_upload(bucket, make_model, moto, monkeypatch):
+    """Over 5 MiB of output has gone to the bucket as parts when the last row turns out bad:
+    the upload is aborted, and no output object ever appears."""
+    monkeypatch.setattr(storage, "PART_SIZE", 5 * 1024 * 1024)  # S3's smallest part
+    iris = make_model(iris_model())
+    lines = jsonl_bytes(iris_rows(90_000, seed=5)).splitlines(keepends=True)
+    lines[-1] = b'{"X": [1.0, 2.0, 3.0]}\n'
+    job = services.job_create(model=iris, input_file=uploaded_input(b"".join(lines)))
+    claimed = services.job_claim(job_id=job.pk, worker="w1")
+    with pytest.raises(BadRow, match="Row 90000"):
+        services.job_execute(job=claimed)
+    assert job_keys(moto, bucket, job.pk) == ["input.jsonl"]
+    assert job_uploads(moto, bucket, job.pk) == []
 
 
 @not_transactional
