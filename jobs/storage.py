@@ -16,14 +16,16 @@ A job has ``input.<format>`` and, for attempt N, ``output-N.jsonl``. Both stores
                   an upload in parts (boto3's managed transfer, reading the file part by part)
 ``share_input``   a retry's copy of a job gets the same input: a hard link; a server-side copy
 ``open_input``    a binary stream of the input. From the bucket every buffer fill is one ranged
-                  GET (`_ObjectReader`): memory is the buffer, no connection is held between
-                  reads however long a chunk takes to run
-``output_sink``   what attempt N writes its output to as it runs (`OutputSink`)
+                  GET, the next one read ahead meanwhile (`_ObjectReader`): memory is two
+                  buffers, no connection is held between reads however long a chunk runs
+``output_sink``   what attempt N writes its output to as it runs (`OutputSink`): the ``.part``
+                  file; parts of a multipart upload sent as they fill (`_MultipartOutput`)
 ``open_output``   a binary stream of a finished output (for ``result``)
 ``remove``        everything of the job: files, objects, unfinished uploads
 
 An attempt's output gets its name only once it is whole: the ``.part`` file is renamed, the
-multipart upload completed (until then no object exists). Only the attempt whose final
+multipart upload completed or the one PUT of a small output made (until then no object
+exists). Only the attempt whose final
 compare-and-set wins is named on the job's row (jobs.services); a run that lost removes its
 own output, and the winner first removes those of earlier attempts, finished or not (their
 uploads aborted), so a lost attempt's output never becomes the result.

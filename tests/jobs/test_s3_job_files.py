@@ -227,6 +227,10 @@ def test_each_input_format_is_read_from_the_bucket(bucket, jobs_client, make_mod
     assert job_keys(moto, bucket, job["id"]) == [f"input.{file_format}", "output-1.jsonl"]
     assert object_bytes(moto, bucket, job["id"], f"input.{file_format}") == content
     assert local_files(settings.JOB_STORAGE_PATH) == []
+    assert list((settings.JOB_STORAGE_PATH / "tmp").iterdir()) == []  # the upload, once stored
+    download = jobs_client.get(result_url(job["id"], format="jsonl"))
+    output = object_bytes(moto, bucket, job["id"], "output-1.jsonl")
+    assert (download["Content-Length"], b"".join(download.streaming_content)) == (str(len(output)), output)
 
 
 def test_retry_copy_shares_the_input_in_the_bucket(bucket, jobs_client, make_model, moto):
