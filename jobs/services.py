@@ -128,8 +128,9 @@ def job_create(
     Exactly one of ``input_data`` (inline, validated exactly as predict validates it) or
     ``input_file`` (an uploaded file: its format, row count and first row are checked here,
     the other rows as the job runs). Raises the model's and the input's domain errors (400,
-    404, 409). The job is queued after the commit; if the broker is down it stays pending
-    and the sweeper queues it later.
+    404, 409), and StorageUnavailable (503) when the bucket holding job files fails. The job
+    is queued after the commit; if the broker is down it stays pending and the sweeper queues
+    it later.
     """
     ensure_servable(model)
     job = Job(
