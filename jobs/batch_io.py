@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from itertools import islice, repeat
 from operator import eq, itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
@@ -45,6 +45,7 @@ from core.tensor_types import NUMERIC_DATATYPES, is_supported
 from inference.services import decode_model_inputs
 from inference.tensors import decode_inputs, encode_outputs, parse_json_body
 from jobs.errors import BadRow, InvalidInputFile, UnsupportedFormat, UnsupportedOutput
+from jobs.storage import OutputSink
 from registry.models import MLModel
 
 FORMATS = ("jsonl", "csv", "npy")
@@ -261,14 +262,15 @@ def _check_first_row(values: dict[str, Any], model: MLModel, *, line: int | None
 # --- reading ----------------------------------------------------------------------------------
 
 
-def read_chunks(path: Path, input_format: str, model: MLModel, chunk_rows: int) -> Iterator[Chunk]:
-    """The rows of an input file in chunks of ``chunk_rows``, streamed: never the whole file."""
+def read_chunks(source: BinaryIO, input_format: str, model: MLModel, chunk_rows: int) -> Iterator[Chunk]:
+    """The rows of an input file in chunks of ``chunk_rows``, streamed from ``source`` (a file
+    opened for binary reading, or an object in the bucket: jobs.storage): never the whole file."""
     schema = _batch_schema(model)
     if input_format == "jsonl":
-        return _jsonl_chunks(path, schema, chunk_rows)
+        return _jsonl_chunks(source, schema, chunk_rows)
     if input_format == "csv":
-        return _csv_chunks(path, model, schema, chunk_rows)
-    return _npy_chunks(path, schema, chunk_rows)
+        return _csv_chunks(source, model, schema, chunk_rows)
+    return _npy_chunks(source, schema, chunk_rows)
 
 
 def _jsonl_row(line: bytes, row: int, line_number: int, names: set[str], max_depth: int) -> dict:
@@ -301,25 +303,24 @@ def _check_row_document(document: Any, row: int, line_number: int, names: set[st
     return document
 
 
-def _jsonl_chunks(path: Path, schema: list[dict], chunk_rows: int) -> Iterator[Chunk]:
+def _jsonl_chunks(handle: BinaryIO, schema: list[dict], chunk_rows: int) -> Iterator[Chunk]:
     names = [entry["name"] for entry in schema]
     name_set = set(names)
     max_depth = settings.MAX_JSON_DEPTH
     first_row = first_line = 1
-    with open(path, "rb") as handle:
-        # Blocks of lines, read and checked by C calls; Python only loops over a block when it
-        # holds a blank line (skipped, so rows and lines part) or something to report.
-        while block := list(islice(handle, chunk_rows)):
-            lines: Sequence[int] = range(first_line, first_line + len(block))
-            first_line += len(block)
-            if any(map(bytes.isspace, block)):
-                kept = [(text, line) for text, line in zip(block, lines, strict=True) if not text.isspace()]
-                if not kept:
-                    continue
-                block, lines = [text for text, _ in kept], [line for _, line in kept]
-            documents = _jsonl_documents(block, first_row, lines, name_set, max_depth)
-            yield Chunk(first_row, {name: list(map(itemgetter(name), documents)) for name in names}, lines)
-            first_row += len(block)
+    # Blocks of lines, read and checked by C calls; Python only loops over a block when it
+    # holds a blank line (skipped, so rows and lines part) or something to report.
+    while block := list(islice(handle, chunk_rows)):
+        lines: Sequence[int] = range(first_line, first_line + len(block))
+        first_line += len(block)
+        if any(map(bytes.isspace, block)):
+            kept = [(text, line) for text, line in zip(block, lines, strict=True) if not text.isspace()]
+            if not kept:
+                continue
+            block, lines = [text for text, _ in kept], [line for _, line in kept]
+        documents = _jsonl_documents(block, first_row, lines, name_set, max_depth)
+        yield Chunk(first_row, {name: list(map(itemgetter(name), documents)) for name in names}, lines)
+        first_row += len(block)
 
 
 def _jsonl_documents(
@@ -399,7 +400,7 @@ def _csv_values(rows: list[list[str]], model: MLModel, *, first_row: int, lines:
     raise BadRow(first_row, "holds values that are not numbers.", line=lines[0], rule="invalid_dtype")
 
 
-def _csv_chunks(path: Path, model: MLModel, schema: list[dict], chunk_rows: int) -> Iterator[Chunk]:
+def _csv_chunks(handle: BinaryIO, model: MLModel, schema: list[dict], chunk_rows: int) -> Iterator[Chunk]:
     name = schema[0]["name"]
     columns = _csv_columns(schema)
     buffer: list[list[str]] = []
@@ -411,8 +412,10 @@ def _csv_chunks(path: Path, model: MLModel, schema: list[dict], chunk_rows: int)
         first = row - len(buffer) + 1
         return Chunk(first, {name: _csv_values(buffer, model, first_row=first, lines=lines)}, list(lines))
 
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
+    # The caller closes the file: detached from the text layer at the end, not closed with it.
+    text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
+    try:
+        reader = csv.reader(text)
         for cells in reader:
             if _blank(cells):
                 continue
@@ -430,24 +433,26 @@ def _csv_chunks(path: Path, model: MLModel, schema: list[dict], chunk_rows: int)
             if len(buffer) == chunk_rows:
                 yield flush()
                 buffer, lines = [], []
+    finally:
+        if not handle.closed:
+            text.detach()
     if buffer:
         yield flush()
 
 
-def _npy_chunks(path: Path, schema: list[dict], chunk_rows: int) -> Iterator[Chunk]:
-    """Plain reads of one chunk at a time (not a memory map, whose pages would stay in the
-    process's resident memory as it goes through the file)."""
-    array = _open_npy(path)
+def _npy_chunks(handle: BinaryIO, schema: list[dict], chunk_rows: int) -> Iterator[Chunk]:
+    """Plain reads of one chunk at a time into a new array (not a memory map, whose pages would
+    stay in the process's resident memory as it goes through the file). The header was checked
+    when the job was created (`inspect_file`); versions 2.0 and 3.0 share its layout."""
+    version = np.lib.format.read_magic(handle)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(handle)
     name = schema[0]["name"]
-    dtype, shape, offset = array.dtype, array.shape, array.offset
-    row_items = math.prod(shape[1:])
-    del array
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        for start in range(0, shape[0], chunk_rows):
-            count = min(chunk_rows, shape[0] - start)
-            values = np.fromfile(handle, dtype=dtype, count=count * row_items).reshape((count, *shape[1:]))
-            yield Chunk(start + 1, {name: values})
+    for start in range(0, shape[0], chunk_rows):
+        values = np.empty((min(chunk_rows, shape[0] - start), *shape[1:]), dtype=dtype)
+        if handle.readinto(memoryview(values).cast("B")) != values.nbytes:
+            raise InvalidInputFile("The .npy file is shorter than its header says.")
+        yield Chunk(start + 1, {name: values})
 
 
 # --- validating ---------------------------------------------------------------------------------
@@ -537,14 +542,12 @@ garbage_collection_paused = _CollectorPause()
 
 
 class OutputWriter:
-    """Appends each chunk's outputs to a ``.part`` file, one JSON object per row; `commit`
-    renames it into place once the whole input has been read."""
+    """Appends each chunk's outputs to an attempt's output (jobs.storage's OutputSink: a
+    ``.part`` file, or a multipart upload), one JSON object per row; `commit` gives it its
+    final name once the whole input has been read, `discard` leaves nothing."""
 
-    def __init__(self, final_path: Path):
-        self.final_path = final_path
-        self.part_path = final_path.with_name(final_path.name + ".part")
-        self.part_path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.part_path, "wb")  # noqa: SIM115 (closed in commit/discard)
+    def __init__(self, sink: OutputSink):
+        self._sink = sink
         self.non_finite: dict[str, int] = {}
         self.rows = 0
 
@@ -571,7 +574,7 @@ class OutputWriter:
             dumps = orjson.dumps
             rows_out = zip(*columns, strict=True)
             text = b"".join(dumps(dict(zip(names, row, strict=True))) + b"\n" for row in rows_out)
-        self._handle.write(text)
+        self._sink.write(text)
         self.rows += rows
 
     @property
@@ -581,17 +584,11 @@ class OutputWriter:
             for name, count in self.non_finite.items()
         ]
 
-    def commit(self) -> Path:
-        """Flush to disk and give the file its final name (still unused by anyone: per attempt)."""
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
-        os.replace(self.part_path, self.final_path)
-        return self.final_path
+    def commit(self) -> None:
+        self._sink.commit()
 
     def discard(self) -> None:
-        self._handle.close()
-        self.part_path.unlink(missing_ok=True)
+        self._sink.discard()
 
 
 def _numeric_lines(names: list[str], values: list, columns: list[list], rows: int) -> bytes | None:
@@ -641,14 +638,15 @@ def _flatten(name: str, value: Any, out: dict[str, Any]) -> None:
         out[name] = ""
 
 
-def export_csv(path: Path) -> Iterator[bytes]:
-    """Stream an output JSONL file as CSV (header from the first row), in blocks. Cells are
-    spreadsheet-safe (core.csv_cells): numbers stay numbers, formula-like text is quoted."""
+def export_csv(handle: BinaryIO) -> Iterator[bytes]:
+    """Stream an output JSONL file (opened for binary reading; closed at the end) as CSV
+    (header from the first row), in blocks. Cells are spreadsheet-safe (core.csv_cells):
+    numbers stay numbers, formula-like text is quoted."""
     buffer = io.StringIO()
     # CRLF line ends (RFC 4180) also make the writer quote a cell holding a lone CR.
     writer = csv.writer(buffer, lineterminator="\r\n")
     header: list[str] | None = None
-    with open(path, "rb") as handle:
+    with handle:
         for line in handle:
             row: dict[str, Any] = {}
             for name, value in orjson.loads(line).items():

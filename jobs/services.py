@@ -21,6 +21,7 @@ Slow work (reading files, running the model) happens outside transactions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,8 @@ from inference.tensors import encode_outputs
 from jobs import batch_io, events
 from jobs.errors import JobFinished, JobNotFinished, JobNotFound, ModelDeleted, NotRetryable
 from jobs.models import Job
-from jobs.storage import JobFiles, folders_older_than, remove_folder, temp_dir
+from jobs.storage import job_files, stored_job_ids, temp_dir
+from registry.errors import StorageUnavailable
 from registry.models import MLModel
 
 logger = logging.getLogger(__name__)
@@ -65,9 +68,10 @@ MOVES: dict[str, set[str]] = {
     Status.RUNNING: {Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.QUEUED, Status.RUNNING},
 }
 
-# Errors that say nothing about the job itself: the database or the network went away for a
-# moment. Everything else (bad input, a model that refuses the rows, a bug) fails at once.
-TRANSIENT_ERRORS = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
+# Errors that say nothing about the job itself: the database, the network or the bucket went
+# away for a moment. Everything else (bad input, a model that refuses the rows, a bug) fails at
+# once.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, ConnectionError, TimeoutError, StorageUnavailable)
 
 SWEEP_BATCH = 500
 
@@ -124,8 +128,9 @@ def job_create(
     Exactly one of ``input_data`` (inline, validated exactly as predict validates it) or
     ``input_file`` (an uploaded file: its format, row count and first row are checked here,
     the other rows as the job runs). Raises the model's and the input's domain errors (400,
-    404, 409). The job is queued after the commit; if the broker is down it stays pending
-    and the sweeper queues it later.
+    404, 409), and StorageUnavailable (503) when the bucket holding job files fails. The job
+    is queued after the commit; if the broker is down it stays pending and the sweeper queues
+    it later.
     """
     ensure_servable(model)
     job = Job(
@@ -149,11 +154,12 @@ def job_create(
         job.input_size = input_file.size
     job.full_clean(validate_unique=False, validate_constraints=False)
 
-    files = JobFiles(job.pk)
+    # Stored before the row is written (a bucket that fails is a 503 and leaves no job); a
+    # crash in between leaves files no row names, which the retention removes.
     if staged is not None:
-        files.adopt_input(staged, job.input_format)
+        job_files(job.pk).store_input(staged, job.input_format)
         input_file.close()  # its temporary file has moved: nothing left for it to delete
-    return _insert(job, files)
+    return _insert(job)
 
 
 def job_resubmit(*, job: Job) -> Job:
@@ -178,13 +184,12 @@ def job_resubmit(*, job: Job) -> Job:
         input_size=job.input_size,
         progress_total=job.progress_total,
     )
-    files = JobFiles(copy.pk)
     if job.is_batch:
-        files.share_input(JobFiles(job.pk), job.input_format)
-    return _insert(copy, files)
+        job_files(copy.pk).share_input(job_files(job.pk), job.input_format)
+    return _insert(copy)
 
 
-def _insert(job: Job, files: JobFiles) -> Job:
+def _insert(job: Job) -> Job:
     try:
         with transaction.atomic():
             job.save(force_insert=True)
@@ -192,7 +197,8 @@ def _insert(job: Job, files: JobFiles) -> Job:
             # job pending for the sweeper, never an error for the client.
             transaction.on_commit(partial(job_enqueue, job_id=job.pk), robust=True)
     except BaseException:
-        files.remove()
+        if job.is_batch:
+            _remove_files(job.pk)
         raise
     job.refresh_from_db()
     logger.info("job created", extra={"job": str(job.pk), "format": job.input_format, "rows": job.progress_total})
@@ -318,16 +324,19 @@ def _run_inline(job: Job, model: MLModel) -> None:
 
 
 def _run_batch(job: Job, model: MLModel, deadline: float | None) -> None:
-    files = JobFiles(job.pk)
+    files = job_files(job.pk)
     output_name = files.output_name(job.attempts)
-    writer = batch_io.OutputWriter(files.output_path(output_name))
-    chunks = batch_io.read_chunks(
-        files.input_path(job.input_format), job.input_format, model, batch_io.chunk_rows_for(model)
-    )
+    writer = batch_io.OutputWriter(files.output_sink(output_name))
     compute_ms = 0.0
     done = 0
     try:
-        with batch_io.garbage_collection_paused():
+        with (
+            files.open_input(job.input_format) as source,
+            contextlib.closing(
+                batch_io.read_chunks(source, job.input_format, model, batch_io.chunk_rows_for(model))
+            ) as chunks,
+            batch_io.garbage_collection_paused(),
+        ):
             for chunk in chunks:
                 feeds = batch_io.decode_chunk(chunk, model)
                 try:
@@ -346,7 +355,8 @@ def _run_batch(job: Job, model: MLModel, deadline: float | None) -> None:
         writer.discard()
         raise
     # Before the job shows as completed: whoever sees it completed sees its one output file.
-    files.discard_earlier_outputs(job.attempts)
+    if job.attempts > 1:
+        files.discard_earlier_outputs(job.attempts)
     completed = _move(
         job.pk,
         source=Status.RUNNING,
@@ -361,7 +371,7 @@ def _run_batch(job: Job, model: MLModel, deadline: float | None) -> None:
         finished_at=timezone.now(),
     )
     if not completed:
-        files.output_path(output_name).unlink(missing_ok=True)
+        files.discard_output(output_name)
         raise JobSuperseded()
     logger.info("job completed", extra={"job": str(job.pk), "attempt": job.attempts, "rows": done})
 
@@ -508,7 +518,18 @@ def job_delete(*, job: Job) -> None:
     with transaction.atomic():
         Job.objects.filter(pk=job.pk, status__in=Job.TERMINAL).delete()
         TaskResult.objects.filter(task_id=str(job.pk)).delete()
-        transaction.on_commit(JobFiles(job.pk).remove)
+        if job.is_batch:
+            transaction.on_commit(partial(_remove_files, job.pk))
+
+
+def _remove_files(job_id) -> bool:
+    """Remove a job's files once its row is gone (or was never written). A bucket that fails
+    leaves them behind, logged: the retention finds files no row names and removes them."""
+    try:
+        return job_files(job_id).remove()
+    except StorageUnavailable:
+        logger.warning("job files left behind: the storage is unavailable", extra={"job": str(job_id)})
+        return False
 
 
 def job_wait(*, job: Job, timeout: float) -> Job:
@@ -614,27 +635,36 @@ def _process_alive(pid_text: str) -> bool:
 
 def jobs_cleanup(*, now: datetime | None = None) -> dict[str, int]:
     """Delete finished jobs older than JOB_RETENTION_DAYS with their files and Celery results,
-    and job folders no row refers to any more (left by a crash between storing and saving)."""
+    and job files no row refers to any more (left by a crash between storing and saving, or
+    by a delete while the bucket was down).
+
+    Expired jobs come from the database (a folder or a prefix each, no listing); the files of
+    jobs without a row are found by listing the store (`stored_job_ids`, page by page in the
+    bucket), and only those unchanged for the whole retention period are candidates.
+    """
     now = now or timezone.now()
     cutoff = now - timedelta(days=settings.JOB_RETENTION_DAYS)
     report = {"jobs": 0, "orphan_folders": 0}
     while True:
-        batch = list(Job.objects.expired(before=cutoff).values_list("pk", flat=True)[:SWEEP_BATCH])
+        expired = Job.objects.expired(before=cutoff).values_list("pk", "input_format")
+        batch = dict(expired[:SWEEP_BATCH])
         if not batch:
             break
         with transaction.atomic():
-            deleted, _ = Job.objects.expired(before=cutoff).filter(pk__in=batch).delete()
+            deleted, _ = Job.objects.expired(before=cutoff).filter(pk__in=list(batch)).delete()
             TaskResult.objects.filter(task_id__in=[str(pk) for pk in batch]).delete()
-        for pk in batch:
-            JobFiles(pk).remove()
+        for pk, input_format in batch.items():
+            if input_format != Job.InputFormat.JSON:  # inline jobs have no files
+                _remove_files(pk)
         report["jobs"] += deleted
-    folders = folders_older_than(cutoff.timestamp())
-    for start in range(0, len(folders), SWEEP_BATCH):
-        part = dict(folders[start : start + SWEEP_BATCH])
-        known = set(Job.objects.filter(pk__in=list(part)).values_list("pk", flat=True))
-        for job_id in set(part) - known:
-            remove_folder(part[job_id])
-            report["orphan_folders"] += 1
+    try:
+        found = stored_job_ids(older_than=cutoff.timestamp())
+        while part := set(islice(found, SWEEP_BATCH)):
+            known = set(Job.objects.filter(pk__in=list(part)).values_list("pk", flat=True))
+            for job_id in part - known:
+                report["orphan_folders"] += job_files(job_id).remove()
+    except StorageUnavailable:
+        logger.warning("job files without a job were not looked for: the storage is unavailable")
     for leftover in temp_dir().glob("*.upload"):
         if leftover.stat().st_mtime < (now - timedelta(days=1)).timestamp():
             leftover.unlink(missing_ok=True)

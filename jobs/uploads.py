@@ -1,4 +1,6 @@
-"""The upload handler for job input files: streamed to disk beside the job folders, size-capped.
+"""The upload handler for job input files: streamed to this node's disk (JOB_STORAGE_PATH/tmp,
+beside the local job folders), size-capped. The file is checked there, then stored
+(jobs.storage: renamed into its folder, or uploaded to the bucket in parts).
 
 It is listed first in FILE_UPLOAD_HANDLERS and claims only the ``input_file`` field of
 ``POST /api/v1/jobs`` (raising StopFutureHandlers); every other upload goes on to the next
@@ -20,7 +22,7 @@ JOBS_PATH = "/api/v1/jobs"
 
 
 class JobInputFile(UploadedFile):
-    """An uploaded input file in JOB_STORAGE_PATH/tmp, deleted when closed unless moved."""
+    """An uploaded input file in JOB_STORAGE_PATH/tmp, deleted when closed unless stored."""
 
     def __init__(self, name, content_type, size, charset, content_type_extra=None):
         super().__init__(storage.new_temp_file(), name, content_type, size, charset, content_type_extra)

@@ -40,7 +40,7 @@ from jobs.errors import InvalidParameter, JobNotFound
 from jobs.filters import JobFilter
 from jobs.models import Job
 from jobs.serializers import CeleryHealthSerializer, JobCreateSerializer, JobResultSerializer, JobSerializer
-from jobs.storage import JobFiles
+from jobs.storage import job_files
 from registry import selectors
 from registry.errors import ModelNotFound
 from registry.models import MLModel
@@ -57,6 +57,7 @@ _ERRORS = {
     409: "Conflict with the job's or the model's status (e.g. `job_not_finished`, `model_not_ready`).",
     413: "The input file is over JOB_MAX_INPUT_FILE_MB (`input_file_too_large`) or the body over the limit.",
     429: "`throttled`: the key created too many jobs (THROTTLE_RATE_JOBS); see Retry-After.",
+    503: "`storage_unavailable`: the bucket holding job files cannot be reached; nothing was stored, try again.",
 }
 
 
@@ -175,7 +176,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
         request={"application/json": JobCreateSerializer, "multipart/form-data": JobCreateSerializer},
         responses={
             202: OpenApiResponse(JobSerializer, description="Accepted; `Location` is the job's URL."),
-            **_errors(400, 401, 403, 404, 409, 413, 429),
+            **_errors(400, 401, 403, 404, 409, 413, 429, 503),
         },
         examples=[
             OpenApiExample(
@@ -243,7 +244,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
             (200, "application/x-ndjson"): OpenApiResponse(OpenApiTypes.BINARY, description="?format=jsonl"),
             (200, "text/csv"): OpenApiResponse(OpenApiTypes.BINARY, description="?format=csv"),
             202: OpenApiResponse(JobSerializer, description="Not finished yet; retry later (see Retry-After)."),
-            **_errors(400, 401, 403, 404),
+            **_errors(400, 401, 403, 404, 503),
             409: OpenApiResponse(ErrorSerializer, description="`job_failed` (with `error_code`) or `job_cancelled`."),
         },
     )
@@ -294,17 +295,17 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
 
     @staticmethod
     def _output_file(job: Job, file_format: str):
-        path = JobFiles(job.pk).output_path(job.output_file)
+        """Streamed from the job's store (a file, or ranged reads of the object in the bucket):
+        a bucket that cannot be reached is a 503 here, before the response starts."""
         try:
-            handle = open(path, "rb")  # noqa: SIM115 (FileResponse closes it)
+            handle = job_files(job.pk).open_output(job.output_file)  # FileResponse or export_csv closes it
         except FileNotFoundError as exc:
             raise JobNotFound("The job's output file no longer exists.") from exc
         if file_format == "jsonl":
             return FileResponse(
                 handle, content_type="application/x-ndjson", as_attachment=True, filename=f"job-{job.pk}.jsonl"
             )
-        handle.close()
-        response = StreamingHttpResponse(batch_io.export_csv(path), content_type="text/csv; charset=utf-8")
+        response = StreamingHttpResponse(batch_io.export_csv(handle), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="job-{job.pk}.csv"'
         return response
 

@@ -345,6 +345,18 @@ if SERVING_STATS_RETENTION_DAYS <= 0:
 # --- Jobs -----------------------------------------------------------------------------------
 # Asynchronous inference (jobs/): on Celery workers with a broker, else in background threads.
 JOB_STORAGE_PATH = env.path("JOB_STORAGE_PATH", default=VAR_DIR / "jobs")
+# Job input and output files (jobs/storage.py): a folder per job under JOB_STORAGE_PATH, or
+# objects under S3_JOBS_PREFIX in the model storage's bucket (its credentials and endpoint too),
+# so that no node needs a shared filesystem. JOB_STORAGE_PATH then holds node-local scratch
+# only (uploads being checked, an output part being written).
+JOB_STORAGE_BACKEND = env.str("JOB_STORAGE_BACKEND", default="s3" if MODEL_STORAGE_BACKEND == "s3" else "local")
+S3_JOBS_PREFIX = env.str("S3_JOBS_PREFIX", default="jobs").strip("/")
+if JOB_STORAGE_BACKEND not in {"local", "s3"}:
+    raise ImproperlyConfigured("JOB_STORAGE_BACKEND must be local or s3.")
+if JOB_STORAGE_BACKEND == "s3" and MODEL_STORAGE_BACKEND != "s3":
+    raise ImproperlyConfigured("JOB_STORAGE_BACKEND=s3 uses the model storage's bucket: set MODEL_STORAGE_BACKEND=s3.")
+if JOB_STORAGE_BACKEND == "s3" and S3_JOBS_PREFIX in {"", env.str("S3_PREFIX", default="models").strip("/")}:
+    raise ImproperlyConfigured("S3_JOBS_PREFIX must be set and differ from S3_PREFIX (the models' prefix).")
 JOB_MAX_INPUT_FILE_MB = env.int("JOB_MAX_INPUT_FILE_MB", default=100)
 JOB_CHUNK_ROWS = env.int("JOB_CHUNK_ROWS", default=10_000)
 JOB_MAX_ATTEMPTS = env.int("JOB_MAX_ATTEMPTS", default=3)

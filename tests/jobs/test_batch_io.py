@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import uuid
 
 import numpy as np
 import orjson
@@ -10,6 +11,7 @@ import pytest
 
 from jobs import batch_io
 from jobs.errors import BadRow
+from jobs.storage import JobFiles
 from tests.jobs.factories import iris_model, iris_rows, jsonl_bytes
 
 pytestmark = pytest.mark.django_db
@@ -21,7 +23,8 @@ def iris(make_model):
 
 
 def read_all(path, model, chunk_rows):
-    chunks = list(batch_io.read_chunks(path, "jsonl", model, chunk_rows))
+    with open(path, "rb") as source:
+        chunks = list(batch_io.read_chunks(source, "jsonl", model, chunk_rows))
     return chunks, [batch_io.decode_chunk(chunk, model) for chunk in chunks]
 
 
@@ -156,9 +159,11 @@ def test_the_output_file_holds_the_same_bytes_either_way(tmp_path):
         {"name": "label", "type": "tensor(int64)", "shape": ["N"]},
         {"name": "scores", "type": "tensor(float)", "shape": ["N", 2]},
     ]
-    writer = batch_io.OutputWriter(tmp_path / "output.jsonl")
+    files = JobFiles(uuid.uuid4())
+    writer = batch_io.OutputWriter(files.output_sink("output-1.jsonl"))
     writer.write(names, values, schema, rows=2)
-    path = writer.commit()
+    writer.commit()
+    path = files.output_path("output-1.jsonl")
     assert [orjson.loads(line) for line in path.read_bytes().splitlines()] == [
         {"label": 1, "scores": [float(np.float32(0.1)), float(np.float32(0.9))]},
         {"label": 0, "scores": [float(np.float32(0.8)), float(np.float32(0.2))]},

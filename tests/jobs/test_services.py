@@ -198,7 +198,7 @@ def test_cleanup_deletes_old_finished_jobs_files_and_results(
     failed = file_job(Job.Status.FAILED, 30)
     recent = file_job(Job.Status.COMPLETED, 1)
     active = file_job(Job.Status.RUNNING, 30)  # never deleted while running
-    orphan = settings.JOB_STORAGE_PATH / "ab" / uuid.uuid4().hex
+    orphan = JobFiles(uuid.uuid4()).folder  # files of a job whose row was never written
     orphan.mkdir(parents=True)
     (orphan / "input.jsonl").write_bytes(b"{}\n")
     month_ago = time.time() - 30 * 86400
