@@ -47,7 +47,7 @@ from core.celery_app import app as celery_app
 from core.celery_app import broker_configured
 from core.embedded_runner import runner
 from core.exceptions import DomainError
-from inference.errors import InferenceFailed
+from inference.errors import InferenceFailed, ModelFileUnavailable
 from inference.services import decode_model_inputs, ensure_servable, run_session
 from inference.tensors import encode_outputs
 from jobs import batch_io, events
@@ -69,9 +69,17 @@ MOVES: dict[str, set[str]] = {
 }
 
 # Errors that say nothing about the job itself: the database, the network or the bucket went
-# away for a moment. Everything else (bad input, a model that refuses the rows, a bug) fails at
-# once.
-TRANSIENT_ERRORS = (OperationalError, InterfaceError, ConnectionError, TimeoutError, StorageUnavailable)
+# away for a moment, or this worker could not read the model's file (its view of the storage is
+# checked independently: the next attempt finds the model ready again, or not ready with the
+# reason). Everything else (bad input, a model that refuses the rows, a bug) fails at once.
+TRANSIENT_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    ConnectionError,
+    TimeoutError,
+    StorageUnavailable,
+    ModelFileUnavailable,
+)
 
 SWEEP_BATCH = 500
 

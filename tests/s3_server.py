@@ -70,6 +70,14 @@ class MotoServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=5)
 
+    def pause(self) -> None:
+        """SIGSTOP the server: connections are accepted by the kernel and never answered, as
+        with a storage that hangs (clients see their read timeout)."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def client(self):
         import boto3
 
