@@ -21,8 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -32,12 +30,12 @@ from inference.models import Prediction
 from jobs.models import Job
 from registry.models import MLModel
 from tests import granian_server
+from tests.e2e.nodes import Node
 from tests.inference.factories import make_scaled_model
 from tests.jobs.conftest import BROKER_URL, CeleryWorker, database_url
 from tests.registry.polling import wait_validated
 from tests.s3_server import MotoServer, s3_environment
 
-PORTS = range(8400, 8500)
 # How long another node may take to see a change; the issue asks for "within a second".
 PROPAGATION_BOUND_SECONDS = 1.0
 
@@ -50,68 +48,6 @@ pytestmark = [
         reason="needs PostgreSQL (DATABASE_URL), Redis (REDIS_URL) and a broker (CELERY_BROKER_URL), as CI has",
     ),
 ]
-
-
-class Node:
-    """A granian server process of ours, answering on 127.0.0.1:port."""
-
-    def __init__(self, name: str, env: dict[str, str], log: Path, *, ready_path: str = "/api/v1/ready"):
-        self.name = name
-        self.port = granian_server.free_port(within=PORTS)
-        self.log = log
-        self.process = granian_server.start(env, log, port=self.port, ready_path=ready_path)
-
-    def raw(self, path: str, *, key: str = "") -> tuple[int, bytes]:
-        """GET `path`: (status, the body's bytes), for files and probes."""
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", headers={"Authorization": f"Bearer {key}"} if key else {}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 (our loopback server)
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
-
-    def request(self, method: str, path: str, *, key: str = "", body: bytes | None = None, content_type: str = ""):
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        if content_type:
-            headers["Content-Type"] = content_type
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=body, method=method, headers=headers
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 (our loopback server)
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
-
-    def post_json(self, path: str, key: str, payload: dict):
-        return self.request("POST", path, key=key, body=json.dumps(payload).encode(), content_type="application/json")
-
-    def upload_job(self, key: str, model_id: str, rows: bytes):
-        return self.upload("/api/v1/jobs", key, {"model_id": model_id}, rows, field="input_file", filename="rows.jsonl")
-
-    def upload(self, path: str, key: str, fields: dict[str, str], data: bytes, *, field="file", filename="model.onnx"):
-        boundary = uuid.uuid4().hex
-        parts = [
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-            for name, value in fields.items()
-        ]
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n".encode()
-            + data
-            + b"\r\n"
-        )
-        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-        return self.request("POST", path, key=key, body=body, content_type=f"multipart/form-data; boundary={boundary}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        return granian_server.log_tail(self.log, lines)
-
-    def stop(self) -> int:
-        """SIGTERM (a graceful stop: in-flight requests finish, history is written)."""
-        return granian_server.stop(self.process, timeout=30)
 
 
 class Beat:
@@ -182,7 +118,7 @@ class Cluster:
         }
 
     def node(self, name: str, *, ready_path: str = "/api/v1/ready", **overrides: str) -> Node:
-        node = Node(name, self.env_for(name, **overrides), self.tmp_path / f"node-{name}.log", ready_path=ready_path)
+        node = Node(self.env_for(name, **overrides), self.tmp_path / f"node-{name}.log", ready_path=ready_path)
         self.started.append(node)
         return node
 
@@ -257,9 +193,7 @@ def test_two_nodes_and_two_workers_share_models_changes_and_jobs(cluster):
         return status, body
 
     # Uploaded through A, served by B (which has never seen the file: it comes from the bucket).
-    status, model = a.upload(
-        "/api/v1/models", manage_key, {"name": "scaler", "version": "1.0.0"}, make_scaled_model(2.0)
-    )
+    status, model = a.upload_model(manage_key, "scaler", "1.0.0", make_scaled_model(2.0))
     assert status == 202, model
     model = validated_on(a, model["id"], manage_key)
     assert model["status"] == "ready", model
@@ -271,9 +205,7 @@ def test_two_nodes_and_two_workers_share_models_changes_and_jobs(cluster):
     # A ready version keeps its file; a new file is a new version, uploaded on A and served by B.
     status, refused = a.upload(f"/api/v1/models/{model['id']}/upload", manage_key, {}, make_scaled_model(3.0))
     assert (status, refused["code"]) == (409, "version_immutable")
-    status, second = a.upload(
-        "/api/v1/models", manage_key, {"name": "scaler", "version": "1.1.0"}, make_scaled_model(3.0)
-    )
+    status, second = a.upload_model(manage_key, "scaler", "1.1.0", make_scaled_model(3.0))
     assert status == 202, second
     assert validated_on(a, second["id"], manage_key)["status"] == "ready"
     poll(
@@ -294,9 +226,7 @@ def test_two_nodes_and_two_workers_share_models_changes_and_jobs(cluster):
     assert refused["code"] == "model_archived"
 
     # Jobs created on both nodes run on both workers.
-    status, iris = a.upload(
-        "/api/v1/models", manage_key, {"name": "jobs-scaler", "version": "1.0.0"}, make_scaled_model(5.0)
-    )
+    status, iris = a.upload_model(manage_key, "jobs-scaler", "1.0.0", make_scaled_model(5.0))
     assert status == 202, iris
     iris = validated_on(a, iris["id"], manage_key)
     assert iris["status"] == "ready", iris
@@ -349,7 +279,7 @@ def test_nothing_is_shared_but_the_bucket_the_database_and_redis(cluster):
     homes = {home.name: home for home in cluster.homes}
     assert set(homes) == {"a", "b", "w1", "w2", "beat"}
 
-    status, model = a.upload("/api/v1/models", manage_key, {"name": "bar", "version": "1.0.0"}, make_scaled_model(2.0))
+    status, model = a.upload_model(manage_key, "bar", "1.0.0", make_scaled_model(2.0))
     assert status == 202, model
     assert validated_on(b, model["id"], manage_key)["status"] == "ready"
     status, body = b.post_json(f"/api/v1/models/{model['id']}/predict", predict_key, {"input_data": X})
@@ -396,7 +326,7 @@ def test_nothing_is_shared_but_the_bucket_the_database_and_redis(cluster):
     assert bucket_keys(cluster, f"jobs/{uuid.UUID(gone).hex[:2]}/{uuid.UUID(gone).hex}/") == []
     assert all(bucket_keys(cluster, f"jobs/{uuid.UUID(job).hex[:2]}/{uuid.UUID(job).hex}/") for job in kept)
     # ... and a version's DELETE its object (no other version has the same bytes).
-    status, spare = a.upload("/api/v1/models", manage_key, {"name": "bar", "version": "0.9.0"}, make_scaled_model(7.0))
+    status, spare = a.upload_model(manage_key, "bar", "0.9.0", make_scaled_model(7.0))
     assert status == 202, spare
     spare = validated_on(a, spare["id"], manage_key)
     spare_key = f"models/{spare['file_sha256'][:2]}/{spare['file_sha256'][2:4]}/{spare['file_sha256']}.onnx"
@@ -426,9 +356,7 @@ def test_nothing_is_shared_but_the_bucket_the_database_and_redis(cluster):
     # and everything works again once the storage is back.
     cluster.moto.pause()
     try:
-        status, refused = a.upload(
-            "/api/v1/models", manage_key, {"name": "bar", "version": "1.1.0"}, make_scaled_model(3.0)
-        )
+        status, refused = a.upload_model(manage_key, "bar", "1.1.0", make_scaled_model(3.0))
         assert (status, refused["code"]) == (503, "storage_unavailable"), refused
         status, job_refused = b.upload_job(predict_key, model["id"], job_rows(10, first=0))
         assert (status, job_refused["code"]) == (503, "storage_unavailable"), job_refused
@@ -442,9 +370,7 @@ def test_nothing_is_shared_but_the_bucket_the_database_and_redis(cluster):
     finally:
         cluster.moto.resume()
     status, recovered = poll(
-        lambda: (answer := a.upload(
-            "/api/v1/models", manage_key, {"name": "bar", "version": "1.1.0"}, make_scaled_model(3.0)
-        ))[0] == 202 and answer,
+        lambda: (answer := a.upload_model(manage_key, "bar", "1.1.0", make_scaled_model(3.0)))[0] == 202 and answer,
         bound=60,
         what="an upload once the storage is back",
     )  # fmt: skip

@@ -17,10 +17,7 @@ import json
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,12 +25,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from registry.models import MLModel
 from registry.storage import ModelStore
 from tests import granian_server
+from tests.e2e.nodes import Node
 from tests.inference.factories import make_scaled_model
 from tests.jobs.conftest import BROKER_URL, CeleryWorker, database_url
 from tests.registry.polling import wait_validated
 from tests.s3_server import MotoServer, s3_environment
 
-PORTS = range(8400, 8500)
 BOUND = 120  # seconds: a safety net for a loaded CI machine, never a timing assertion
 X = {"X": [[1.0, 2.0, 3.0]]}
 NOT_OURS = "model storage does not hold this deployment's files (see the server log)"
@@ -49,66 +46,22 @@ pytestmark = [
 ]
 
 
-class Node:
-    """A granian server process of ours on 127.0.0.1:port, started once `ready_path` answers."""
+def predict(node: Node, model_id: str, key: str):
+    """(status, headers, JSON body) of a predict that skips the prediction cache."""
+    status, headers, body = node.call(
+        "POST",
+        f"/api/v1/models/{model_id}/predict",
+        key=key,
+        body=json.dumps({"input_data": X, "skip_cache": True}).encode(),
+        content_type="application/json",
+    )
+    return status, headers, json.loads(body)
 
-    def __init__(self, env: dict[str, str], log: Path, *, ready_path: str):
-        self.port = granian_server.free_port(within=PORTS)
-        self.log = log
-        self.process = granian_server.start(env, log, port=self.port, ready_path=ready_path)
 
-    def request(self, method: str, path: str, *, key: str = "", body: bytes | None = None, content_type: str = ""):
-        """(status, headers (case-insensitive), body bytes)."""
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        if content_type:
-            headers["Content-Type"] = content_type
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=body, method=method, headers=headers
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 (our loopback server)
-                return response.status, response.headers, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.headers, error.read()
-
-    def get(self, path: str, key: str = ""):
-        status, _, body = self.request("GET", path, key=key)
-        return status, json.loads(body or b"null")
-
-    def predict(self, model_id: str, key: str):
-        status, headers, body = self.request(
-            "POST",
-            f"/api/v1/models/{model_id}/predict",
-            key=key,
-            body=json.dumps({"input_data": X, "skip_cache": True}).encode(),
-            content_type="application/json",
-        )
-        return status, headers, json.loads(body)
-
-    def upload(self, key: str, name: str, version: str, data: bytes) -> dict:
-        boundary = uuid.uuid4().hex
-        parts = [
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"\r\n\r\n{value}\r\n'.encode()
-            for field, value in (("name", name), ("version", version))
-        ]
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="model.onnx"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n".encode()
-            + data
-            + b"\r\n"
-        )
-        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-        status, _, answer = self.request(
-            "POST", "/api/v1/models", key=key, body=body, content_type=f"multipart/form-data; boundary={boundary}"
-        )
-        assert status == 202, answer
-        return json.loads(answer)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        return granian_server.stop(self.process, timeout=30)
+def upload(node: Node, key: str, name: str, version: str, data: bytes) -> dict:
+    status, answer = node.upload_model(key, name, version, data)
+    assert status == 202, answer
+    return answer
 
 
 def poll(check, *, what: str, bound: float = BOUND):
@@ -180,10 +133,10 @@ def test_a_node_with_the_wrong_prefix_is_not_ready_and_changes_nothing(deploymen
     env_for, healthy, worker, keys, moto, bucket, started = deployment
     predict_key, manage_key = keys["predict"], keys["manage"]
 
-    model = healthy.upload(manage_key, "scaler", "1.0.0", make_scaled_model(2.0))
+    model = upload(healthy, manage_key, "scaler", "1.0.0", make_scaled_model(2.0))
     model = wait_validated(lambda: healthy.get(f"/api/v1/models/{model['id']}", manage_key)[1])
     assert model["status"] == "ready", model
-    status, _, body = healthy.predict(model["id"], predict_key)
+    status, _, body = predict(healthy, model["id"], predict_key)
     assert (status, body["output_data"]) == (200, {"Y": [[2.0, 4.0, 6.0]]})
 
     # The third node: same everything, but S3_PREFIX has a typo. It starts (it is alive)...
@@ -194,7 +147,7 @@ def test_a_node_with_the_wrong_prefix_is_not_ready_and_changes_nothing(deploymen
     # ...but is not ready, and says why: a short reason to the probe, everything in its log.
     status, ready = wrong.get("/api/v1/ready")
     assert (status, ready) == (503, {"status": NOT_OURS})
-    status, _, v2 = wrong.request("GET", "/v2/health/ready")
+    status, _, v2 = wrong.call("GET", "/v2/health/ready")
     assert status == 503 and bucket.encode() not in v2
     logged = poll(lambda: "model storage check failed" in wrong.log_text() and wrong.log_text(), what="the log")
     assert f"the bucket '{bucket}' at {moto.endpoint}, prefix 'modles'" in logged
@@ -210,18 +163,18 @@ def test_a_node_with_the_wrong_prefix_is_not_ready_and_changes_nothing(deploymen
     assert "registry.E0" not in passed.stdout + passed.stderr
 
     # A predict there is a 503 that names no bucket; the model stays ready for everyone.
-    status, headers, body = wrong.predict(model["id"], predict_key)
+    status, headers, body = predict(wrong, model["id"], predict_key)
     assert (status, body["code"]) == (503, "model_file_unavailable"), body
     assert headers["Retry-After"] == "5" and headers["X-Request-ID"] in body["detail"]
     assert bucket not in body["detail"] and "modles" not in body["detail"]
     # The worker confirms from the deployment's storage: the file is there; nothing changes.
     poll(lambda: confirmed(worker, "present"), what="the worker's confirmation")
     assert MLModel.objects.get(pk=model["id"]).status == MLModel.Status.READY
-    status, _, body = healthy.predict(model["id"], predict_key)
+    status, _, body = predict(healthy, model["id"], predict_key)
     assert (status, body["output_data"]) == (200, {"Y": [[2.0, 4.0, 6.0]]})
 
     # The wrong node counts what it could not read.
-    status, _, metrics = wrong.request("GET", "/metrics", key=predict_key)
+    status, _, metrics = wrong.call("GET", "/metrics", key=predict_key)
     assert status == 200
     failures = {
         (sample.labels["model"], sample.labels["code"]): sample.value
@@ -235,7 +188,7 @@ def test_a_node_with_the_wrong_prefix_is_not_ready_and_changes_nothing(deploymen
 def test_a_file_deleted_from_the_bucket_is_confirmed_by_the_worker_and_then_refused_everywhere(deployment, tmp_path):
     env_for, healthy, worker, keys, moto, bucket, started = deployment
     predict_key, manage_key = keys["predict"], keys["manage"]
-    model = healthy.upload(manage_key, "scaler", "2.0.0", make_scaled_model(3.0))
+    model = upload(healthy, manage_key, "scaler", "2.0.0", make_scaled_model(3.0))
     model = wait_validated(lambda: healthy.get(f"/api/v1/models/{model['id']}", manage_key)[1])
     assert model["status"] == "ready", model
 
@@ -243,11 +196,11 @@ def test_a_file_deleted_from_the_bucket_is_confirmed_by_the_worker_and_then_refu
     moto.client().delete_object(Bucket=bucket, Key=f"models/{ModelStore.name_for(sha256)}")
     (tmp_path / "cache-a" / ModelStore.name_for(sha256)).unlink()  # the node's copy from the upload
 
-    status, _, body = healthy.predict(model["id"], predict_key)
+    status, _, body = predict(healthy, model["id"], predict_key)
     assert (status, body["code"]) == (503, "model_file_unavailable"), body
 
     def refused():
-        status, _, body = healthy.predict(model["id"], predict_key)
+        status, _, body = predict(healthy, model["id"], predict_key)
         return status == 409 and body
 
     body = poll(refused, what="the model refused after the confirmation")

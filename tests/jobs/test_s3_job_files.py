@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import subprocess
-import sys
 import uuid
 from datetime import timedelta
 
@@ -419,33 +417,3 @@ def test_worker_that_cannot_reach_the_bucket_retries_then_fails_the_job(doomed, 
     assert (job.status, job.error_code) == (Job.Status.FAILED, "storage_unavailable")
     for secret in (server.endpoint, f":{server.port}", f"{PREFIX}/"):
         assert secret not in job.error_message
-
-
-# --- configuration ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("variables", "message"),
-    [
-        ({"JOB_STORAGE_BACKEND": "nfs"}, "JOB_STORAGE_BACKEND must be local or s3"),
-        ({"JOB_STORAGE_BACKEND": "s3", "MODEL_STORAGE_BACKEND": "filesystem"}, "set MODEL_STORAGE_BACKEND=s3"),
-        ({"MODEL_STORAGE_BACKEND": "s3", "S3_BUCKET": "b", "S3_JOBS_PREFIX": "/"}, "S3_JOBS_PREFIX must be set"),
-        (
-            {"MODEL_STORAGE_BACKEND": "s3", "S3_BUCKET": "b", "S3_PREFIX": "shared", "S3_JOBS_PREFIX": "shared/"},
-            "S3_JOBS_PREFIX must be set and differ from S3_PREFIX",
-        ),
-    ],
-)
-@not_transactional
-def test_bad_job_storage_settings_stop_start_up_naming_the_variable(variables, message):
-    environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "modelforge_site.settings", **variables}
-    result = subprocess.run(
-        [sys.executable, "-c", "import django; django.setup()"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode != 0
-    assert message in result.stderr

@@ -327,6 +327,14 @@ def test_storage_down_on_validate_ends_with_a_code_that_says_so(settings, tmp_pa
         ({"MODEL_STORAGE_BACKEND": "ftp"}, "MODEL_STORAGE_BACKEND must be filesystem or s3"),
         ({"MODEL_STORAGE_BACKEND": "s3", "S3_BUCKET": ""}, "S3_BUCKET must be set"),
         ({"MODEL_CACHE_MAX_MB": "0"}, "MODEL_CACHE_MAX_MB must be a positive number"),
+        # Job files (jobs/storage.py) live in the same bucket, under a prefix of their own.
+        ({"JOB_STORAGE_BACKEND": "nfs"}, "JOB_STORAGE_BACKEND must be local or s3"),
+        ({"JOB_STORAGE_BACKEND": "s3", "MODEL_STORAGE_BACKEND": "filesystem"}, "set MODEL_STORAGE_BACKEND=s3"),
+        ({"MODEL_STORAGE_BACKEND": "s3", "S3_BUCKET": "b", "S3_JOBS_PREFIX": "/"}, "S3_JOBS_PREFIX must be set"),
+        (
+            {"MODEL_STORAGE_BACKEND": "s3", "S3_BUCKET": "b", "S3_PREFIX": "shared", "S3_JOBS_PREFIX": "shared/"},
+            "S3_JOBS_PREFIX must be set and differ from S3_PREFIX",
+        ),
     ],
 )
 def test_bad_storage_settings_stop_start_up_naming_the_variable(variables, message):
