@@ -359,7 +359,8 @@ def main() -> None:
                     key=side["key"],
                 )
                 outcome = run_child(side["env"], "remove", now=now.isoformat())
-                if outcome["removed"] != args.rows:
+                # Exact where deleted; a dropped partition's rows are PostgreSQL's estimate.
+                if abs(outcome["removed"] - args.rows) > args.rows // 100:
                     raise SystemExit(f"{name}: {outcome['removed']} rows removed, {args.rows} expected")
                 outcome["bytes_filled"] = filled["bytes"]
                 removals[name].append(outcome)

@@ -162,13 +162,30 @@ def _attach_day(name: str, start: datetime, end: datetime, default: str | None) 
         cursor.execute(f"ALTER TABLE {partition} DROP CONSTRAINT {quote(name + '_bounds')}")
 
 
+def _row_count(cursor, name: str) -> int:
+    """The rows of a partition about to be dropped, for the log and the cleanup's total.
+
+    PostgreSQL's figure (pg_class.reltuples, set by the last VACUUM or ANALYZE, which autovacuum
+    runs on a partition after its day of inserts) when there is one: counting a day of history
+    means reading all of it, minutes of I/O for a few hundred million rows, only to say how many
+    there were. A partition never vacuumed nor analyzed (reltuples -1: small, or just made) is counted.
+    """
+    cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)", [name])
+    (estimate,) = cursor.fetchone()
+    if estimate >= 0:
+        return estimate
+    cursor.execute(f"SELECT count(*) FROM {connection.ops.quote_name(name)}")  # noqa: S608 (a name from the catalog)
+    return cursor.fetchone()[0]
+
+
 def partitions_remove_before(cutoff: datetime) -> int:
     """Remove the history older than ``cutoff``; returns the number of rows removed.
 
     Day partitions that end at or before the cutoff are dropped whole; the default partition
     and a partition straddling the cutoff lose their older rows by DELETE. A partition that
     could not be dropped (its lock not granted in LOCK_TIMEOUT) is kept whole for the next run:
-    deleting its rows one by one is the cost this module exists to avoid.
+    deleting its rows one by one is the cost this module exists to avoid. The rows of a dropped
+    partition are counted as ``_row_count`` says: PostgreSQL's own figure once it has one.
     """
     removed = 0
     quote = connection.ops.quote_name
@@ -178,8 +195,7 @@ def partitions_remove_before(cutoff: datetime) -> int:
             try:
                 with transaction.atomic(), connection.cursor() as cursor:
                     cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-                    cursor.execute(f"SELECT count(*) FROM {name}")  # noqa: S608 (a name from the catalog)
-                    (rows,) = cursor.fetchone()
+                    rows = _row_count(cursor, partition.name)
                     cursor.execute(f"DROP TABLE {name}")
             except DatabaseError:
                 logger.warning(

@@ -13,8 +13,9 @@ not change: no state operation here), and ids stay unique because they are rando
 (version 4, 122 random bits, core.ids): a collision among 10^12 rows has a chance near 10^-13.
 
 The copy holds the table's lock while it runs (the history writers wait, their records buffered;
-reads of the history wait too): about 1 to 2 s per million rows (docs/operations.md). The
-reverse rebuilds a plain table the same way. Both do nothing on other databases (SQLite: the
+reads of the history wait too): 17 s per million rows on the 2-core bench machine
+(bench/history_retention.py --migrate-rows; docs/operations.md). The reverse rebuilds a plain
+table the same way. Both do nothing on other databases (SQLite: the
 embedded setup keeps the plain table) or when the table already has the wanted form.
 """
 

@@ -143,6 +143,8 @@ def test_retention_drops_whole_old_days_and_keeps_every_newer_row_exactly(model,
     # The foreign keys are checked at commit, and a table with checks pending cannot be dropped
     # in the same transaction: check them now, as the commit of a server's flush would.
     connection.check_constraints()
+    with connection.cursor() as cursor:  # one day with PostgreSQL's own row count, as autovacuum leaves it
+        cursor.execute(f"ANALYZE {day_partition(now - timedelta(days=10))}")
     assert partition_of(just_before) == day_partition(cutoff - timedelta(days=1))
     assert partition_of(at_cutoff) == day_partition(cutoff)
 
