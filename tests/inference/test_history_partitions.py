@@ -224,9 +224,28 @@ def test_deleting_a_model_or_a_key_reaches_the_rows_of_every_partition(
 
 
 @on_postgresql
+def test_a_day_left_detached_by_an_interrupted_cleanup_is_dropped_by_the_next(model):
+    day = datetime(2001, 1, 1, tzinfo=UTC)
+    history_partitions.partitions_create(now=day, days_ahead=1)
+    record(model, day + timedelta(hours=1))
+    kept = record(model, day + timedelta(days=1, hours=1))
+    history.flush()
+    connection.check_constraints()
+    with connection.cursor() as cursor:  # what a cleanup stopped between its detach and its drop leaves
+        cursor.execute(f"ALTER TABLE inference_prediction DETACH PARTITION {day_partition(day)}")
+
+    assert history_partitions.partitions_remove_before(day + timedelta(days=1)) == 1
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s)", [day_partition(day)])
+        assert cursor.fetchone()[0] is None
+    assert {str(pk) for pk in Prediction.objects.values_list("pk", flat=True)} == {kept}
+
+
+@on_postgresql
 @pytest.mark.django_db(transaction=True)
 def test_a_partition_the_cleanup_cannot_lock_is_kept_whole_for_the_next_run(model):
-    """A long read of the history holds the table: the drop waits LOCK_TIMEOUT, gives up, and
+    """A long read of the history holds the table: the detach waits LOCK_TIMEOUT, gives up, and
     deletes none of that day's rows meanwhile (doing so row by row is the cost avoided)."""
     day = datetime(2001, 1, 1, tzinfo=UTC)
     name = day_partition(day)
