@@ -62,13 +62,16 @@ def _child(mode: str, params: dict) -> dict:
     return {"setup": _setup, "fill": _fill, "remove": _remove, "record": _record, "migrate": _migrate}[mode](**params)
 
 
+TABLE_BYTES = (
+    "SELECT (coalesce(sum(pg_total_relation_size(inhrelid)), 0)"
+    " + pg_total_relation_size('inference_prediction'))::bigint "
+    "FROM pg_inherits WHERE inhparent = 'inference_prediction'::regclass"
+)
+
+
 def _table_bytes(cursor) -> int:
     """Heap, TOAST and indexes of the table, or of all its partitions."""
-    cursor.execute(
-        "SELECT (coalesce(sum(pg_total_relation_size(inhrelid)), 0)"
-        " + pg_total_relation_size('inference_prediction'))::bigint "
-        "FROM pg_inherits WHERE inhparent = 'inference_prediction'::regclass"
-    )
+    cursor.execute(TABLE_BYTES)
     return cursor.fetchone()[0]
 
 
@@ -258,8 +261,9 @@ def truncate(url: str) -> None:
         connection.execute("TRUNCATE inference_prediction")
 
 
-def record_round(side: dict, *, rows: int, payload: str, writers: int, copy_only: bool) -> float:
-    """Rows per second written by ``writers`` processes at once, from the start signal to the last end."""
+def record_round(side: dict, *, rows: int, payload: str, writers: int, copy_only: bool) -> tuple[float, float]:
+    """Rows per second written by ``writers`` processes at once, from the start signal to the last
+    end; and the table's bytes per row after (heap, TOAST and indexes)."""
     truncate(side["url"])
     params = {"rows": rows, "payload": payload, "model": side["model"], "key": side["key"], "copy_only": copy_only}
     children = [
@@ -290,7 +294,14 @@ def record_round(side: dict, *, rows: int, payload: str, writers: int, copy_only
     total = sum(result["rows"] for result in results)
     if total != rows * writers:
         raise SystemExit(f"{total} rows written, {rows * writers} expected")
-    return total / (max(result["ended"] for result in results) - started)
+    return total / (max(result["ended"] for result in results) - started), table_bytes(side["url"]) / total
+
+
+def table_bytes(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as connection:
+        return connection.execute(TABLE_BYTES).fetchone()[0]
 
 
 def mib(value: float) -> str:
@@ -397,14 +408,16 @@ def main() -> None:
             (payload, w, True) for payload in PAYLOADS for w in (1, 2)
         ]
         rates: dict[tuple, dict[str, list[float]]] = {case: {"plain": [], "partitioned": []} for case in cases}
+        sizes: dict[tuple, list[float]] = {(payload, name): [] for payload in PAYLOADS for name in sides}
         for round_index in range(args.rounds):
             for case in cases:
                 payload, writers, copy_only = case
                 for name in order(round_index):
-                    rate = record_round(
+                    rate, row_bytes = record_round(
                         sides[name], rows=args.record_rows, payload=payload, writers=writers, copy_only=copy_only
                     )
                     rates[case][name].append(rate)
+                    sizes[(payload, name)].append(row_bytes)
                     label = f"{payload} x{writers}{' COPY only' if copy_only else ''}"
                     print(f"round {round_index + 1} {label} {name}: {rate:,.0f} rows/s", flush=True)
         print(
@@ -420,6 +433,9 @@ def main() -> None:
             print(
                 f"| {what} | {payload} | {writers} | {plain:,.0f} | {partitioned:,.0f} | {partitioned / plain:.2f}x |"
             )
+        print("\nBytes per row on disk (heap, TOAST and every index), medians:")
+        for (payload, name), values in sizes.items():
+            print(f"  {payload} {name}: {statistics.median(values):,.0f}")
         for side in sides.values():
             truncate(side["url"])
 
