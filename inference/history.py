@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection, models, transaction
 from django.utils import timezone
 
+from inference import history_partitions
 from inference.models import Prediction
 
 logger = logging.getLogger(__name__)
@@ -210,8 +211,25 @@ atexit.register(history.flush)
 multiprocessing.util.Finalize(None, history.flush, exitpriority=100)
 
 
+def retention_cutoff(now: datetime) -> datetime:
+    """The start of the UTC day HISTORY_RETENTION_DAYS before ``now``: history is removed a whole
+    day at a time, so that on PostgreSQL a day's partition is dropped rather than its rows deleted
+    hour by hour. A row is kept at least HISTORY_RETENTION_DAYS, at most one day more."""
+    day = (now - timedelta(days=settings.HISTORY_RETENTION_DAYS)).astimezone(dt.UTC).date()
+    return datetime.combine(day, dt.time.min, tzinfo=dt.UTC)
+
+
 def history_cleanup(*, now: datetime | None = None) -> int:
-    """Delete history older than HISTORY_RETENTION_DAYS; returns the number of rows deleted."""
-    cutoff = (now or timezone.now()) - timedelta(days=settings.HISTORY_RETENTION_DAYS)
+    """Remove history older than the retention (``retention_cutoff``); returns the rows removed.
+
+    On PostgreSQL, where the table is partitioned by day (inference.history_partitions), this
+    also makes the partitions of the days ahead, and removes old days by dropping their
+    partitions. Elsewhere (SQLite) it deletes the rows.
+    """
+    now = now or timezone.now()
+    cutoff = retention_cutoff(now)
+    if history_partitions.is_partitioned():
+        history_partitions.partitions_create(now=now)
+        return history_partitions.partitions_remove_before(cutoff)
     deleted, _ = Prediction.objects.older_than(cutoff).delete()
     return deleted

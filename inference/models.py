@@ -24,6 +24,15 @@ class PredictionQuerySet(models.QuerySet):
 
 
 class Prediction(models.Model):
+    """One recorded prediction.
+
+    On PostgreSQL the table is partitioned by day of ``created_at`` (migration 0005,
+    inference.history_partitions), and its primary key in the database is (id, created_at):
+    PostgreSQL wants the partition key in every unique constraint. Django still knows ``id`` as
+    the key (random UUIDs: unique in practice). A new unique constraint here must include
+    ``created_at`` too, and an index cannot be built CONCURRENTLY on the partitioned table.
+    """
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     model = models.ForeignKey("registry.MLModel", on_delete=models.CASCADE, related_name="predictions")
     # The name and version at the time, kept for exports and for reading without a join.

@@ -7,6 +7,7 @@ from inference.serving_stats import serving_stats_cleanup
 
 @app.task(name="inference.cleanup_history", ignore_result=True)
 def cleanup_history() -> int:
-    """Delete prediction history older than HISTORY_RETENTION_DAYS and serving statistics
-    older than SERVING_STATS_RETENTION_DAYS; returns the rows deleted."""
+    """Remove prediction history older than HISTORY_RETENTION_DAYS (on PostgreSQL, dropping its
+    day partitions, and making those of the week ahead) and serving statistics older than
+    SERVING_STATS_RETENTION_DAYS; returns the rows removed."""
     return history_cleanup() + serving_stats_cleanup()

@@ -1,5 +1,6 @@
-"""manage.py cleanup_history: delete prediction history older than HISTORY_RETENTION_DAYS and
-per-minute serving statistics older than SERVING_STATS_RETENTION_DAYS.
+"""manage.py cleanup_history: remove prediction history older than HISTORY_RETENTION_DAYS (on
+PostgreSQL by dropping its day partitions, and making those of the week ahead) and per-minute
+serving statistics older than SERVING_STATS_RETENTION_DAYS.
 
 Celery beat runs this hourly in production; without a broker, run it from cron.
 """
