@@ -1,10 +1,11 @@
 """Prediction history in day partitions, on PostgreSQL.
 
 At a few thousand predictions per second the history grows by hundreds of millions of rows a
-day, and removing a day of it with DELETE (every row marked dead in the heap and every index,
-then vacuumed) becomes the database's heaviest work. On PostgreSQL the table is therefore
-partitioned by range of ``created_at`` (migration ``inference.0005_history_partitions``), and
-retention drops a whole day's partition: a catalog change and a file unlink, whatever its size.
+day, and removing a day of it with DELETE (every row marked dead and written to the WAL, then
+vacuumed out of the heap and every index, its space kept by the table) becomes the database's
+heaviest work. On PostgreSQL the table is therefore partitioned by range of ``created_at``
+(migration ``inference.0005_history_partitions``), and retention detaches and drops a whole
+day's partition: catalog changes and a file unlink, whatever its size.
 
 - ``<table>_pYYYYMMDD`` holds one UTC day, [00:00, next 00:00). ``<table>_default`` takes every
   row no day partition covers (a client clock far off, or days past those created if the
@@ -13,9 +14,9 @@ retention drops a whole day's partition: a catalog change and a file unlink, wha
   hourly cleanup calls it (and the migration made the first ones), so a week without the
   periodic task still writes into day partitions. Rows that waited in the default partition for
   a day are moved into that day's partition when it is made.
-- ``partitions_remove_before`` drops every day partition entirely older than the cutoff, then
-  deletes the older rows of the default partition (and of a partition straddling the cutoff,
-  which the day-aligned cutoff of ``inference.history`` never leaves).
+- ``partitions_remove_before`` detaches and drops every day partition entirely older than the
+  cutoff, then deletes the older rows of the default partition (and of a partition straddling
+  the cutoff, which the day-aligned cutoff of ``inference.history`` never leaves).
 
 Detaching a partition takes an ACCESS EXCLUSIVE lock on the whole table (DETACH CONCURRENTLY is
 not allowed while a default partition exists), and attaching one takes it on the default
@@ -208,7 +209,7 @@ def partitions_remove_before(cutoff: datetime) -> int:
                 )
                 continue
             with connection.cursor() as cursor:
-                cursor.execute(f"DROP TABLE {name}")
+                cursor.execute(f"DROP TABLE IF EXISTS {name}")  # IF EXISTS: a second beat's cleanup
             logger.info("history partition dropped", extra={"partition": partition.name, "rows": rows})
             removed += rows
         elif partition.is_default or partition.start < cutoff:
@@ -234,7 +235,7 @@ def _drop_detached_before(cutoff: datetime) -> int:
             continue
         with connection.cursor() as cursor:
             rows = _row_count(cursor, name)
-            cursor.execute(f"DROP TABLE {connection.ops.quote_name(name)}")
+            cursor.execute(f"DROP TABLE IF EXISTS {connection.ops.quote_name(name)}")
         logger.info("detached history partition dropped", extra={"partition": name, "rows": rows})
         removed += rows
     return removed
