@@ -1,9 +1,11 @@
 """A node of a multi-machine test: one of our granian server processes on 127.0.0.1, with its
-own environment and log, and the HTTP calls the tests make to it (urllib: a real client)."""
+own environment and log, and the HTTP calls the tests make to it (urllib: a real client); and
+`poll`, to wait for what the nodes and workers do."""
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -83,3 +85,15 @@ class Node:
     def stop(self) -> int:
         """SIGTERM (a graceful stop: in-flight requests finish, history is written)."""
         return granian_server.stop(self.process, timeout=30)
+
+
+def poll(check, *, bound: float, what: str, interval: float = 0.05):
+    """Call check() until it returns something truthy, and return that; fail the test if that
+    takes more than `bound` seconds (a safety net for a loaded machine, not a timing claim)."""
+    deadline = time.monotonic() + bound
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"{what} not seen within {bound}s"
+        time.sleep(interval)

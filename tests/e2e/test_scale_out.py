@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from inference.models import Prediction
 from jobs.models import Job
 from registry.models import MLModel
 from tests import granian_server
-from tests.e2e.nodes import Node
+from tests.e2e.nodes import Node, poll
 from tests.inference.factories import make_scaled_model
 from tests.jobs.conftest import BROKER_URL, CeleryWorker, database_url
 from tests.registry.polling import wait_validated
@@ -160,17 +159,6 @@ def cluster(tmp_path, make_key):
     finally:
         parts.stop()
         moto.stop()
-
-
-def poll(check, *, bound: float, what: str):
-    """Call check() until it returns something truthy, for at most `bound` seconds."""
-    deadline = time.monotonic() + bound
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what} not seen within {bound}s"
-        time.sleep(0.02)
 
 
 X = {"X": [[1.0, 2.0, 3.0]]}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 import uuid
 
 import pytest
@@ -25,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from registry.models import MLModel
 from registry.storage import ModelStore
 from tests import granian_server
-from tests.e2e.nodes import Node
+from tests.e2e.nodes import Node, poll
 from tests.inference.factories import make_scaled_model
 from tests.jobs.conftest import BROKER_URL, CeleryWorker, database_url
 from tests.registry.polling import wait_validated
@@ -62,16 +61,6 @@ def upload(node: Node, key: str, name: str, version: str, data: bytes) -> dict:
     status, answer = node.upload_model(key, name, version, data)
     assert status == 202, answer
     return answer
-
-
-def poll(check, *, what: str, bound: float = BOUND):
-    deadline = time.monotonic() + bound
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what} not seen within {bound}s"
-        time.sleep(0.1)
 
 
 def confirmed(worker: CeleryWorker, outcome: str) -> bool:
@@ -149,7 +138,9 @@ def test_a_node_with_the_wrong_prefix_is_not_ready_and_changes_nothing(deploymen
     assert (status, ready) == (503, {"status": NOT_OURS})
     status, _, v2 = wrong.call("GET", "/v2/health/ready")
     assert status == 503 and bucket.encode() not in v2
-    logged = poll(lambda: "model storage check failed" in wrong.log_text() and wrong.log_text(), what="the log")
+    logged = poll(
+        lambda: "model storage check failed" in wrong.log_text() and wrong.log_text(), bound=BOUND, what="the log"
+    )
     assert f"the bucket '{bucket}' at {moto.endpoint}, prefix 'modles'" in logged
     assert "_modelforge/sentinel.json with deployment" in logged
     assert healthy.get("/api/v1/ready") == (200, {"status": "ready"})
@@ -168,7 +159,7 @@ def test_a_node_with_the_wrong_prefix_is_not_ready_and_changes_nothing(deploymen
     assert headers["Retry-After"] == "5" and headers["X-Request-ID"] in body["detail"]
     assert bucket not in body["detail"] and "modles" not in body["detail"]
     # The worker confirms from the deployment's storage: the file is there; nothing changes.
-    poll(lambda: confirmed(worker, "present"), what="the worker's confirmation")
+    poll(lambda: confirmed(worker, "present"), bound=BOUND, what="the worker's confirmation")
     assert MLModel.objects.get(pk=model["id"]).status == MLModel.Status.READY
     status, _, body = predict(healthy, model["id"], predict_key)
     assert (status, body["output_data"]) == (200, {"Y": [[2.0, 4.0, 6.0]]})
@@ -203,7 +194,7 @@ def test_a_file_deleted_from_the_bucket_is_confirmed_by_the_worker_and_then_refu
         status, _, body = predict(healthy, model["id"], predict_key)
         return status == 409 and body
 
-    body = poll(refused, what="the model refused after the confirmation")
+    body = poll(refused, bound=BOUND, what="the model refused after the confirmation")
     assert body["code"] == "model_not_ready" and "file_missing" in body["detail"]
     row = MLModel.objects.get(pk=model["id"])
     assert (row.status, row.error_code) == (MLModel.Status.ERROR, "file_missing")
