@@ -34,6 +34,14 @@ UNREAD = "modelforge.body_unread"
 SLOT_WAIT_SECONDS = 0.1
 
 
+def closes_itself(environ) -> bool:
+    """Whether the WSGI server takes care of a body left unread on its own, so that the answer
+    must not say `Connection: close`: wsgiref's servers (`manage.py runserver`, Django's live
+    test servers) refuse hop-by-hop headers from an application, as PEP 3333 says they may,
+    and read what is left of the body before the next request. granian needs the header."""
+    return str(environ.get("SERVER_SOFTWARE", "")).startswith("WSGIServer/")
+
+
 def content_length(value: str | None) -> int:
     """A CONTENT_LENGTH header as a byte count: 0 when absent or not a number."""
     try:

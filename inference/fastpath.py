@@ -89,7 +89,11 @@ class PredictFastPath:
         for name, value in _security_headers(hsts=bool(settings.SECURE_HSTS_SECONDS) and _is_secure(environ)):
             headers.setdefault(name, value)
         headers["Content-Length"] = str(len(content))
-        if environ[body_reading.UNREAD] and environ["CONTENT_LENGTH"] != "0":
+        if (
+            environ[body_reading.UNREAD]
+            and environ["CONTENT_LENGTH"] != "0"
+            and not body_reading.closes_itself(environ)
+        ):
             headers["Connection"] = "close"  # refused before its body was read: drop the rest with the connection
         # The request's id, its log line and its metrics (RequestLogMiddleware's work in Django).
         headers[request_log.HEADER] = request_log.finish(reply.status, retry_after="Retry-After" in headers)

@@ -43,7 +43,7 @@ from rest_framework.views import APIView
 
 from access.permissions import required_scope
 from access.principals import Credential, authorize
-from core.body_reading import UNREAD, BodyInput, content_length
+from core.body_reading import UNREAD, BodyInput, closes_itself, content_length
 from inference.v2.views import V2View
 
 # Open routes (no credential) take small forms only: the admin login, nothing with files.
@@ -72,14 +72,17 @@ class BodyGate:
                 # What admin_view answers without a staff session: its login page. (Django with
                 # the body withheld would fail the form's CSRF check first: a worse page.)
                 location = redirect_to_login(path, reverse("admin:login"))["Location"]
-                start_response("302 Found", [("Location", location), ("Content-Length", "0"), ("Connection", "close")])
+                headers = [("Location", location), ("Content-Length", "0")]
+                if not closes_itself(environ):
+                    headers.append(("Connection", "close"))
+                start_response("302 Found", headers)
                 return [b""]
 
         def closing_start_response(status, headers, exc_info=None):
             # Withheld, cut off, or admitted and answered before the view read it all (throttled,
             # refused by a permission, too large): granian cannot reuse the connection, and would
             # close it without telling the client (bench/keepalive_race.py).
-            if environ.get(UNREAD) or (body is not None and body.unread):
+            if (environ.get(UNREAD) or (body is not None and body.unread)) and not closes_itself(environ):
                 headers = [*(h for h in headers if h[0].lower() != "connection"), ("Connection", "close")]
             return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
 
