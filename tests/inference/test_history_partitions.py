@@ -12,11 +12,8 @@ from __future__ import annotations
 import importlib
 import os
 import sqlite3
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, time, timedelta
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -32,13 +29,13 @@ from inference import history_partitions
 from inference.history import history, history_cleanup, retention_cutoff
 from inference.models import Prediction
 from registry.models import MLModel
+from tests.granian_server import manage
 from tests.inference.api import MODELS, PREDICTIONS, predictions_url
 from tests.inference.factories import make_add_model
 
 pytestmark = pytest.mark.django_db
 
 on_postgresql = pytest.mark.skipif(connection.vendor != "postgresql", reason="partitions are PostgreSQL's")
-ROOT = Path(__file__).resolve().parents[2]
 PRIMARY_KEY = "inference_prediction_pkey"
 
 
@@ -293,10 +290,7 @@ def test_the_embedded_setup_migrates_and_cleans_up_a_plain_sqlite_history(tmp_pa
     database = tmp_path / "embedded.sqlite3"
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{database}"}
     for command in (["migrate", "--no-input"], ["cleanup_history"]):
-        result = subprocess.run(
-            [sys.executable, "manage.py", *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert result.returncode == 0, result.stderr
+        result = manage(env, *command)
     assert "deleted 0 predictions" in result.stdout
     with sqlite3.connect(database) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

@@ -13,12 +13,9 @@ import io
 import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
@@ -27,6 +24,7 @@ from registry.models import DeploymentIdentity, MLModel
 from registry.sentinel import deployment_token, sentinel_bytes, verdicts
 from registry.storage import SENTINEL_NAME, ModelStore
 from registry.tasks import confirm_model_file
+from tests.granian_server import manage
 from tests.inference.api import predict
 from tests.registry.versions import scaled_version
 from tests.s3_server import MotoServer, storage_options
@@ -186,15 +184,7 @@ def test_the_deploy_check_without_a_migrated_database_only_informs(tmp_path):
         "DATABASE_URL": f"sqlite:///{tmp_path / 'never-migrated.sqlite3'}",
         "MODEL_STORAGE_PATH": str(tmp_path / "models"),
     }
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy", "--tag", "storage", "--fail-level", "WARNING"],
-        cwd=django_settings.BASE_DIR,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = manage(environment, "check", "--deploy", "--tag", "storage", "--fail-level", "WARNING", check=False)
     assert result.returncode == 0, result.stderr
     assert "registry.I001" in result.stdout + result.stderr
 
