@@ -203,14 +203,12 @@ class ModelStore:
         return outcome
 
     def _hash_object(self, sha256: str) -> str:
-        digest = hashlib.sha256()
         try:
             with _storage_call("verify"), self.storage.open(self.name_for(sha256)) as src:
-                while chunk := src.read(CHUNK_SIZE):
-                    digest.update(chunk)
+                found = hashlib.file_digest(src, "sha256").hexdigest()
         except FileNotFoundError:
             return "missing"
-        return "present" if digest.hexdigest() == sha256 else "mismatch"
+        return "present" if found == sha256 else "mismatch"
 
     def read_verified(self, sha256: str) -> bytes:
         """The object's bytes, checked against the sha256 (StoredFileMismatch otherwise).
@@ -368,8 +366,5 @@ class FileTooLarge(Exception):
 
 
 def sha256_of_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_SIZE):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
