@@ -26,7 +26,9 @@ RUN useradd --system --uid 10001 --home /app modelforge \
     && chown -R modelforge /data /app/var
 
 USER 10001
-EXPOSE 8000
+# 8000: HTTP (granian). 8001: gRPC, when the command is `python manage.py serve_grpc --host 0.0.0.0`
+# (docker-compose.yml's grpc service, the second container of deploy/k8s/api.yaml).
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=5 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/api/v1/live', timeout=4)"]
 # sh -c to expand WEB_WORKERS / WEB_THREADS and to empty the Prometheus multiprocess folder (so

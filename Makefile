@@ -20,9 +20,14 @@ venv: $(STAMP)
 migrate: venv
 	$(BIN)/python manage.py migrate --noinput
 
+# The gRPC server (Open Inference Protocol, tritonclient.grpc) runs beside the HTTP server, on
+# GRPC_PORT, in `make run` and `make serve` alike; it stops with it.
+GRPC_PORT ?= 8001
 run: migrate
 	$(BIN)/python manage.py bootstrap_dev --url http://$(HOST):$(PORT)
-	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+	$(BIN)/python manage.py serve_grpc --host $(HOST) --port $(GRPC_PORT) --workers 1 & grpc=$$!; \
+		trap 'kill -TERM $$grpc 2>/dev/null; wait $$grpc' EXIT INT TERM; \
+		$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
 # The production server configuration, chosen by measurement (docs/performance.md): granian
 # serving the WSGI app, one worker per core. WEB_WORKERS and WEB_THREADS override.
@@ -35,9 +40,13 @@ WEB_THREADS ?= 4
 # Prometheus multiprocess mode: every worker writes its metrics here, /metrics adds them up;
 # emptied at each start (prometheus_client's rule), so counters start from zero with the server.
 PROMETHEUS_MULTIPROC_DIR ?= var/prometheus
+GRPC_WORKERS ?= $(WEB_WORKERS)
 serve: migrate
 	mkdir -p $(PROMETHEUS_MULTIPROC_DIR) && rm -f $(PROMETHEUS_MULTIPROC_DIR)/*.db
-	PROMETHEUS_MULTIPROC_DIR=$(abspath $(PROMETHEUS_MULTIPROC_DIR)) $(BIN)/granian --interface wsgi --host $(HOST) --port $(PORT) --workers $(WEB_WORKERS) \
+	export PROMETHEUS_MULTIPROC_DIR=$(abspath $(PROMETHEUS_MULTIPROC_DIR)); \
+	$(BIN)/python manage.py serve_grpc --host $(HOST) --port $(GRPC_PORT) --workers $(GRPC_WORKERS) & grpc=$$!; \
+	trap 'kill -TERM $$grpc 2>/dev/null; wait $$grpc' EXIT INT TERM; \
+	$(BIN)/granian --interface wsgi --host $(HOST) --port $(PORT) --workers $(WEB_WORKERS) \
 		--blocking-threads $(WEB_THREADS) --respawn-failed-workers --no-access-log modelforge_site.wsgi:application
 
 # Asynchronous jobs on Celery (set CELERY_BROKER_URL; without it `make run` runs jobs in-process).

@@ -244,3 +244,27 @@ def test_a_broken_scaled_object_fails_the_schema_check(breakage, where):
     breakage(broken["spec"])
     errors = scaled_object_errors(broken)
     assert errors and any(error.startswith(f"{where}:") for error in errors), errors
+
+
+def test_the_grpc_server_runs_beside_the_http_server_everywhere():
+    """`make serve`, `make run`, docker-compose and the Kubernetes pod start `serve_grpc` on 8001,
+    the Service publishes that port, and the kubelet asks grpc.health.v1 whether the pod is ready."""
+    makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    for target in ("serve", "run"):
+        recipe = re.search(rf"^{target}: .*?(?=^\S)", makefile, re.MULTILINE | re.DOTALL).group(0)
+        assert "manage.py serve_grpc --host $(HOST) --port $(GRPC_PORT)" in recipe, target
+    grpc = compose()["services"]["grpc"]
+    assert "manage.py serve_grpc --host 0.0.0.0 --port 8001" in " ".join(grpc["command"])
+    assert grpc["ports"] == ["${GRPC_PORT:-8001}:8001"]
+    assert "HealthStub" in " ".join(grpc["healthcheck"]["test"])
+
+    resources = by_kind_and_name()
+    containers = {
+        container["name"]: container
+        for container in resources[("Deployment", "modelforge-api")]["spec"]["template"]["spec"]["containers"]
+    }
+    assert containers["grpc"]["command"][:3] == ["python", "manage.py", "serve_grpc"]
+    assert containers["grpc"]["readinessProbe"]["grpc"] == {"port": 8001}
+    ports = {port["name"]: port for port in resources[("Service", "modelforge-api")]["spec"]["ports"]}
+    assert ports["grpc"]["targetPort"] == "grpc" and ports["grpc"]["appProtocol"] == "grpc"
+    assert "EXPOSE 8000 8001" in (ROOT / "Dockerfile").read_text()
