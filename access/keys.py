@@ -71,8 +71,11 @@ invalidation.on_change("keys", key_cache.clear)
 
 
 def key_from_header(authorization: str) -> str | None:
-    """The key in `Authorization: Bearer <key>`, or None when the header is not a Bearer one."""
-    keyword, _, key = authorization.partition(" ")
+    """The key in `Authorization: Bearer <key>`, or None when the header is not a Bearer one.
+
+    Leading blanks are dropped: HTTP servers strip them from header values, gRPC metadata keeps
+    them (Triton's perf_analyzer sends `-H "authorization: Bearer <key>"` as " Bearer <key>")."""
+    keyword, _, key = authorization.lstrip().partition(" ")
     if keyword.lower() != "bearer":
         return None
     return key.strip()
