@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +42,20 @@ def wait_http(url: str, timeout: float = 60.0) -> None:
 
 
 @contextlib.contextmanager
-def running(command: list[str], *, env: dict, ready_url: str, log_name: str, cwd: Path = ROOT):
+def running(
+    command: list[str],
+    *,
+    env: dict,
+    log_name: str,
+    ready_url: str | None = None,
+    ready: Callable[[], None] | None = None,
+    cwd: Path = ROOT,
+):
+    """Run `command` until the block ends; ready once `ready_url` answers (or `ready()` returns)."""
     log = open(Path(tempfile.gettempdir()) / f"bench-{log_name}.log", "w")  # noqa: SIM115
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_http(ready_url)
+        wait_http(ready_url) if ready is None else ready()
         yield process
     finally:
         with contextlib.suppress(ProcessLookupError):
