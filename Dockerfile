@@ -26,14 +26,12 @@ RUN useradd --system --uid 10001 --home /app modelforge \
     && chown -R modelforge /data /app/var
 
 USER 10001
-# 8000: HTTP (granian). 8001: gRPC, when the command is `python manage.py serve_grpc --host 0.0.0.0`
-# (docker-compose.yml's grpc service, the second container of deploy/k8s/api.yaml).
+# 8000: HTTP (granian), 8001: gRPC (manage.py serve_grpc).
 EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=5 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/api/v1/live', timeout=4)"]
-# sh -c to expand WEB_WORKERS / WEB_THREADS and to empty the Prometheus multiprocess folder (so
-# /metrics sums the workers of this start only); exec hands PID 1 to granian, so SIGTERM
-# reaches it and in-flight requests finish. --respawn-failed-workers: a worker that dies is
-# replaced while the others serve on (docs/operations.md, "A process dies"); the Kubernetes
-# Deployment (deploy/k8s/api.yaml) runs this command as it is.
-CMD ["sh", "-c", "export PROMETHEUS_MULTIPROC_DIR=\"${PROMETHEUS_MULTIPROC_DIR:-/tmp/prometheus}\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && rm -f \"$PROMETHEUS_MULTIPROC_DIR\"/*.db && exec granian --interface wsgi --host 0.0.0.0 --port 8000 --workers \"$WEB_WORKERS\" --blocking-threads \"$WEB_THREADS\" --respawn-failed-workers --no-access-log modelforge_site.wsgi:application"]
+# deploy/serve.sh starts the HTTP server (granian, --respawn-failed-workers: a worker that dies is
+# replaced while the others serve on) and the gRPC server side by side, hands SIGTERM to both (in-
+# flight requests and calls finish, the history buffer is written) and exits when either does.
+# SERVE=http or SERVE=grpc runs one of them (the two containers of deploy/k8s/api.yaml).
+CMD ["deploy/serve.sh"]

@@ -150,7 +150,8 @@ def test_the_image_is_slim_non_root_and_runs_granian():
     users = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
     assert users and users[-1] not in ("root", "0")
     cmd = [line for line in dockerfile.splitlines() if line.startswith("CMD ")]
-    assert cmd and "granian --interface wsgi" in cmd[-1]
+    assert cmd and cmd[-1] == 'CMD ["deploy/serve.sh"]'
+    assert "exec granian --interface wsgi" in (ROOT / "deploy" / "serve.sh").read_text()
     assert ".env" in (ROOT / ".dockerignore").read_text().split()
 
 
@@ -160,14 +161,17 @@ def test_every_production_server_start_respawns_failed_workers():
     from tests.granian_server import granian_command
 
     services = compose()["services"]
-    dockerfile_cmd = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")]
     starts = {
         "make serve": next(
             line
             for line in (ROOT / "Makefile").read_text().replace("\\\n", " ").splitlines()
             if "granian --interface wsgi" in line
         ),
-        "Dockerfile": dockerfile_cmd[-1],
+        "Dockerfile (deploy/serve.sh)": next(
+            line
+            for line in (ROOT / "deploy" / "serve.sh").read_text().replace("\\\n", " ").splitlines()
+            if "granian --interface wsgi" in line
+        ),
         "docker-compose api": " ".join(services["api"]["command"]),
         "tests/granian_server.py": " ".join(granian_command(8000, workers=2)),
     }
@@ -263,7 +267,15 @@ def test_the_grpc_server_runs_beside_the_http_server_everywhere():
         container["name"]: container
         for container in resources[("Deployment", "modelforge-api")]["spec"]["template"]["spec"]["containers"]
     }
-    assert containers["grpc"]["command"][:3] == ["python", "manage.py", "serve_grpc"]
+    # Both run the image's command (deploy/serve.sh), one door each.
+    assert [(name, "command" in container) for name, container in containers.items()] == [
+        ("api", False),
+        ("grpc", False),
+    ]
+    assert {name: {"name": "SERVE", "value": name.replace("api", "http")} in container["env"]
+            for name, container in containers.items()} == {"api": True, "grpc": True}  # fmt: skip
+    serve_script = (ROOT / "deploy" / "serve.sh").read_text()
+    assert 'manage.py serve_grpc --host 0.0.0.0 --port "${GRPC_PORT:-8001}"' in serve_script
     assert containers["grpc"]["readinessProbe"]["grpc"] == {"port": 8001}
     ports = {port["name"]: port for port in resources[("Service", "modelforge-api")]["spec"]["ports"]}
     assert ports["grpc"]["targetPort"] == "grpc" and ports["grpc"]["appProtocol"] == "grpc"
