@@ -1,6 +1,10 @@
 """What `GET /api/v1/health/celery` reports: the broker, the workers that answer a ping, the
 queues with their lengths, and the jobs by status. Each check is bounded by a short timeout,
-so a dead broker or a silent worker makes the answer degraded, not slow."""
+so a dead broker or a silent worker makes the answer degraded, not slow.
+
+And what GET /metrics reads at scrape time (modelforge_site.metrics): the queue lengths, the
+oldest queued job per queue, and the workers alive, counted from the heartbeats they record
+here (a ping would hold every scrape for its whole timeout)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -61,7 +66,7 @@ def queue_lengths() -> dict[str, int]:
         return {name: int(client.llen(name)) for name in QUEUES}
 
 
-def oldest_queued_seconds(*, now=None) -> dict[str, float]:
+def oldest_queued_seconds(*, now: datetime | None = None) -> dict[str, float]:
     """Per queue (a job's priority is its queue), how long its oldest queued job has waited
     since it was handed over (a retry: since it was due), 0 when none waits: the database."""
     now = now or timezone.now()
