@@ -149,6 +149,12 @@ POOL_BYTES = Gauge(
     "modelforge_session_pool_bytes", "Estimated memory of the loaded sessions (2 x file size).",
     multiprocess_mode="livesum",
 )  # fmt: skip
+# Each process's pool evicts past its own cap (SESSION_POOL_MAX_MEMORY_MB): summed over the same
+# processes as the bytes, bytes / max is how full the pools are (the alert ModelPoolNearMemoryCap).
+POOL_MAX_BYTES = Gauge(
+    "modelforge_session_pool_max_bytes", "The session pools' memory cap (SESSION_POOL_MAX_MEMORY_MB).",
+    multiprocess_mode="livesum",
+)  # fmt: skip
 
 
 def refresh_pool() -> None:
@@ -157,6 +163,7 @@ def refresh_pool() -> None:
     stats = get_pool().stats()
     POOL_SESSIONS.set(stats["sessions"])
     POOL_BYTES.set(stats["estimated_bytes"])
+    POOL_MAX_BYTES.set(stats["max_bytes"])
 
 
 def _forget_process() -> None:

@@ -2,13 +2,15 @@
 
 It holds the inference instruments (inference.metrics) of this process, or with
 PROMETHEUS_MULTIPROC_DIR set the sum over every process writing to that directory (the
-workers of `make serve`), and what is read at scrape time: jobs by status (the database), the
-Celery queue lengths (the broker) and this process's session pool. The text format, or
+workers of `make serve`), and what is read at scrape time: jobs by status and the age of the
+oldest queued job per queue (the database), the Celery queue lengths and the workers alive (the
+broker) and this process's session pool. The text format, or
 OpenMetrics when the scraper asks for it (prometheus_client chooses, from Accept).
 """
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db.models import Count
 from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema
@@ -28,17 +30,27 @@ class _ScrapeTimeCollector:
 
     def collect(self):
         from jobs.models import Job
-        from jobs.monitoring import QUEUES, queue_lengths
+        from jobs.monitoring import HEARTBEAT_ALIVE_SECONDS, QUEUES, live_workers, oldest_queued_seconds, queue_lengths
 
         counts = dict(Job.objects.order_by().values("status").annotate(n=Count("pk")).values_list("status", "n"))
         jobs = GaugeMetricFamily("modelforge_jobs", "Jobs by status (the database, at scrape time).", labels=["status"])
         for status in Job.Status.values:
             jobs.add_metric([status], counts.get(status, 0))
         yield jobs
+        oldest = GaugeMetricFamily(
+            "modelforge_job_queue_oldest_seconds",
+            "How long the oldest queued job of each queue (its priority) has waited; 0 when none waits.",
+            labels=["queue"],
+        )
+        for name, seconds in oldest_queued_seconds().items():
+            oldest.add_metric([name], seconds)
+        yield oldest
         try:
             lengths, up = queue_lengths(), 1
+            # Without a broker the server's own threads run the jobs: there are no workers to count.
+            workers = live_workers() if settings.CELERY_BROKER_URL else None
         except Exception:  # a broker that does not answer is reported, not an error of the scrape
-            lengths, up = {}, 0
+            lengths, up, workers = {}, 0, None
         yield GaugeMetricFamily("modelforge_broker_up", "1 when the job broker answered this scrape.", value=up)
         queues = GaugeMetricFamily(
             "modelforge_queue_length", "Job messages waiting per Celery queue.", labels=["queue"]
@@ -47,6 +59,12 @@ class _ScrapeTimeCollector:
             if name in lengths:
                 queues.add_metric([name], lengths[name])
         yield queues
+        if workers is not None:
+            yield GaugeMetricFamily(
+                "modelforge_workers",
+                f"Celery workers whose heartbeat reached the broker in the last {HEARTBEAT_ALIVE_SECONDS} s.",
+                value=workers,
+            )
 
 
 class _Registry:

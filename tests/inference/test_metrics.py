@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
 import pytest
 from django.conf import settings
 from django.core.wsgi import get_wsgi_application
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
@@ -180,6 +182,36 @@ def test_jobs_by_status_and_queue_lengths_are_read_at_scrape_time(ready_model, r
     assert value(samples, "modelforge_queue_length", queue="high") == 2
     assert value(samples, "modelforge_queue_length", queue="low") == 0
     assert value(samples, "modelforge_broker_up") == 1
+    # The server's own threads run the jobs: no Celery workers to count (tests/jobs/test_worker_heartbeats.py).
+    assert ("modelforge_workers", ()) not in samples
+
+
+def test_the_oldest_queued_job_per_queue_is_read_at_scrape_time(ready_model, read_client):
+    model = ready_model(make_iris_model(zipmap=False), name="metrics-oldest", version="1.0.0")
+    common = {"model_id": model["id"], "model_name": "metrics-oldest", "model_version": "1.0.0"}
+    now = timezone.now()
+    for minutes in (3, 1):
+        Job.objects.create(
+            **common, status=Job.Status.QUEUED, priority=Job.Priority.HIGH, enqueued_at=now - timedelta(minutes=minutes)
+        )
+    # A retry due in a minute is not waiting yet; a running job is not waiting at all.
+    Job.objects.create(
+        **common, status=Job.Status.QUEUED, priority=Job.Priority.LOW, enqueued_at=now + timedelta(minutes=1)
+    )
+    Job.objects.create(
+        **common, status=Job.Status.RUNNING, priority=Job.Priority.NORMAL, enqueued_at=now - timedelta(hours=1)
+    )
+    samples = scrape(read_client)
+    assert 180 <= value(samples, "modelforge_job_queue_oldest_seconds", queue="high") < 3600
+    assert ("modelforge_job_queue_oldest_seconds", (("queue", "normal"),)) in samples
+    assert value(samples, "modelforge_job_queue_oldest_seconds", queue="normal") == 0
+    assert value(samples, "modelforge_job_queue_oldest_seconds", queue="low") == 0
+
+
+def test_the_session_pool_cap_is_exported_with_its_size(read_client):
+    samples = scrape(read_client)
+    assert value(samples, "modelforge_session_pool_max_bytes") == settings.SESSION_POOL_MAX_MEMORY_MB * 1024 * 1024
+    assert ("modelforge_session_pool_bytes", ()) in samples
 
 
 DRIVER = """

@@ -90,9 +90,10 @@ def database_url() -> str:
 
 
 class CeleryWorker:
-    """A `celery worker` subprocess in its own process group (so it can be killed whole)."""
+    """A `celery worker` subprocess in its own process group (so it can be killed whole).
+    Without heartbeats unless asked: only the tests of `modelforge_workers` read them."""
 
-    def __init__(self, name: str, env: dict, log_path: Path):
+    def __init__(self, name: str, env: dict, log_path: Path, *, heartbeat: bool = False):
         self.name = f"{name}@{socket.gethostname()}"
         self.log_path = log_path
         command = [
@@ -112,7 +113,7 @@ class CeleryWorker:
             self.name,
             "--without-gossip",
             "--without-mingle",
-            "--without-heartbeat",
+            *(() if heartbeat else ("--without-heartbeat",)),
             "--loglevel",
             "INFO",
         ]
@@ -187,8 +188,8 @@ class CeleryStack:
         env.update(extra)
         return env
 
-    def start_worker(self, name: str, **env: str) -> CeleryWorker:
-        worker = CeleryWorker(name, self.env(**env), self.root / f"{name}.log")
+    def start_worker(self, name: str, *, heartbeat: bool = False, **env: str) -> CeleryWorker:
+        worker = CeleryWorker(name, self.env(**env), self.root / f"{name}.log", heartbeat=heartbeat)
         self.workers.append(worker)
         return worker
 
