@@ -56,9 +56,9 @@ class ReadinessHealth(health.HealthServicer):
             self.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def Check(self, request, context):
-        if request.service in self.NAMES and not shutdown.stopping.is_set():
+        if request.service in self.NAMES:
             try:
-                ready = metadata.not_ready_reason() is None
+                ready = metadata.not_ready_reason() is None  # NOT_SERVING from SIGTERM on
             finally:
                 close_old_connections()
             status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
