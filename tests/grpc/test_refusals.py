@@ -220,6 +220,15 @@ def test_an_oversized_message_is_resource_exhausted(channel, servers):
     still_serving(channel, servers)
 
 
+def test_a_compressed_message_over_the_limit_once_decompressed_is_resource_exhausted(channel, servers):
+    # A few kilobytes of gzip that inflate past MAX_REQUEST_BODY_BYTES.
+    body = request("scaled", fp32("X", [1, 3]), raw=[b"\0" * (live_server.MAX_BODY_BYTES + 1)])
+    with pytest.raises(grpc.RpcError) as error:
+        channel.unary_unary(INFER)(body, metadata=key(servers), timeout=30, compression=grpc.Compression.Gzip)
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    still_serving(channel, servers)
+
+
 # --- what the server records ---------------------------------------------------------------------------
 
 
