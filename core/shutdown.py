@@ -15,6 +15,8 @@ How each server delivers SIGTERM to the process that runs the application:
   multiprocessing's finalizers, which write the buffered history: inference.history).
 - gunicorn and runserver install their handlers before importing the application: `install`
   chains ours in front of the handler in place (or of the default action, which it then runs).
+- `manage.py serve_grpc` (inference.grpc.server): each worker installs its own stop handler
+  (graceful: no new calls, those in flight finish), then `install` chains ours in front of it.
 
 Both paths need the main thread, where Python runs signal handlers; `install` is called from
 the wsgi module, which every server imports in its main thread.

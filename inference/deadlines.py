@@ -13,6 +13,10 @@ The watcher polls the runs in flight every `TICK_SECONDS` while there are any an
 event when there are none, so registering a run costs a dict insert (and an event set only
 when the watcher was idle): microseconds next to the run itself. A single kernel is not
 interrupted, so a deadline can be overrun by the longest kernel of the graph.
+
+A caller with a deadline of its own (a gRPC call's, inference.grpc) runs under
+`caller_deadline`: a run it starts in that context stops at whichever comes first. Runs that a
+model's batcher executes in its own thread keep the configured timeout.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import onnxruntime as ort
@@ -59,8 +66,17 @@ class DeadlineWatcher:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def run(self, session: ort.InferenceSession, feeds: dict[str, Any], *, timeout: float, label: str = "") -> list:
-        """``session.run(None, feeds)``, stopped after ``timeout`` seconds (0: no deadline).
+    def run(
+        self,
+        session: ort.InferenceSession,
+        feeds: dict[str, Any],
+        *,
+        timeout: float,
+        label: str = "",
+        limit: str = "INFERENCE_TIMEOUT_SECONDS",
+    ) -> list:
+        """``session.run(None, feeds)``, stopped after ``timeout`` seconds (0: no deadline);
+        ``limit`` names where the timeout comes from, for the error message.
 
         Raises `InferenceTimeout` when stopped; other ONNX Runtime errors pass through as they are.
         """
@@ -80,7 +96,7 @@ class DeadlineWatcher:
             if entry.expired:
                 logger.warning("inference stopped at its deadline", extra={"model": label, "timeout": timeout})
                 raise InferenceTimeout(
-                    f"The model ran longer than the inference timeout ({timeout:g} s, INFERENCE_TIMEOUT_SECONDS) "
+                    f"The model ran longer than {_LIMITS.get(limit, 'the inference timeout')} ({timeout:g} s, {limit}) "
                     "and was stopped. Send fewer rows per request, or use a batch job."
                 ) from None
             raise
@@ -118,7 +134,36 @@ class DeadlineWatcher:
 
 watcher = DeadlineWatcher()
 
+CALLER_DEADLINE = "the caller's deadline"
+_LIMITS = {"INFERENCE_TIMEOUT_SECONDS": "the inference timeout", CALLER_DEADLINE: "the time the call had left"}
+_caller_deadline: ContextVar[float | None] = ContextVar("modelforge_caller_deadline", default=None)
+
+
+@contextmanager
+def caller_deadline(seconds: float | None) -> Iterator[None]:
+    """Runs started in this context (thread) also stop once ``seconds`` from now have passed:
+    the caller gave up by then (None: no deadline of its own)."""
+    token = _caller_deadline.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _caller_deadline.reset(token)
+
+
+def current_timeout() -> tuple[float, str]:
+    """(seconds, its source) a run started now may take: INFERENCE_TIMEOUT_SECONDS (0: none), or
+    what is left of the caller's deadline when that is shorter."""
+    configured = settings.INFERENCE_TIMEOUT_SECONDS
+    deadline = _caller_deadline.get()
+    if deadline is None:
+        return configured, "INFERENCE_TIMEOUT_SECONDS"
+    left = max(deadline - time.monotonic(), 0.001)  # already past: stopped at once
+    if 0 < configured <= left:
+        return configured, "INFERENCE_TIMEOUT_SECONDS"
+    return left, CALLER_DEADLINE
+
 
 def run(session: ort.InferenceSession, feeds: dict[str, Any], *, label: str = "") -> list:
-    """Run a session under the configured deadline."""
-    return watcher.run(session, feeds, timeout=settings.INFERENCE_TIMEOUT_SECONDS, label=label)
+    """Run a session under the configured deadline (or the caller's, when shorter)."""
+    timeout, limit = current_timeout()
+    return watcher.run(session, feeds, timeout=timeout, label=label, limit=limit)

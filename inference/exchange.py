@@ -5,6 +5,7 @@ A door parses its transport and calls `answer(credential, ref, incoming, protoco
 - the /api/v1 predict views and the /v2 infer view (inference.views, inference.v2.views),
 - the WSGI fast path in front of Django, for both (inference.fastpath),
 - the admin's Try it (console),
+- gRPC's ModelInfer (inference.grpc.service),
 
 and sends the `Reply` it gets back. Everything between is here, once, in this order:
 
@@ -13,10 +14,13 @@ and sends the `Reply` it gets back. Everything between is here, once, in this or
     history (inference.services)  ->  encode (the protocol)
 
 No body is read before the caller is authorized, within budget, and the model is known and
-servable. A failure anywhere becomes the protocol's error reply (its error table: /api/v1
-``{"code", "detail"}``, /v2 ``{"error", "code"}``, both read from core.exceptions.problem), with
-its Retry-After. A protocol (inference.protocols, inference.v2.protocol) is how one wire format decodes a request and
-encodes an answer; a new door (gRPC) is a new transport adapter over an existing or new protocol.
+servable (a gRPC message names its model: its protocol parses it in `resolve`, once the caller
+is authorized and within budget; grpc itself bounded its size). A failure anywhere becomes the
+protocol's error reply (its error table: /api/v1 ``{"code", "detail"}``, /v2 ``{"error",
+"code"}``, gRPC a status, all read from core.exceptions.problem), with its Retry-After. A
+protocol (inference.protocols, inference.v2.protocol, inference.grpc.protocol) is how one wire
+format decodes a request and encodes an answer; a new door is a new transport adapter over an
+existing or new protocol.
 """
 
 from __future__ import annotations

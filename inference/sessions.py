@@ -79,7 +79,7 @@ class LoadedSession:
         if self.isolated is None:
             return deadlines.run(self.session, _bfloat16_as_ortvalues(feeds), label=label)
         try:
-            return self.isolated.run(feeds, timeout=settings.INFERENCE_TIMEOUT_SECONDS)
+            return self.isolated.run(feeds, timeout=deadlines.current_timeout()[0])
         except IsolationError as exc:
             if exc.code == "resource_limit_exceeded":
                 logger.warning("run refused at the memory limit", extra={"model": label})

@@ -322,6 +322,16 @@ if MODEL_MEMORY_LIMIT_MB < 128:
     raise ImproperlyConfigured("MODEL_MEMORY_LIMIT_MB must be at least 128 (ONNX Runtime itself needs about 60 MB).")
 # After SIGTERM, serve this long (readiness 503) before the server stops (core/shutdown.py).
 SHUTDOWN_DRAIN_SECONDS = env.float("SHUTDOWN_DRAIN_SECONDS", default=0.0)
+# The gRPC server (`manage.py serve_grpc`, inference/grpc/server.py): its address, processes
+# (one per core by default, as the web server) and threads per process; after SIGTERM (and the
+# drain above) calls in flight get GRPC_SHUTDOWN_GRACE_SECONDS to finish.
+GRPC_HOST = env.str("GRPC_HOST", default="127.0.0.1")
+GRPC_PORT = env.int("GRPC_PORT", default=8001)
+GRPC_WORKERS = env.int("GRPC_WORKERS", default=os.cpu_count() or 1)
+GRPC_THREADS = env.int("GRPC_THREADS", default=4)
+GRPC_SHUTDOWN_GRACE_SECONDS = env.float("GRPC_SHUTDOWN_GRACE_SECONDS", default=30.0)
+if GRPC_WORKERS < 1 or GRPC_THREADS < 1:
+    raise ImproperlyConfigured("GRPC_WORKERS and GRPC_THREADS must be at least 1.")
 PREDICTION_CACHE_TTL_SECONDS = env.int("PREDICTION_CACHE_TTL_SECONDS", default=3600)
 PREDICTION_CACHE_LOCAL_MB = env.int("PREDICTION_CACHE_LOCAL_MB", default=64)
 PREDICTION_CACHE_RETRY_SECONDS = env.float("PREDICTION_CACHE_RETRY_SECONDS", default=5.0)

@@ -201,8 +201,8 @@ def parse_infer_request(
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput(f'"id" must be a string; received {json_kind(request_id)}.', code="invalid_request")
     parameters = _object(document.get("parameters"), 'the request\'s "parameters"')
-    binary_default = _flag(parameters, "binary_data_output", 'the request\'s "parameters"')
-    skip_cache = _flag(parameters, "skip_cache", 'the request\'s "parameters"')
+    binary_default = flag(parameters, "binary_data_output", 'the request\'s "parameters"')
+    skip_cache = flag(parameters, "skip_cache", 'the request\'s "parameters"')
 
     feeds = _inputs(
         document.get("inputs"),
@@ -214,7 +214,7 @@ def parse_infer_request(
     )
     return InferRequest(
         feeds=feeds,
-        outputs=_requested_outputs(document.get("outputs"), outputs, binary_default=binary_default),
+        outputs=requested_outputs(document.get("outputs"), outputs, binary_default=binary_default),
         id=request_id,
         skip_cache=skip_cache,
     )
@@ -269,19 +269,17 @@ def _inputs(
                 code="invalid_request",
             )
         name = item["name"]
-        if name in received:
-            raise reject("duplicate_input", name, f"Input '{name}' is sent twice. Send each input once.")
-        entry = by_name.get(name)
-        if entry is None:
-            raise reject("unknown_input", name, f"Unknown input '{name}'. This model's inputs: {names_text(by_name)}.")
-        datatype = _check_datatype(entry, item.get("datatype"))
-        shape = _shape(name, item.get("shape"), max_elements)
-        check_shape(name, entry.get("shape"), shape, declared=True)
-        count = math.prod(shape)
-        if count > remaining:
-            raise too_many_elements(name, count, remaining, max_elements)
+        datatype, shape, count = check_input(
+            name,
+            item.get("datatype"),
+            item.get("shape"),
+            by_name,
+            received,
+            remaining=remaining,
+            max_elements=max_elements,
+        )
         parameters = _object(item.get("parameters"), f"input '{name}' parameters")
-        _refuse_shared_memory(parameters, f"input '{name}'")
+        refuse_shared_memory(parameters, f"input '{name}'")
         size = parameters.get("binary_data_size")
         if size is not None:
             if "data" in item:
@@ -336,6 +334,39 @@ def _inputs(
             f"{offset} (their binary_data_size). Send exactly the declared bytes, and check {HEADER_LENGTH}.",
             code="binary_size_mismatch",
         )
+    return ordered_feeds(received, by_name)
+
+
+def check_input(
+    name: str,
+    datatype: Any,
+    shape: Any,
+    by_name: dict[str, dict],
+    received: dict[str, np.ndarray],
+    *,
+    remaining: int,
+    max_elements: int,
+) -> tuple[str, list[int], int]:
+    """The checks an input passes before its data is read, whatever carries it (JSON, binary
+    data, a gRPC message): sent once, known to the model (``by_name``, its schema entries), the
+    model's datatype exactly, a shape of its rank and fixed dimensions, and within the elements
+    the request has left. Returns (datatype, shape, element count)."""
+    if name in received:
+        raise reject("duplicate_input", name, f"Input '{name}' is sent twice. Send each input once.")
+    entry = by_name.get(name)
+    if entry is None:
+        raise reject("unknown_input", name, f"Unknown input '{name}'. This model's inputs: {names_text(by_name)}.")
+    datatype = _check_datatype(entry, datatype)
+    shape = _shape(name, shape, max_elements)
+    check_shape(name, entry.get("shape"), shape, declared=True)
+    count = math.prod(shape)
+    if count > remaining:
+        raise too_many_elements(name, count, remaining, max_elements)
+    return datatype, shape, count
+
+
+def ordered_feeds(received: dict[str, np.ndarray], by_name: dict[str, dict]) -> dict[str, np.ndarray]:
+    """Every input the model has, in its order; refuses a request missing one."""
     missing = [name for name in by_name if name not in received]
     if missing:
         raise missing_input(missing, by_name)
@@ -409,6 +440,31 @@ def _json_tensor(
             "Send exactly the declared number of elements, in row-major order.",
         )
     return array.reshape(shape)
+
+
+def decode_elements(
+    name: str, datatype: str, shape: list[int], values: Sequence[Any], *, allow_non_finite: bool, max_depth: int
+) -> np.ndarray:
+    """A tensor sent as a flat list of elements (a gRPC request's typed ``contents``), checked as
+    JSON ``data`` is: the declared element count, each element fitting the datatype (BYTES
+    elements are UTF-8 text), NaN and infinity only where the model allows them."""
+    if datatype == "BYTES":
+        texts = []
+        for index, item in enumerate(values):
+            try:
+                texts.append(str(item, "utf-8") if isinstance(item, bytes | bytearray | memoryview) else item)
+            except UnicodeDecodeError:
+                raise _not_utf8(name, index) from None
+        values = texts
+    return _json_tensor(
+        name,
+        datatype,
+        shape,
+        list(values),
+        allow_non_finite=allow_non_finite,
+        max_depth=max_depth,
+        budget=max(len(values), math.prod(shape)),
+    )
 
 
 def decode_tensor(
@@ -538,10 +594,10 @@ def _raw_request(
         if math.prod(shape) > max_elements:
             raise too_many_elements(name, math.prod(shape), max_elements, max_elements)
         feeds = {name: decode_tensor(name, datatype, shape, body, allow_non_finite=allow_non_finite)}
-    return InferRequest(feeds=feeds, outputs=_requested_outputs(None, outputs, binary_default=False))
+    return InferRequest(feeds=feeds, outputs=requested_outputs(None, outputs, binary_default=False))
 
 
-def _requested_outputs(items: Any, schema: list[dict], *, binary_default: bool) -> list[RequestedOutput]:
+def requested_outputs(items: Any, schema: list[dict], *, binary_default: bool) -> list[RequestedOutput]:
     """The outputs to send back; without a list (or with an empty one), every tensor output."""
     if items is None or items == []:
         return [RequestedOutput(entry["name"], entry["datatype"], binary_default) for entry in tensor_entries(schema)]
@@ -572,14 +628,14 @@ def _requested_outputs(items: Any, schema: list[dict], *, binary_default: bool) 
         if any(output.name == name for output in requested):
             raise InvalidInput(f"Output '{name}' is requested twice. Request each output once.", code="invalid_request")
         parameters = _object(item.get("parameters"), f"output '{name}' parameters")
-        _refuse_shared_memory(parameters, f"output '{name}'")
+        refuse_shared_memory(parameters, f"output '{name}'")
         if "classification" in parameters:
             raise InvalidInput(
                 "The classification extension is not supported. Request the output itself and take the top "
                 "classes on the client.",
                 code="unsupported_parameter",
             )
-        binary = _flag(parameters, "binary_data", f"output '{name}' parameters")
+        binary = flag(parameters, "binary_data", f"output '{name}' parameters")
         # The output's own binary_data wins over the request's binary_data_output.
         requested.append(
             RequestedOutput(name, entry["datatype"], binary if "binary_data" in parameters else binary_default)
@@ -595,14 +651,14 @@ def _object(value: Any, what: str) -> dict:
     return value
 
 
-def _flag(parameters: dict, key: str, where: str) -> bool:
+def flag(parameters: dict, key: str, where: str) -> bool:
     value = parameters.get(key, False)
     if not isinstance(value, bool):
         raise InvalidInput(f"{key} in {where} must be true or false; received {value!r}.", code="invalid_request")
     return value
 
 
-def _refuse_shared_memory(parameters: dict, what: str) -> None:
+def refuse_shared_memory(parameters: dict, what: str) -> None:
     if any(key in parameters for key in _SHARED_MEMORY):
         raise InvalidInput(
             f"{what} uses shared memory, which this server does not support. Send the tensor in the body.",

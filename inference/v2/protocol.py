@@ -9,12 +9,13 @@ exists but is not served (not ready, archived) is 503.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import orjson
 from django.conf import settings
 
-from core.exceptions import NotFound, problem
+from core.exceptions import NotFound, Problem, problem
 from inference import services
 from inference.errors import ModelArchived, ModelNotReady
 from inference.exchange import Decoded, Incoming, ModelRef, Protocol, Reply
@@ -36,13 +37,23 @@ def v2_json(document: Any, status: int = 200) -> Reply:
     return Reply(status, orjson.dumps(document), {"Content-Type": JSON})
 
 
-def v2_error(exc: Exception) -> Reply:
-    """Any failure as /v2's ``{"error", "code"}`` with its status; unexpected ones are logged, 500."""
+def v2_problem(exc: Exception) -> Problem:
+    """What a failure means under the v2 protocol, whichever transport carries it (REST here,
+    gRPC in inference.grpc): the common error table, with a model that is not served as 503.
+    Unexpected failures are logged, and are a 500 ``server_error``."""
     found = problem(exc)
     if found is None:
         logger.exception("v2 request failed")
-        return v2_json({"error": "An unexpected error occurred; it has been logged.", "code": "server_error"}, 500)
-    reply = v2_json({"error": found.detail, "code": found.code}, 503 if isinstance(exc, _NOT_SERVED) else found.status)
+        return Problem(500, "server_error", "An unexpected error occurred; it has been logged.")
+    if isinstance(exc, _NOT_SERVED):
+        return replace(found, status=503)
+    return found
+
+
+def v2_error(exc: Exception) -> Reply:
+    """Any failure as /v2's ``{"error", "code"}`` with its status."""
+    found = v2_problem(exc)
+    reply = v2_json({"error": found.detail, "code": found.code}, found.status)
     reply.headers.update(found.headers)
     return reply
 

@@ -30,25 +30,12 @@ from django.views.decorators.csrf import csrf_exempt
 
 from access.models import Scope
 from access.principals import Credential, authorize
-from core import probes, shutdown
 from core.body_reading import content_length
-from core.exceptions import NotFound
 from core.tensor_checks import InvalidInput
 from inference import exchange
 from inference.exchange import Reply
-from inference.sessions import get_pool
-from inference.v2 import codec
+from inference.v2 import codec, metadata, repository
 from inference.v2.protocol import v2_error, v2_json, v2_resolve
-from registry.models import MLModel
-
-SERVER_NAME = "modelforge"
-EXTENSIONS = ("binary_tensor_data", "model_repository")
-
-# Triton's repository states for our statuses (ready means servable: sessions load on use).
-_STATES = {
-    MLModel.Status.READY: "READY",
-    MLModel.Status.VALIDATING: "LOADING",
-}
 
 
 def as_response(reply: Reply) -> HttpResponse:
@@ -106,11 +93,10 @@ class ServerReadyView(V2View):
     scope = None
 
     def get(self, request, api_key):
-        if shutdown.stopping.is_set():
-            return v2_json({"error": "Not ready: the server is shutting down.", "code": "shutting_down"}, 503)
-        ok, detail = probes.check_ready()
-        if not ok:
-            return v2_json({"error": f"Not ready: {detail}.", "code": "not_ready"}, 503)
+        reason = metadata.not_ready_reason()
+        if reason is not None:
+            code, message = reason
+            return v2_json({"error": message, "code": code}, 503)
         return Reply(200)
 
 
@@ -118,22 +104,12 @@ class ServerMetadataView(V2View):
     scope = None
 
     def get(self, request, api_key):
-        return v2_json({"name": SERVER_NAME, "version": settings.MODELFORGE_VERSION, "extensions": list(EXTENSIONS)})
+        return v2_json(metadata.server_metadata())
 
 
 class ModelMetadataView(V2View):
     def get(self, request, api_key, name, version=None):
-        model = v2_resolve(name, version)
-        ready_versions = list(MLModel.objects.named(name).ready().newest_first().values_list("version", flat=True))
-        return v2_json(
-            {
-                "name": model.name,
-                "versions": ready_versions,
-                "platform": codec.PLATFORM,
-                "inputs": [codec.tensor_metadata(entry) for entry in codec.tensor_entries(model.input_schema)],
-                "outputs": [codec.tensor_metadata(entry) for entry in codec.tensor_entries(model.output_schema)],
-            }
-        )
+        return v2_json(metadata.model_metadata(name, version))
 
 
 class ModelReadyView(V2View):
@@ -206,19 +182,7 @@ class RepositoryIndexView(V2View):
     scope = Scope.MANAGE
 
     def post(self, request, api_key):
-        ready_only = _flag(_repository_request(request), "ready")
-        rows = MLModel.objects.order_by("name", "-version_key", "-created_at")
-        if ready_only:
-            rows = rows.ready()
-        index = []
-        for name, version, status, error_code in rows.values_list("name", "version", "status", "error_code"):
-            reason = ""
-            if status != MLModel.Status.READY:
-                reason = status + (f": {error_code}" if error_code else "")
-            index.append(
-                {"name": name, "version": version, "state": _STATES.get(status, "UNAVAILABLE"), "reason": reason}
-            )
-        return v2_json(index)
+        return v2_json(repository.repository_index(ready_only=_flag(_repository_request(request), "ready")))
 
 
 class RepositoryLoadView(V2View):
@@ -230,31 +194,19 @@ class RepositoryLoadView(V2View):
         parameters = _repository_request(request).get("parameters") or {}
         if not isinstance(parameters, dict):
             raise InvalidInput('"parameters" must be a JSON object.', code="invalid_request")
-        if "config" in parameters or any(key.startswith("file:") for key in parameters):
-            raise InvalidInput(
-                "Loading with a config or files is not supported: models are registered through "
-                "/api/v1/models (upload and validation), then loaded by name.",
-                code="unsupported_parameter",
-            )
-        get_pool().get(v2_resolve(name, None))
+        repository.repository_load(name, parameters)
         return Reply(200)
 
 
 class RepositoryUnloadView(V2View):
-    """Evict the sessions of every version of a name from this process's pool. The model stays
-    registered and servable: the next request loads it again. (Sessions are keyed by file, so
-    another name registered with the very same bytes loses its session too, and reloads it.)"""
+    """Evict the sessions of every version of a name from this process's pool
+    (inference.v2.repository.repository_unload)."""
 
     scope = Scope.MANAGE
 
     def post(self, request, api_key, name):
         _repository_request(request)
-        files = set(MLModel.objects.named(name).exclude(file_sha256="").values_list("file_sha256", flat=True))
-        if not files and not MLModel.objects.named(name).exists():
-            raise NotFound(f"Unknown model '{name}'.", code="model_not_found")
-        pool = get_pool()
-        for sha256 in files:
-            pool.evict(sha256)
+        repository.repository_unload(name)
         return Reply(200)
 
 
