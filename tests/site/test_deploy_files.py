@@ -60,11 +60,10 @@ def test_api_and_worker_have_a_deployment_service_and_autoscaler():
 def test_api_probes_are_the_health_routes_with_an_allowed_host():
     resources = by_kind_and_name()
     container = resources[("Deployment", "modelforge-api")]["spec"]["template"]["spec"]["containers"][0]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/api/v1/ready"
+    assert container["readinessProbe"]["grpc"] == {"port": 8001}  # the same checks as /api/v1/ready
     assert container["livenessProbe"]["httpGet"]["path"] == "/api/v1/live"
     allowed = resources[("ConfigMap", "modelforge-config")]["data"]["ALLOWED_HOSTS"].split(",")
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert {"name": "Host", "value": allowed[0]} in container[probe]["httpGet"]["httpHeaders"]
+    assert {"name": "Host", "value": allowed[0]} in container["livenessProbe"]["httpGet"]["httpHeaders"]
     worker = resources[("Deployment", "modelforge-worker")]["spec"]["template"]["spec"]["containers"][0]
     assert "inspect ping" in " ".join(worker["livenessProbe"]["exec"]["command"])
 
@@ -122,7 +121,7 @@ def test_compose_runs_the_whole_stack_with_healthchecks_and_volumes():
     services = stack["services"]
     assert {"api", "worker", "beat", "db", "redis", "broker", "migrate", "minio"} <= set(services)
     assert services["db"]["image"] == "postgres:16"
-    assert "granian" in " ".join(services["api"]["command"])
+    assert "command" not in services["api"]  # the image's deploy/serve.sh: granian and the gRPC server
     assert services["minio"]["profiles"] == ["s3"]  # optional storage
     for name in ("api", "worker", "db", "redis", "broker", "minio"):
         assert "test" in services[name]["healthcheck"], name
@@ -160,7 +159,6 @@ def test_every_production_server_start_respawns_failed_workers():
     others and exit: tests/faults/test_worker_respawn.py shows the replacement at work."""
     from tests.granian_server import granian_command
 
-    services = compose()["services"]
     starts = {
         "make serve": next(
             line
@@ -172,7 +170,6 @@ def test_every_production_server_start_respawns_failed_workers():
             for line in (ROOT / "deploy" / "serve.sh").read_text().replace("\\\n", " ").splitlines()
             if "granian --interface wsgi" in line
         ),
-        "docker-compose api": " ".join(services["api"]["command"]),
         "tests/granian_server.py": " ".join(granian_command(8000, workers=2)),
     }
     assert [name for name, command in starts.items() if "--respawn-failed-workers" not in command] == []
@@ -251,32 +248,24 @@ def test_a_broken_scaled_object_fails_the_schema_check(breakage, where):
 
 
 def test_the_grpc_server_runs_beside_the_http_server_everywhere():
-    """`make serve`, `make run`, docker-compose and the Kubernetes pod start `serve_grpc` on 8001,
-    the Service publishes that port, and the kubelet asks grpc.health.v1 whether the pod is ready."""
+    """`make serve`, `make run` and the image (docker-compose's api service, the Kubernetes API
+    pod) start `serve_grpc` beside granian; compose and the Service publish its port, and the
+    kubelet asks grpc.health.v1 whether the pod is ready."""
     makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
     for target in ("serve", "run"):
         recipe = re.search(rf"^{target}: .*?(?=^\S)", makefile, re.MULTILINE | re.DOTALL).group(0)
         assert "manage.py serve_grpc --host $(HOST) --port $(GRPC_PORT)" in recipe, target
-    grpc = compose()["services"]["grpc"]
-    assert "manage.py serve_grpc --host 0.0.0.0 --port 8001" in " ".join(grpc["command"])
-    assert grpc["ports"] == ["${GRPC_PORT:-8001}:8001"]
-    assert "HealthStub" in " ".join(grpc["healthcheck"]["test"])
-
-    resources = by_kind_and_name()
-    containers = {
-        container["name"]: container
-        for container in resources[("Deployment", "modelforge-api")]["spec"]["template"]["spec"]["containers"]
-    }
-    # Both run the image's command (deploy/serve.sh), one door each.
-    assert [(name, "command" in container) for name, container in containers.items()] == [
-        ("api", False),
-        ("grpc", False),
-    ]
-    assert {name: {"name": "SERVE", "value": name.replace("api", "http")} in container["env"]
-            for name, container in containers.items()} == {"api": True, "grpc": True}  # fmt: skip
     serve_script = (ROOT / "deploy" / "serve.sh").read_text()
     assert 'manage.py serve_grpc --host 0.0.0.0 --port "${GRPC_PORT:-8001}"' in serve_script
-    assert containers["grpc"]["readinessProbe"]["grpc"] == {"port": 8001}
+    assert "EXPOSE 8000 8001" in (ROOT / "Dockerfile").read_text()
+
+    api = compose()["services"]["api"]
+    assert "command" not in api  # the image's: deploy/serve.sh
+    assert api["ports"] == ["${API_PORT:-8000}:8000", "${API_GRPC_PORT:-8001}:8001"]
+
+    resources = by_kind_and_name()
+    (container,) = resources[("Deployment", "modelforge-api")]["spec"]["template"]["spec"]["containers"]
+    assert {port["name"]: port["containerPort"] for port in container["ports"]} == {"http": 8000, "grpc": 8001}
+    assert container["readinessProbe"]["grpc"] == {"port": 8001}
     ports = {port["name"]: port for port in resources[("Service", "modelforge-api")]["spec"]["ports"]}
     assert ports["grpc"]["targetPort"] == "grpc" and ports["grpc"]["appProtocol"] == "grpc"
-    assert "EXPOSE 8000 8001" in (ROOT / "Dockerfile").read_text()
