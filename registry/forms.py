@@ -137,6 +137,9 @@ class MLModelChangeForm(forms.ModelForm):
         else:
             self.fields["file"].help_text = f"{_file_help()} Replaces the current file; the model is validated again."
 
+    def clean_ort_execution_providers(self):
+        return self.cleaned_data.get("ort_execution_providers") or []  # empty: CPU only
+
     def clean(self):
         cleaned = super().clean()
         # A warm-up sample must fit the model's inputs, as the API checks it (registry.services).

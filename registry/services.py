@@ -173,7 +173,9 @@ def model_update(
     unknown = set(changes) - set(SERVING_OPTIONS)
     if unknown:
         raise ValueError(f"not serving options: {', '.join(sorted(unknown))}")
-    changed = {name: [getattr(model, name), value] for name, value in changes.items() if getattr(model, name) != value}
+    # Compared with the stored row: the admin's form has already put its values on `model`.
+    stored = (MLModel.objects.filter(pk=model.pk).values(*changes).first() or {}) if changes else {}
+    changed = {name: [stored.get(name), value] for name, value in changes.items() if stored.get(name) != value}
     fields = ["updated_at"]
     if description is not None:
         model.description = description
