@@ -1,11 +1,16 @@
-"""A per-process pool of ONNX Runtime sessions, keyed by the model file's sha256.
+"""A per-process pool of ONNX Runtime sessions, keyed by the model file's sha256 and the model's
+runtime settings (`RuntimeSettings`: its own ONNX Runtime settings, else the ORT_* ones).
 
 Sessions load on first use (or at start-up for models flagged `preload`), are shared by all
-threads (InferenceSession.run is thread-safe), warm up with one run, and are evicted least
-recently used first when the pool passes its count or memory bound. Keying by sha256
-means a re-upload never serves the old file: the new bytes are a new key. Models archived,
-deleted or re-uploaded in another process are noticed by `sweep_stale`, a cheap query run at
-most every SESSION_RECHECK_SECONDS, which evicts sessions no ready model uses any more.
+threads (InferenceSession.run is thread-safe), run the model's warm-up (warmup_count runs,
+before any request may use them: requests arriving meanwhile wait, and `model_ready` says no),
+and are evicted least recently used first when the pool passes its count or memory bound. A
+model with sessions_per_process > 1 holds that many sessions in one entry; runs take them in
+turn. Keying by sha256 means a re-upload never serves the old file: the new bytes are a new
+key; keying by the settings means a settings change builds new sessions. Models archived,
+deleted, re-uploaded or given new settings in another process are noticed by `sweep_stale`, a
+cheap query run at most every SESSION_RECHECK_SECONDS (and on the next request after any
+registry write: core.invalidation), which evicts sessions no ready model uses any more.
 
 A model flagged at validation (`value_dependent_memory`), or every model with
 MODEL_ISOLATION=all, gets an `inference.isolation.IsolatedSession` instead: the session lives in
