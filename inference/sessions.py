@@ -30,9 +30,11 @@ Allocations by other threads during a load are counted too: the figure errs high
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import itertools
 import logging
+import operator
 import os
 import threading
 import time
@@ -67,6 +69,18 @@ _OPTIMIZATION_LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 _EXECUTION_MODES = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL, "parallel": ort.ExecutionMode.ORT_PARALLEL}
+
+# The model fields RuntimeSettings reads (but the provider list and the sample: see `runtime`).
+_runtime_fields = operator.attrgetter(
+    "ort_graph_optimization_level",
+    "ort_intra_op_threads",
+    "ort_inter_op_threads",
+    "ort_execution_mode",
+    "ort_enable_cpu_mem_arena",
+    "sessions_per_process",
+    "warmup_count",
+    "warmup_data",
+)
 
 WARMUP_RUNS = Counter(
     "modelforge_warmup_runs",
@@ -112,7 +126,7 @@ class RuntimeSettings:
             warmup_sample=getattr(model, "warmup_sample", None),
         )
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """A short digest of every setting (the warm-up sample's content included)."""
         document = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -270,11 +284,27 @@ class SessionPool:
         self._lock = threading.Lock()
         self._load_locks: dict[tuple[str, str], threading.Lock] = {}
         self._last_sweep = time.monotonic()
+        self._runtime_memo: dict[tuple, tuple[Any, RuntimeSettings]] = {}
 
     # --- reads ---------------------------------------------------------------------------
     def runtime(self, model: MLModel) -> RuntimeSettings:
-        """The settings a model's sessions are built with in this pool."""
-        return RuntimeSettings.of(model, self)
+        """The settings a model's sessions are built with in this pool.
+
+        Every request asks (its session's key), and building them and their digest costs
+        ~17 us: they are remembered by the row's raw values. The warm-up sample (a JSON value,
+        unhashable) counts by identity, and is kept in the memo so that its id is not reused;
+        rows are never changed in place once served (registry writes load new rows).
+        """
+        sample = model.warmup_sample
+        raw = (_runtime_fields(model), tuple(model.ort_execution_providers or ()), id(sample))
+        found = self._runtime_memo.get(raw)
+        if found is not None and found[0] is sample:
+            return found[1]
+        runtime = RuntimeSettings.of(model, self)
+        if len(self._runtime_memo) >= 1024:
+            self._runtime_memo.clear()
+        self._runtime_memo[raw] = (sample, runtime)
+        return runtime
 
     def key(self, model: MLModel) -> tuple[str, str]:
         return model.file_sha256, self.runtime(model).digest

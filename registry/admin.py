@@ -677,7 +677,7 @@ class SettingsEventAdmin(admin.ModelAdmin):
 
     @admin.display(description="changed")
     def changed_fields(self, obj: SettingsEvent) -> str:
-        return ", ".join(obj.changes)
+        return ", ".join(sorted(obj.changes))
 
     @admin.display(description="changes")
     def changes_table(self, obj: SettingsEvent) -> SafeString:
