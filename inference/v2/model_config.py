@@ -12,8 +12,9 @@ What each part says, from the registry row and the settings its sessions are bui
   the first (batch) dimension out, as Triton's do; ``dynamic_batching`` then holds the queue
   settings, and ``default_queue_policy`` rejects (Triton's REJECT) past its timeout.
 - ``input``/``output``: tensors only (what /v2 carries: inference.v2.codec), ``data_type`` as
-  Triton's DataType enum names (BYTES is TYPE_STRING there), -1 for a variable dimension and
-  [-1] for an input of unknown rank.
+  Triton's DataType enum names (BYTES is TYPE_STRING there), -1 for a variable dimension,
+  [-1] for an input of unknown rank, and dims [1] with ``reshape`` [] for a tensor with no
+  dimension left (a scalar; a batched model's [batch] output).
 - ``instance_group``: one CPU group of ``sessions_per_process`` sessions (per server process).
 - ``optimization.graph.level`` and ``parameters``: the ONNX Runtime settings as Triton's
   onnxruntime backend spells them (its README: level -1 basic, 1 extended, 2 disabled, absent
@@ -68,11 +69,16 @@ def _dims(entry: dict, *, drop_batch: bool) -> list[int]:
 
 
 def _tensor(entry: dict, *, drop_batch: bool) -> dict[str, Any]:
-    return {
+    tensor = {
         "name": entry["name"],
         "data_type": data_type(entry["datatype"]),
         "dims": _dims(entry, drop_batch=drop_batch),
     }
+    if not tensor["dims"]:
+        # No dimension left (a scalar, or [batch] once batched): Triton's idiom is dims [1]
+        # reshaped to [] (its configs must state dims).
+        tensor["dims"], tensor["reshape"] = [1], {"shape": []}
+    return tensor
 
 
 def _parameters(values: dict[str, Any]) -> dict[str, dict[str, str]]:

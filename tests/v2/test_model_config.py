@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from google.protobuf import json_format
 
-from tests.inference.factories import make_iris_model, make_scaled_model, make_string_model
+from tests.inference.factories import make_int64_model, make_iris_model, make_scaled_model, make_string_model
 from tests.v2.test_views import client
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
@@ -167,3 +167,15 @@ def test_iris_model_config_parses(ready_model, web):
     # The ZipMap output (a sequence of maps) is no tensor: left out, as in the metadata.
     assert [output["name"] for output in config["output"]] == ["output_label"]
     strict_parse(config)
+
+
+def test_a_batched_output_with_only_the_batch_dimension_is_dims_1_reshaped(ready_model, web, manage_client):
+    model = ready_model(make_int64_model(), name="ints")
+    manage_client.patch(f"/api/v1/models/{model['id']}", {"batching": {"enabled": True}}, format="json")
+    config = web.get("/v2/models/ints/config").json()
+    # S is the row sums, shape [batch]: nothing is left once the batch dimension is left out.
+    assert config["output"] == [
+        {"name": "Y", "data_type": "TYPE_INT64", "dims": [2]},
+        {"name": "S", "data_type": "TYPE_INT64", "dims": [1], "reshape": {"shape": []}},
+    ]
+    assert list(strict_parse(config).output[1].reshape.shape) == []
