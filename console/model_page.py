@@ -37,7 +37,7 @@ from inference.sessions import get_pool
 from inference.tensors import example_input
 from registry import selectors, services
 from registry.admin import report_validation
-from registry.models import DEFAULT_ALIAS, MLModel, ModelAlias
+from registry.models import DEFAULT_ALIAS, MLModel, ModelAlias, SettingsEvent
 from registry.versioning import parse_version
 
 Status = MLModel.Status
@@ -88,6 +88,16 @@ def timeline(model: MLModel) -> list[TimelineEvent]:
     for entry in entries.order_by("-action_time")[:50]:
         events.append(
             TimelineEvent(entry.action_time, f"Admin: {entry.get_change_message() or 'changed'}", f"by {entry.user}")
+        )
+    # Settings changed through the API (the admin's own are in its log above).
+    changes = SettingsEvent.objects.filter(model_id=model.pk, actor_user__isnull=True).order_by("-created_at")[:50]
+    for change in changes:
+        events.append(
+            TimelineEvent(
+                change.created_at,
+                f"Settings changed: {', '.join(sorted(change.changes))}",
+                f"by {change.actor_label}" if change.actor_label else "",
+            )
         )
     return sorted(events, key=lambda event: event.at)
 

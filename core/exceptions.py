@@ -114,8 +114,10 @@ def problem(exc: Exception) -> Problem | None:
         code = "invalid"
         codes = exc.get_codes()
         if isinstance(codes, dict) and len(codes) == 1:
-            # A single failing field: surface its own code when it is a specific one.
+            # A single failing field (of a nested object too): surface its own code when it is a specific one.
             (only,) = codes.values()
+            while isinstance(only, dict) and len(only) == 1:
+                (only,) = only.values()
             first = only[0] if isinstance(only, list) and only else only
             if isinstance(first, str) and first not in {"invalid", "required", "null", "blank"}:
                 code = first

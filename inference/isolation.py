@@ -187,14 +187,20 @@ class IsolatedSession:
         inter_op_threads: int,
         optimization_level: str,
         start_timeout: float,
+        execution_mode: str = "sequential",
+        execution_providers: Sequence[str] = ("CPUExecutionProvider",),
         label: str = "",
     ) -> None:
         self._data = data
         self.memory_mb = memory_mb
+        # The model's ONNX Runtime settings (inference.sessions.RuntimeSettings), but for the
+        # memory arena: always off here (see the module docstring).
         self._config = {
             "intra_op_threads": intra_op_threads,
             "inter_op_threads": inter_op_threads,
             "optimization_level": optimization_level,
+            "execution_mode": execution_mode,
+            "execution_providers": list(execution_providers),
         }
         self.start_timeout = start_timeout
         self.label = label
@@ -437,10 +443,16 @@ class _Child:
         options.intra_op_num_threads = request["intra_op_threads"]
         options.inter_op_num_threads = request["inter_op_threads"]
         options.graph_optimization_level = levels[request["optimization_level"]]
+        options.execution_mode = (
+            ort.ExecutionMode.ORT_PARALLEL
+            if request.get("execution_mode") == "parallel"
+            else ort.ExecutionMode.ORT_SEQUENTIAL
+        )
         options.enable_cpu_mem_arena = False  # what a run allocates is freed when it ends
         options.log_severity_level = 4
         data = request["model"].tobytes()
-        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        providers = request.get("execution_providers") or ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(data, options, providers=providers)
         return {
             "ok": True,
             "inputs": [node.name for node in self.session.get_inputs()],

@@ -29,7 +29,7 @@ from django.utils.safestring import SafeString
 from core.exceptions import DomainError
 from registry import services
 from registry.forms import MLModelAddForm, MLModelChangeForm, ModelAliasAddForm, ModelAliasChangeForm
-from registry.models import AliasEvent, MLModel, ModelAlias, Tag
+from registry.models import AliasEvent, MLModel, ModelAlias, SettingsEvent, Tag
 
 Status = MLModel.Status
 
@@ -290,6 +290,30 @@ class MLModelAdmin(RefusedDeleteMixin, admin.ModelAdmin):
                     "description": "Concurrent requests merged along the first dimension into one run.",
                 },
             ),
+            (
+                "ONNX Runtime",
+                {
+                    "fields": (
+                        "ort_graph_optimization_level",
+                        "ort_intra_op_threads",
+                        "ort_inter_op_threads",
+                        "ort_execution_mode",
+                        "ort_enable_cpu_mem_arena",
+                        "ort_execution_providers",
+                        "sessions_per_process",
+                    ),
+                    "description": "Empty fields take the server's ORT_* settings. Saving rebuilds the model's "
+                    "sessions in every server process (on its next request), warm-up included.",
+                },
+            ),
+            (
+                "Warm-up",
+                {
+                    "fields": ("warmup_count", "warmup_data", "warmup_sample"),
+                    "description": "Runs on each new session before it serves; the model answers not ready "
+                    "(/v2 .../ready) until they are done.",
+                },
+            ),
         ]
         if obj.error_code or obj.error_message or obj.validation_warnings:
             fieldsets.append(("Validation", {"fields": ("error_code", "error_message", "warnings_list")}))
@@ -399,7 +423,7 @@ class MLModelAdmin(RefusedDeleteMixin, admin.ModelAdmin):
         data = form.cleaned_data
         tags = data["tags"] if "tags" in form.changed_data else None
         options = {name: data[name] for name in services.SERVING_OPTIONS if name in form.changed_data}
-        services.model_update(model=obj, description=data.get("description"), tags=tags, **options)
+        services.model_update(model=obj, description=data.get("description"), tags=tags, actor=request.user, **options)
         upload = data.get("file")
         if not upload:
             return
@@ -627,6 +651,41 @@ class AliasEventAdmin(admin.ModelAdmin):
     @admin.display(description="by", ordering="actor_label")
     def actor_display(self, obj: AliasEvent) -> str:
         return _event_actor(obj)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(SettingsEvent)
+class SettingsEventAdmin(admin.ModelAdmin):
+    """The audit trail of serving and runtime settings: written by `services.model_update`
+    (the API's PATCH and this admin's model form alike), never edited or deleted here."""
+
+    list_display = ("created_at", "name", "version", "changed_fields", "actor_display")
+    list_filter = ("name",)
+    search_fields = ("name", "version", "actor_label")
+    date_hierarchy = "created_at"
+    ordering = ("-created_at", "-id")
+    fields = ("created_at", "name", "version", "changes_table", "actor_display")
+    readonly_fields = fields
+
+    @admin.display(description="changed")
+    def changed_fields(self, obj: SettingsEvent) -> str:
+        return ", ".join(sorted(obj.changes))
+
+    @admin.display(description="changes")
+    def changes_table(self, obj: SettingsEvent) -> SafeString:
+        return _table(["Setting", "From", "To"], ([name, *values] for name, values in obj.changes.items()))
+
+    @admin.display(description="by", ordering="actor_label")
+    def actor_display(self, obj: SettingsEvent) -> str:
+        return obj.actor_label or EMPTY
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import onnxruntime
 from django import forms
 from django.conf import settings
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.validators import FileExtensionValidator
 
-from registry.models import ALIAS_RULE, MLModel, ModelAlias, tag_validator
+from core.exceptions import DomainError
+from registry import services
+from registry.models import (
+    ALIAS_RULE,
+    EXECUTION_MODES,
+    GRAPH_OPTIMIZATION_LEVELS,
+    WARMUP_DATA,
+    MLModel,
+    ModelAlias,
+    tag_validator,
+)
 from registry.services import SERVING_OPTIONS
 
 MAX_TAGS = 50  # the API's limit too (registry.serializers.TagListField)
@@ -105,9 +116,19 @@ class MLModelChangeForm(forms.ModelForm):
     class Meta:
         model = MLModel
         fields = ("description", *SERVING_OPTIONS)
+        error_messages = {
+            "ort_graph_optimization_level": {
+                "invalid_choice": f"Choose one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}, or leave it empty."
+            },
+            "ort_execution_mode": {"invalid_choice": f"Choose one of {', '.join(EXECUTION_MODES)}, or leave it empty."},
+            "warmup_data": {"invalid_choice": f"Choose one of {', '.join(WARMUP_DATA)}."},
+        }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        providers = self.fields.get("ort_execution_providers")
+        if providers is not None:
+            providers.help_text += f" This server offers: {', '.join(onnxruntime.get_available_providers())}."
         if self.instance.is_immutable:
             self.fields["file"].help_text = (
                 "This version has been ready, so its file can never be replaced: upload a new file as a new "
@@ -115,6 +136,21 @@ class MLModelChangeForm(forms.ModelForm):
             )
         else:
             self.fields["file"].help_text = f"{_file_help()} Replaces the current file; the model is validated again."
+
+    def clean_ort_execution_providers(self):
+        return self.cleaned_data.get("ort_execution_providers") or []  # empty: CPU only
+
+    def clean(self):
+        cleaned = super().clean()
+        # A warm-up sample must fit the model's inputs, as the API checks it (registry.services).
+        if cleaned.get("warmup_data") == "sample":
+            try:
+                services.check_warmup_sample(cleaned.get("warmup_sample"), self.instance.input_schema)
+            except ValidationError as exc:
+                self.add_error("warmup_sample", exc)
+            except DomainError as exc:
+                self.add_error("warmup_sample", ValidationError(exc.detail, code=exc.code))
+        return cleaned
 
     def clean_file(self):
         upload = self.cleaned_data.get("file")

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.utils.deconstruct import deconstructible
 
 from registry.versioning import MAX_SORT_KEY_LENGTH, MAX_VERSION_LENGTH, parse_version, version_sort_key
 
@@ -50,6 +51,102 @@ BATCHING_BOUNDS = {
 def _bounds(field: str) -> list:
     low, high = BATCHING_BOUNDS[field]
     return [MinValueValidator(low), MaxValueValidator(high)]
+
+
+# ONNX Runtime settings of one model; empty means the server-wide ORT_* settings. The allowed
+# values are named in every refusal, for the API's serializer and the admin's form alike.
+GRAPH_OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
+EXECUTION_MODES = ("sequential", "parallel")
+# Warm-up inputs, Triton's three kinds: zeros (inference.tensors.example_input), random values
+# within each input's type, or the sample stored with the model (`warmup_sample`).
+WARMUP_DATA = ("zero", "random", "sample")
+CPU_PROVIDER = "CPUExecutionProvider"
+# (low, high, code): threads 0 let ONNX Runtime pick (one per core); more than 64 threads for
+# one session, or more than 8 sessions of one model per process, is a typo, not a tuning.
+RUNTIME_BOUNDS = {
+    "intra_op_threads": (0, 64, "invalid_thread_count"),
+    "inter_op_threads": (0, 64, "invalid_thread_count"),
+    "sessions_per_process": (1, 8, "invalid_sessions_per_process"),
+    "warmup_count": (0, 100, "invalid_warmup_count"),
+}
+
+
+@deconstructible
+class RuntimeRange:
+    """A bound of RUNTIME_BOUNDS as a validator whose message names the allowed range."""
+
+    def __init__(self, setting: str):
+        self.setting = setting
+
+    def __call__(self, value) -> None:
+        from django.core.exceptions import ValidationError
+
+        low, high, code = RUNTIME_BOUNDS[self.setting]
+        if value is not None and not (low <= value <= high):
+            raise ValidationError(f"{self.setting} must be {low}-{high}; received {value}.", code=code)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RuntimeRange) and other.setting == self.setting
+
+
+@deconstructible
+class OneOf:
+    """One of the ``allowed`` words, or empty (the server's default); the refusal names them."""
+
+    def __init__(self, setting: str, allowed: tuple[str, ...], code: str):
+        self.setting, self.allowed, self.code = setting, tuple(allowed), code
+
+    def __call__(self, value) -> None:
+        from django.core.exceptions import ValidationError
+
+        if value not in ("", None) and value not in self.allowed:
+            raise ValidationError(
+                f"{self.setting} must be one of {', '.join(self.allowed)} (or empty: the server's default); "
+                f"received {value!r}.",
+                code=self.code,
+            )
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, OneOf) and (other.setting, other.allowed, other.code) == (
+            self.setting,
+            self.allowed,
+            self.code,
+        )
+
+
+validate_graph_optimization_level = OneOf(
+    "graph_optimization_level", GRAPH_OPTIMIZATION_LEVELS, "invalid_optimization_level"
+)
+validate_execution_mode = OneOf("execution_mode", EXECUTION_MODES, "invalid_execution_mode")
+validate_warmup_data = OneOf("warmup data", WARMUP_DATA, "invalid_warmup_data")
+
+
+def validate_execution_providers(value) -> None:
+    """A list of the execution providers this server's onnxruntime offers, each once (ONNX
+    Runtime's names, e.g. CPUExecutionProvider); 400 `unknown_execution_provider` naming them."""
+    import onnxruntime
+    from django.core.exceptions import ValidationError
+
+    available = onnxruntime.get_available_providers()
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise ValidationError(
+            f"execution_providers must be a list of provider names, from: {', '.join(available)}.",
+            code="invalid_execution_providers",
+        )
+    unknown = [name for name in value if name not in available]
+    if unknown:
+        raise ValidationError(
+            f"execution provider {', '.join(unknown)} is not offered by this server's onnxruntime; "
+            f"it offers: {', '.join(available)}.",
+            code="unknown_execution_provider",
+        )
+    if len(set(value)) != len(value):
+        raise ValidationError("execution_providers lists a provider twice.", code="invalid_execution_providers")
+
+
+def execution_providers(configured: list[str]) -> list[str]:
+    """The providers a session is created with, in order: CPU always present, last if not given."""
+    return list(configured) if CPU_PROVIDER in configured else [*configured, CPU_PROVIDER]
 
 
 class Tag(models.Model):
@@ -128,6 +225,78 @@ class MLModel(models.Model):
         default=10_000_000,
         validators=_bounds("default_timeout_microseconds"),
         help_text="A request waiting longer in the queue is refused with 503 (0: no limit).",
+    )
+
+    # ONNX Runtime settings (inference.sessions), empty: the server's ORT_* settings. A change
+    # rebuilds the model's sessions in every process (the pool keys sessions by file and settings).
+    ort_graph_optimization_level = models.CharField(
+        max_length=10,
+        blank=True,
+        choices=[(level, level) for level in GRAPH_OPTIMIZATION_LEVELS],
+        validators=[validate_graph_optimization_level],
+        verbose_name="graph optimization level",
+        help_text="Empty: ORT_GRAPH_OPTIMIZATION.",
+    )
+    ort_intra_op_threads = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[RuntimeRange("intra_op_threads")],
+        verbose_name="intra-op threads",
+        help_text="Threads within an operator, 0-64 (0: ONNX Runtime picks one per core). Empty: ORT_INTRA_OP_THREADS.",
+    )
+    ort_inter_op_threads = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[RuntimeRange("inter_op_threads")],
+        verbose_name="inter-op threads",
+        help_text="Threads across operators (parallel execution mode), 0-64. Empty: ORT_INTER_OP_THREADS.",
+    )
+    ort_execution_mode = models.CharField(
+        max_length=10,
+        blank=True,
+        choices=[(mode, mode) for mode in EXECUTION_MODES],
+        validators=[validate_execution_mode],
+        verbose_name="execution mode",
+        help_text="Operators one after another (sequential), or independent branches at once. Empty: sequential.",
+    )
+    ort_enable_cpu_mem_arena = models.BooleanField(
+        null=True,
+        blank=True,
+        verbose_name="CPU memory arena",
+        help_text="ONNX Runtime keeps and reuses what runs allocated (faster, holds memory). Empty: on "
+        "(always off for a model run in an isolated process).",
+    )
+    ort_execution_providers = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_execution_providers],
+        verbose_name="execution providers",
+        help_text="In order of preference; CPUExecutionProvider is always there, last if not listed. Empty: CPU only.",
+    )
+    sessions_per_process = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[RuntimeRange("sessions_per_process")],
+        help_text="Sessions of this model in each server process, 1-8; requests are spread over them "
+        "(unbatched models; a batched model runs one batch at a time on one).",
+    )
+
+    # Warm-up runs when a session is loaded; the model answers not ready until they are done.
+    warmup_count = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[RuntimeRange("warmup_count")],
+        help_text="Runs on each new session before it serves, 0-100.",
+    )
+    warmup_data = models.CharField(
+        max_length=10,
+        default="zero",
+        choices=[(kind, kind) for kind in WARMUP_DATA],
+        validators=[validate_warmup_data],
+        help_text="zero: zeros of each input's type; random: random values within it; sample: the stored sample.",
+    )
+    warmup_sample = models.JSONField(
+        null=True,
+        blank=True,
+        help_text='The warm-up input for "sample", as predict\'s input_data ({"X": [[...]]}).',
     )
 
     file_sha256 = models.CharField(max_length=64, blank=True, editable=False, db_index=True)
@@ -320,6 +489,31 @@ class AliasEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}@{self.alias} {self.action} {self.from_version or '-'} -> {self.to_version or '-'}"
+
+
+class SettingsEvent(models.Model):
+    """One change of a version's serving or runtime settings (the audit trail), written by
+    `registry.services.model_update` in the same transaction; never edited. ``changes`` maps
+    each changed field to ``[from, to]``; name, version and who are kept as text, like an
+    AliasEvent's, so the trail outlives the version, the user and the key."""
+
+    model = models.ForeignKey(MLModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    name = models.CharField(max_length=100, db_index=True)
+    version = models.CharField(max_length=MAX_VERSION_LENGTH)
+    changes = models.JSONField(default=dict)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_key = models.ForeignKey("access.APIKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor_label = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = "settings event"
+        ordering = ("-created_at", "-id")
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version} {', '.join(self.changes)}"
 
 
 class DeploymentIdentity(models.Model):

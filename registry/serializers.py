@@ -8,13 +8,21 @@ from rest_framework import serializers
 from core.strict_input import StrictInputSerializer
 from registry.models import (
     BATCHING_BOUNDS,
+    EXECUTION_MODES,
+    GRAPH_OPTIMIZATION_LEVELS,
     NAME_PATTERN,
     NAME_RULE,
+    WARMUP_DATA,
     AliasEvent,
     MLModel,
     ModelAlias,
+    RuntimeRange,
     tag_validator,
+    validate_execution_mode,
+    validate_execution_providers,
+    validate_graph_optimization_level,
     validate_version,
+    validate_warmup_data,
 )
 from registry.versioning import MAX_VERSION_LENGTH
 
@@ -110,6 +118,76 @@ class BatchingSerializer(StrictInputSerializer):
     default_timeout_microseconds = _bounded("default_timeout_microseconds")
 
 
+def _runtime_int(setting: str, source: str | None, help_text: str, **kwargs) -> serializers.IntegerField:
+    # Bounds through the model's validator, so the refusal has its own code and names the range.
+    if source:
+        kwargs["source"] = source
+    return serializers.IntegerField(required=False, validators=[RuntimeRange(setting)], help_text=help_text, **kwargs)
+
+
+def _one_of(source: str, validator, help_text: str) -> serializers.CharField:
+    return serializers.CharField(
+        source=source, required=False, allow_blank=True, max_length=20, validators=[validator], help_text=help_text
+    )
+
+
+class RuntimeSerializer(StrictInputSerializer):
+    """ONNX Runtime settings of one model; null or "" means the server's ORT_* setting."""
+
+    graph_optimization_level = _one_of(
+        "ort_graph_optimization_level",
+        validate_graph_optimization_level,
+        f"One of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}; empty: ORT_GRAPH_OPTIMIZATION.",
+    )
+    intra_op_threads = _runtime_int(
+        "intra_op_threads",
+        "ort_intra_op_threads",
+        "0-64 (0: one per core); null: ORT_INTRA_OP_THREADS.",
+        allow_null=True,
+    )
+    inter_op_threads = _runtime_int(
+        "inter_op_threads", "ort_inter_op_threads", "0-64; null: ORT_INTER_OP_THREADS.", allow_null=True
+    )
+    execution_mode = _one_of(
+        "ort_execution_mode", validate_execution_mode, f"One of {', '.join(EXECUTION_MODES)}; empty: sequential."
+    )
+    enable_cpu_mem_arena = serializers.BooleanField(
+        source="ort_enable_cpu_mem_arena", required=False, allow_null=True, help_text="null: on."
+    )
+    execution_providers = serializers.ListField(
+        source="ort_execution_providers",
+        child=serializers.CharField(max_length=100),
+        max_length=20,
+        required=False,
+        validators=[validate_execution_providers],
+        help_text="ONNX Runtime provider names in order; CPUExecutionProvider is added last if missing. "
+        "An unknown one is 400 unknown_execution_provider naming those this server offers.",
+    )
+    sessions_per_process = _runtime_int(
+        "sessions_per_process", None, "1-8 sessions per server process, requests spread over them."
+    )
+
+
+class WarmupSerializer(StrictInputSerializer):
+    """Runs on each new session before it serves (Triton's model_warmup)."""
+
+    count = _runtime_int("warmup_count", "warmup_count", "0-100 runs.")
+    data = _one_of("warmup_data", validate_warmup_data, f"One of {', '.join(WARMUP_DATA)}.")
+    sample = serializers.JSONField(
+        source="warmup_sample",
+        required=False,
+        allow_null=True,
+        help_text='For data "sample": an input_data document, as predict takes ({"X": [[5.1, 3.5, 1.4, 0.2]]}).',
+    )
+
+    def validate_data(self, value: str) -> str:
+        if value == "":
+            raise serializers.ValidationError(
+                f"warmup data must be one of {', '.join(WARMUP_DATA)}.", code="invalid_warmup_data"
+            )
+        return value
+
+
 class ModelUpdateSerializer(StrictInputSerializer):
     description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
     tags = TagListField(required=False)
@@ -118,6 +196,15 @@ class ModelUpdateSerializer(StrictInputSerializer):
         required=False, help_text="Accept null (NaN) in float inputs, for models that treat NaN as missing."
     )
     batching = BatchingSerializer(required=False)
+    runtime = RuntimeSerializer(required=False)
+    warmup = WarmupSerializer(required=False)
+
+    def validate(self, data: dict) -> dict:
+        # One `runtime` for the service: the warm-up fields are runtime settings of the model too.
+        warmup = data.pop("warmup", None)
+        if warmup is not None:
+            data["runtime"] = {**data.get("runtime", {}), **warmup}
+        return data
 
 
 class ModelUploadSerializer(StrictInputSerializer):
@@ -168,12 +255,25 @@ class ModelSerializer(serializers.ModelSerializer):
             "preload",
             "allow_non_finite",
             "batching",
+            "runtime",
+            "warmup",
         )
         read_only_fields = fields
 
     @extend_schema_field(BatchingSerializer)
     def get_batching(self, obj: MLModel) -> dict:
         return BatchingSerializer(obj).data
+
+    runtime = serializers.SerializerMethodField()
+    warmup = serializers.SerializerMethodField()
+
+    @extend_schema_field(RuntimeSerializer)
+    def get_runtime(self, obj: MLModel) -> dict:
+        return RuntimeSerializer(obj).data
+
+    @extend_schema_field(WarmupSerializer)
+    def get_warmup(self, obj: MLModel) -> dict:
+        return WarmupSerializer(obj).data
 
     def get_tags(self, obj: MLModel) -> list[str]:
         return [tag.name for tag in obj.tags.all()]

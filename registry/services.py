@@ -44,7 +44,7 @@ from registry.errors import (
     StoredFileInvalid,
     VersionImmutable,
 )
-from registry.models import ALIAS_RULE, AliasEvent, MLModel, ModelAlias, Tag, validate_alias
+from registry.models import ALIAS_RULE, AliasEvent, MLModel, ModelAlias, SettingsEvent, Tag, validate_alias
 from registry.storage import FileTooLarge, ModelStore, StoredFileMismatch, sha256_of_file
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,20 @@ def model_create(*, name: str, version: str, description: str = "", tags: Iterab
     return model
 
 
+# The ONNX Runtime settings and warm-up of a model (inference.sessions reads them; a change
+# makes every process build the model's sessions again).
+RUNTIME_OPTIONS = (
+    "ort_graph_optimization_level",
+    "ort_intra_op_threads",
+    "ort_inter_op_threads",
+    "ort_execution_mode",
+    "ort_enable_cpu_mem_arena",
+    "ort_execution_providers",
+    "sessions_per_process",
+    "warmup_count",
+    "warmup_data",
+    "warmup_sample",
+)
 SERVING_OPTIONS = (
     "preload",
     "allow_non_finite",
@@ -130,7 +144,13 @@ SERVING_OPTIONS = (
     "preferred_batch_size",
     "max_queue_size",
     "default_timeout_microseconds",
+    *RUNTIME_OPTIONS,
 )
+
+# How a warm-up sample is checked against the model's inputs: set by the inference app (its
+# tensor decoder, the one predict uses) in AppConfig.ready; the registry does not import it.
+# Called with (sample, input_schema); raises a DomainError (400) saying what to fix.
+warmup_sample_check = None
 
 
 def model_update(
@@ -139,16 +159,23 @@ def model_update(
     description: str | None = None,
     tags: Iterable[str] | None = None,
     batching: dict | None = None,
+    runtime: dict | None = None,
+    actor=None,
     **serving_options,
 ) -> MLModel:
     """Change the descriptive fields and the serving options; the rest is owned by the system.
 
-    `batching` takes the model field names (batching_enabled, max_batch_size, ...).
+    `batching` and `runtime` take the model field names (batching_enabled, max_batch_size, ...;
+    ort_intra_op_threads, warmup_count, ...). Every changed serving option is recorded in one
+    SettingsEvent with its old and new value and ``actor`` (an API key or a user).
     """
-    changes = {**serving_options, **(batching or {})}
+    changes = {**serving_options, **(batching or {}), **(runtime or {})}
     unknown = set(changes) - set(SERVING_OPTIONS)
     if unknown:
         raise ValueError(f"not serving options: {', '.join(sorted(unknown))}")
+    # Compared with the stored row: the admin's form has already put its values on `model`.
+    stored = (MLModel.objects.filter(pk=model.pk).values(*changes).first() or {}) if changes else {}
+    changed = {name: [stored.get(name), value] for name, value in changes.items() if stored.get(name) != value}
     fields = ["updated_at"]
     if description is not None:
         model.description = description
@@ -156,15 +183,42 @@ def model_update(
     for name, value in changes.items():
         setattr(model, name, value)
         fields.append(name)
+    if changed.keys() & {"warmup_data", "warmup_sample"} or (changed and model.warmup_data == "sample"):
+        _check_warmup_sample(model)
     with transaction.atomic():
         if len(fields) > 1:
             model.full_clean(validate_unique=False, validate_constraints=False)
             model.save(update_fields=fields)
         if tags is not None:
             _set_tags(model, tags)
+        if changed:
+            SettingsEvent.objects.create(
+                model=model, name=model.name, version=model.version, changes=changed, **_actor_of_event(actor)
+            )
     if changes:
         invalidation.notify("models")
+    if changed:
+        logger.info("model settings changed", extra={"model": str(model), "fields": sorted(changed)})
     return model
+
+
+def _check_warmup_sample(model: MLModel) -> None:
+    if model.warmup_data == "sample":
+        check_warmup_sample(model.warmup_sample, model.input_schema)
+
+
+def check_warmup_sample(sample, input_schema: list) -> None:
+    """400 unless ``sample`` is an input_data document for these inputs (`missing_warmup_sample`
+    when there is none; the tensor decoder's code, e.g. invalid_shape, when it does not fit)."""
+    from django.core.exceptions import ValidationError
+
+    if sample is None:
+        raise ValidationError(
+            'Warm-up data "sample" needs a sample: an input_data document such as {"X": [[0.5, 1.0]]}.',
+            code="missing_warmup_sample",
+        )
+    if input_schema and warmup_sample_check is not None:
+        warmup_sample_check(sample, input_schema)
 
 
 def _discard_if_unreferenced(sha256: str) -> None:

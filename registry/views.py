@@ -138,7 +138,7 @@ class ModelViewSet(
         return _accepted(request, model)
 
     @extend_schema(
-        summary="Change a model's description or tags",
+        summary="Change a model's description, tags, serving options, ONNX Runtime settings or warm-up (audited)",
         request=ModelUpdateSerializer,
         responses={200: ModelSerializer, **_errors(400, 401, 403, 404)},
     )
@@ -146,7 +146,7 @@ class ModelViewSet(
         model = self.get_object()
         serializer = ModelUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        services.model_update(model=model, **serializer.validated_data)
+        services.model_update(model=model, actor=actor_of(request), **serializer.validated_data)
         return Response(ModelSerializer(self.get_object()).data)
 
     def perform_destroy(self, instance):

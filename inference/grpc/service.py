@@ -36,6 +36,7 @@ from core import request_log
 from core.exceptions import DomainError
 from inference import deadlines, exchange
 from inference.grpc.protocol import CODE_METADATA, GrpcInfer, parameters_of, parse, problem_reply
+from inference.sessions import model_ready
 from inference.v2 import metadata, repository
 from inference.v2.model_config import triton_config
 from inference.v2.protocol import v2_resolve
@@ -90,12 +91,13 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.ServerMetadataResponse(**metadata.server_metadata())
 
     def ModelReady(self, request, context):
-        # /v2 answers an unknown or unserved model with 404 or 503, which clients read as "not ready".
+        # /v2 answers an unknown or unserved model with 404 or 503, which clients read as "not
+        # ready"; so is a version whose sessions another call is loading or warming up here.
         try:
-            v2_resolve(request.name, request.version or None)
+            model = v2_resolve(request.name, request.version or None)
+            return service_pb2.ModelReadyResponse(ready=model_ready(model))
         except DomainError:
             return service_pb2.ModelReadyResponse(ready=False)
-        return service_pb2.ModelReadyResponse(ready=True)
 
     def ModelMetadata(self, request, context):
         found = metadata.model_metadata(request.name, request.version or None)

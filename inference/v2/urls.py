@@ -18,6 +18,7 @@ urlpatterns = [
     path("v2/health/ready", views.ServerReadyView.as_view(), name="v2-ready"),
     re_path(_MODEL + r"/?$", views.ModelMetadataView.as_view(), name="v2-model-metadata"),
     re_path(_MODEL + r"/ready/?$", views.ModelReadyView.as_view(), name="v2-model-ready"),
+    re_path(_MODEL + r"/config/?$", views.ModelConfigView.as_view(), name="v2-model-config"),
     path("v2/repository/index", views.RepositoryIndexView.as_view(), name="v2-repository-index"),
     re_path(r"^v2/repository/models/(?P<name>[^/]+)/load/?$", views.RepositoryLoadView.as_view(), name="v2-load"),
     re_path(r"^v2/repository/models/(?P<name>[^/]+)/unload/?$", views.RepositoryUnloadView.as_view(), name="v2-unload"),

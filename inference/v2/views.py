@@ -5,7 +5,7 @@ binary bodies are not JSON), and every answer, errors included, is the protocol'
 ``{"error": "<what to fix>", "code": "<rule>"}`` (clients read "error"; "code" is ours).
 
 Access: an API key as ``Authorization: Bearer <key>``; scope ``predict`` for model metadata,
-model ready and infer, ``manage`` for the repository extension. The health probes and the
+model config, model ready and infer, ``manage`` for the repository extension. The health probes and the
 server metadata are open: the metadata names only the server, its version and extensions, and
 clients ask for it before anything else. Sessions are not accepted on /v2, so CSRF (a defence
 for cookie-authenticated requests) does not apply and the views are csrf_exempt.
@@ -34,7 +34,9 @@ from core.body_reading import content_length
 from core.tensor_checks import InvalidInput
 from inference import exchange
 from inference.exchange import Reply
+from inference.sessions import model_ready
 from inference.v2 import codec, metadata, repository
+from inference.v2.model_config import triton_config
 from inference.v2.protocol import v2_error, v2_json, v2_resolve
 
 
@@ -113,9 +115,29 @@ class ModelMetadataView(V2View):
 
 
 class ModelReadyView(V2View):
+    """Ready once the version's sessions are loaded and warmed up in this process
+    (inference.sessions.model_ready): 503 while another request is loading them."""
+
     def get(self, request, api_key, name, version=None):
-        v2_resolve(name, version)
+        model = v2_resolve(name, version)
+        if not model_ready(model):
+            reply = v2_json(
+                {
+                    "error": f"{model} is loading or warming up in this server process. Retry shortly.",
+                    "code": "model_loading",
+                },
+                503,
+            )
+            reply.headers["Retry-After"] = "1"
+            return reply
         return Reply(200)
+
+
+class ModelConfigView(V2View):
+    """The version's configuration in Triton's shape (inference.v2.model_config)."""
+
+    def get(self, request, api_key, name, version=None):
+        return v2_json(triton_config(v2_resolve(name, version)))
 
 
 class InferView(V2View):
@@ -215,7 +237,7 @@ def unknown_route(request, *args, **kwargs):
     reply = v2_json(
         {
             "error": f"No route {request.method} {request.path}. The /v2 routes: /v2, /v2/health/live, "
-            "/v2/health/ready, /v2/models/{name}[/versions/{version}][/ready|/infer], /v2/repository/index, "
+            "/v2/health/ready, /v2/models/{name}[/versions/{version}][/ready|/config|/infer], /v2/repository/index, "
             "/v2/repository/models/{name}/load|unload.",
             "code": "not_found",
         },

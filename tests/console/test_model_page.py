@@ -208,3 +208,12 @@ def test_try_it_counts_in_the_metrics_like_any_prediction_refused_or_not(admin_c
             before, "modelforge_requests_total", **labels, outcome=outcome
         )
         assert grown == 1, outcome
+
+
+def test_timeline_shows_settings_changed_through_the_api(admin_client, iris, make_key):
+    key = make_key("manage")[0]
+    services.model_update(model=iris, runtime={"ort_intra_op_threads": 2, "warmup_count": 3}, actor=key)
+    html = admin_client.get(page_url(iris)).content.decode()
+    timeline = html[html.index('class="mf-timeline"') :]
+    assert "Settings changed: ort_intra_op_threads, warmup_count" in timeline
+    assert f"by key:{key.name}" in timeline

@@ -107,7 +107,7 @@ def test_a_bearer_key_needs_no_csrf_token(scaled, predict_key):
 
 
 def test_unknown_routes_and_methods_answer_in_the_protocols_format(web):
-    missing = web.get("/v2/models/scaled/config")
+    missing = web.get("/v2/models/scaled/trace/setting")
     assert missing.status_code == 404
     assert missing.json()["code"] == "not_found"
     assert "error" in missing.json()
