@@ -201,6 +201,26 @@ def test_try_it_shows_the_output_and_timings(page, server):
     shot(page, "06-try-it-error")
 
 
+def test_the_browsable_apis_predict_form_shows_the_prediction(page, server):
+    """The API's own pages, signed in to the admin: the predict form's script posts the body and
+    puts the answer's page in place (before, the JSON answer made it reload the URL: a 405)."""
+    from playwright.sync_api import expect
+
+    page.goto("/api/v1/models/by-name/iris/predict?version=1.0.0")
+    response = page.locator(".response-info")
+    expect(response).to_contain_text("HTTP 405 Method Not Allowed")  # a POST-only route, with its form
+    form = page.locator("#post-generic-content-form")
+    body = form.locator("textarea")
+    assert json.loads(body.input_value()) == {"input_data": {"X": [[0.0, 0.0, 0.0, 0.0]]}, "skip_cache": False}
+    body.fill('{"input_data": {"X": [[6.7, 3.0, 5.2, 2.3]]}}')
+    form.get_by_role("button", name="POST").click()
+    expect(response).to_contain_text("HTTP 200 OK")
+    expect(response).to_contain_text('"model_name": "iris"')
+    expect(response).to_contain_text('"model_version": "1.0.0"')
+    assert page.url.endswith("/api/v1/models/by-name/iris/predict?version=1.0.0")
+    shot(page, "06c-browsable-api-predict")
+
+
 def test_upload_a_new_version_and_move_the_production_alias(page, server, tmp_path):
     from playwright.sync_api import expect
 
