@@ -167,8 +167,10 @@ def test_sign_in_and_upload_a_model_through_the_form(page, server, tmp_path):
     shot(page, "02-add-form")
     page.get_by_role("button", name="Save", exact=True).click()
     # The new version's page, while it is validated in the background; it refreshes itself
-    # until the outcome. (The admin capitalises the first letter of each message.)
-    expect(page.locator(".messagelist")).to_contain_text("Uploaded-iris 2.0.0 is being validated in the background")
+    # until the outcome. The message keeps the name as it is written.
+    expect(page.locator(".messagelist")).to_have_text(
+        "uploaded-iris 2.0.0 is being validated in the background; its page refreshes until it is ready or has failed."
+    )
     expect(page.locator("#mf-status h2")).to_have_text("Status: Ready", timeout=VALIDATION_BOUND_MS)
     expect(page.locator("#mf-validating")).to_have_count(0)
     page.goto("/admin/registry/mlmodel/")
@@ -239,7 +241,7 @@ def test_upload_a_new_version_and_move_the_production_alias(page, server, tmp_pa
     expect(panel.get_by_label("Version")).to_have_value("1.1.1")
     panel.get_by_label("ONNX model file").set_input_files(str(model_file))
     panel.get_by_role("button", name="Upload and validate").click()
-    expect(page.locator(".messagelist")).to_contain_text("Iris 1.1.1 is being validated in the background")
+    expect(page.locator(".messagelist")).to_contain_text("iris 1.1.1 is being validated in the background")
     expect(page.locator("#mf-status h2")).to_have_text("Status: Ready", timeout=VALIDATION_BOUND_MS)
 
     page.get_by_role("button", name="Move alias here").click()  # production 1.1.0 -> 1.1.1
