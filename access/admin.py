@@ -78,7 +78,7 @@ class KeyAct:
     verb: str  # "expire", "revoke"
     to_state: str  # what the keys become
     consequence: str  # the page's warning, HTML
-    done: str  # the message after acting on n keys: format(count, keys)
+    done: str  # the message once done: .format(keys="“name”" or "2 keys", them="it" or "them")
     applies: Callable[[APIKey], bool]
     service: Callable[..., APIKey]
 

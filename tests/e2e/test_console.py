@@ -290,6 +290,45 @@ def test_a_batch_job_page_follows_the_job_until_completed(page, server, browser)
     expect(page.locator("#result_list .mf-status").first).to_have_text("Completed")
 
 
+# What a worker writes when it takes a job and when it finishes it: set from outside the server,
+# so the list is seen while the job runs, however fast the machine is.
+RUNNING_JOB = """
+from django.utils import timezone
+from jobs.models import Job
+from registry.models import MLModel
+model = MLModel.objects.get(name="csv-iris", version="1.0.0")
+job = Job.objects.create(
+    model=model, model_name=model.name, model_version=model.version, input_format="json",
+    input_data={"X": [[5.1, 3.5, 1.4, 0.2]]}, status="running", started_at=timezone.now(), progress_total=1,
+)
+print(job.pk)
+"""
+FINISH_JOB = """
+from django.utils import timezone
+from jobs.models import Job
+Job.objects.filter(pk="{job_id}").update(
+    status="completed", output_data={{"label": [0]}}, progress_done=1, finished_at=timezone.now()
+)
+"""
+
+
+def test_the_job_list_follows_a_running_job_until_it_finishes(page, server):
+    from playwright.sync_api import expect
+
+    job_id = server.manage("shell", "-c", RUNNING_JOB).strip()
+    page.goto("/admin/jobs/job/")
+    row = page.locator("#result_list tbody tr", has_text=job_id[:8])
+    expect(row.locator(".mf-status")).to_have_text("Running")
+    expect(page.locator("#mf-refreshing")).to_be_visible()
+    shot(page, "09b-job-list-running")
+
+    server.manage("shell", "-c", FINISH_JOB.format(job_id=job_id))
+
+    # No click: the list reloads itself and shows the outcome, then stops reloading.
+    expect(row.locator(".mf-status")).to_have_text("Completed", timeout=30_000)
+    expect(page.locator("#mf-refreshing")).to_have_count(0)
+
+
 def test_export_predictions_as_csv_with_the_current_filters(page, server):
     from playwright.sync_api import expect
 
