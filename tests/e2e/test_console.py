@@ -315,14 +315,14 @@ Job.objects.filter(pk="{job_id}").update(
 def test_the_job_list_follows_a_running_job_until_it_finishes(page, server):
     from playwright.sync_api import expect
 
-    job_id = server.manage("shell", "-c", RUNNING_JOB).strip()
+    job_id = server.manage("shell", "--no-imports", "-c", RUNNING_JOB).strip().splitlines()[-1]
     page.goto("/admin/jobs/job/")
     row = page.locator("#result_list tbody tr", has_text=job_id[:8])
     expect(row.locator(".mf-status")).to_have_text("Running")
     expect(page.locator("#mf-refreshing")).to_be_visible()
     shot(page, "09b-job-list-running")
 
-    server.manage("shell", "-c", FINISH_JOB.format(job_id=job_id))
+    server.manage("shell", "--no-imports", "-c", FINISH_JOB.format(job_id=job_id))
 
     # No click: the list reloads itself and shows the outcome, then stops reloading.
     expect(row.locator(".mf-status")).to_have_text("Completed", timeout=30_000)
