@@ -1,13 +1,18 @@
-"""API keys in the admin: created and revoked through access.services; the raw key is shown once.
+"""API keys in the admin: created, expired and revoked through access.services; the raw key is
+shown once.
 
 Creating a key answers with a redirect (post/redirect/get): the raw key waits in the session
 for the one page that shows it, which takes it out, so reloading that page neither creates a
-second key nor shows the key again. Revoking (from the key's page or the list's action) first
-shows what will change, the key's recent use included; only the confirming POST revokes.
+second key nor shows the key again. Names are unique (letter case aside): a taken one is an
+error on the form's name field. Expiring now and revoking (from the key's page or the list's
+actions) first show what will change, each key's recent use included; only the confirming POST
+acts. Expiring can be undone (give the key a later expiry); revoking cannot.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django import forms
@@ -15,18 +20,21 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, transaction
 from django.db.models import Count
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.cache import patch_cache_control
+from django.utils.html import format_html
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from access import services
 from access.models import ALL_SCOPES, APIKey, Scope
+from core.exceptions import DomainError
 
 # The session entry holding a new key's raw value until its one display.
 NEW_KEY_SESSION = "mf_new_api_key"
@@ -52,6 +60,62 @@ class APIKeyForm(forms.ModelForm):
         chosen = set(self.cleaned_data["scopes"])
         return [scope for scope in ALL_SCOPES if scope in chosen]
 
+    def clean_name(self) -> str:
+        # Checked here to put the refusal on the field, naming the key that has the name; the
+        # unique constraint (and access.services) still decides a race.
+        name = self.cleaned_data["name"].strip()
+        if APIKey.objects.filter(name__iexact=name).exclude(pk=self.instance.pk).exists():
+            raise ValidationError(services.name_taken_error(name).detail, code="api_key_name_taken")
+        return name
+
+
+@dataclass(frozen=True)
+class KeyAct:
+    """Expiring now or revoking: what the confirmation page and the messages say, which keys it
+    applies to, and the service that does it."""
+
+    name: str  # the URL and action name: admin:access_apikey_<name>
+    verb: str  # "expire", "revoke"
+    to_state: str  # what the keys become
+    consequence: str  # the page's warning, HTML
+    done: str  # the message once done: .format(keys="“name”" or "2 keys", them="it" or "them")
+    applies: Callable[[APIKey], bool]
+    service: Callable[..., APIKey]
+
+
+def _is_active(api_key: APIKey) -> bool:
+    return not api_key.revoked and not api_key.has_expired
+
+
+ACTS = {
+    "expire": KeyAct(
+        name="expire",
+        verb="expire",
+        to_state="expired",
+        consequence=(
+            "After expiring, every request with {these} is refused with 401 (<code>api_key_expired</code>) at "
+            "once, in every server process. Jobs already created go on. This can be undone: give the key a "
+            "later expiry on its page."
+        ),
+        done="Expired {keys} now; requests with {them} are refused. A later expiry on the key's page undoes it.",
+        applies=_is_active,
+        service=services.api_key_expire,
+    ),
+    "revoke": KeyAct(
+        name="revoke",
+        verb="revoke",
+        to_state="revoked",
+        consequence=(
+            "After revoking, every request with {these} is refused with 401 (<code>api_key_revoked</code>) at "
+            "once, in every server process. Jobs already created go on. <strong>Revocation cannot be "
+            "undone:</strong> a client needs a new key."
+        ),
+        done="Revoked {keys}; revocation cannot be undone.",
+        applies=lambda api_key: not api_key.revoked,
+        service=services.api_key_revoke,
+    ),
+}
+
 
 @admin.register(APIKey)
 class ScopedAPIKeyAdmin(APIKeyModelAdmin):
@@ -59,7 +123,7 @@ class ScopedAPIKeyAdmin(APIKeyModelAdmin):
     list_display = ("name", "prefix", "scope_list", "state", "created", "expiry_date", "last_used_at")
     list_filter = ("revoked", "created", "expiry_date")
     search_fields = ("name", "prefix")
-    actions = ("revoke_selected",)
+    actions = ("expire_selected", "revoke_selected")
     change_form_template = "admin/access/apikey/key_page.html"
 
     def get_fieldsets(self, request, obj=None):
@@ -96,10 +160,23 @@ class ScopedAPIKeyAdmin(APIKeyModelAdmin):
     def scope_list(self, obj: APIKey) -> str:
         return ", ".join(obj.scopes)
 
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except DomainError as exc:
+            # The name was taken between the form's check and the save (the constraint decided):
+            # nothing was saved (the admin's transaction rolled back); say why on the same page.
+            self.message_user(request, f"Not saved: {exc.detail}", messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
     def save_model(self, request, obj: APIKey, form, change: bool) -> None:
         if change:
             # No service edits a live key's name, scopes or expiry yet; the ModelForm validated them.
-            obj.save()
+            try:
+                with transaction.atomic():  # a savepoint, so the refusal can still read the other key
+                    obj.save()
+            except IntegrityError as exc:
+                raise services.name_taken_error(obj.name) from exc
             return
         data = form.cleaned_data
         api_key, raw_key = services.api_key_create(
@@ -147,29 +224,40 @@ class ScopedAPIKeyAdmin(APIKeyModelAdmin):
         patch_cache_control(response, no_store=True, no_cache=True, private=True)
         return response
 
-    # --- revoke from the key's page ---------------------------------------------------------------
+    # --- expire now and revoke: from the key's page or the list, after a confirmation ----------
 
     def get_urls(self):
-        revoke = path(
-            "<path:object_id>/revoke/", self.admin_site.admin_view(self.revoke_view), name="access_apikey_revoke"
-        )
+        own = [
+            path(
+                f"<path:object_id>/{act.name}/",
+                self.admin_site.admin_view(self.act_view),
+                {"act": act.name},
+                name=f"access_apikey_{act.name}",
+            )
+            for act in ACTS.values()
+        ]
         created = path(
             "<path:object_id>/created/", self.admin_site.admin_view(self.created_view), name="access_apikey_created"
         )
-        return [revoke, created, *super().get_urls()]
+        return [*own, created, *super().get_urls()]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         api_key = self.get_object(request, unquote(object_id))
         context = dict(extra_context or {})
         if api_key is not None:
             context["mf_state"] = self.state(api_key)
-            if not api_key.revoked and self.has_change_permission(request, api_key):
-                context["mf_revoke_url"] = reverse("admin:access_apikey_revoke", args=[quote(api_key.pk)])
+            if self.has_change_permission(request, api_key):
+                for act in ACTS.values():
+                    if act.applies(api_key):
+                        context[f"mf_{act.name}_url"] = reverse(
+                            f"admin:access_apikey_{act.name}", args=[quote(api_key.pk)]
+                        )
         return super().change_view(request, object_id, form_url, extra_context=context)
 
-    def revoke_view(self, request, object_id):
-        """GET (or a POST without ``confirm=yes``): what revoking will change. The confirming POST
-        revokes."""
+    def act_view(self, request, object_id, act: str):
+        """GET (or a POST without ``confirm=yes``): what expiring or revoking will change. The
+        confirming POST acts."""
+        act = ACTS[act]
         if request.method not in ("GET", "POST"):
             return HttpResponseNotAllowed(["GET", "POST"])
         api_key = self.get_object(request, unquote(object_id))
@@ -178,58 +266,75 @@ class ScopedAPIKeyAdmin(APIKeyModelAdmin):
         if not self.has_change_permission(request):
             raise PermissionDenied
         key_url = reverse("admin:access_apikey_change", args=[quote(api_key.pk)])
-        if api_key.revoked:
-            self.message_user(request, f"“{api_key.name}” is already revoked.", level=messages.WARNING)
+        if not act.applies(api_key):
+            self.message_user(request, f"“{api_key.name}” is already {self.state(api_key).lower()}.", messages.WARNING)
             return HttpResponseRedirect(key_url)
         if request.method == "POST" and request.POST.get("confirm") == "yes":
-            services.api_key_revoke(api_key=api_key)
-            self.log_change(request, api_key, "Revoked")
-            self.message_user(request, f"Revoked “{api_key.name}”; revocation cannot be undone.")
+            act.service(api_key=api_key)
+            self.log_change(request, api_key, act.to_state.capitalize())
+            self.message_user(request, act.done.format(keys=f"“{api_key.name}”", them="it"))
             return HttpResponseRedirect(key_url)
-        return self._revoke_confirmation(
-            request, [api_key], form_action=request.path, hidden=[("confirm", "yes")], back_url=key_url
+        return self._confirmation(
+            request, act, [api_key], form_action=request.path, hidden=[("confirm", "yes")], back_url=key_url
         )
+
+    @admin.action(description="Expire selected keys now…", permissions=["change"])
+    def expire_selected(self, request, queryset):
+        """First a page saying what will change; the confirming POST (``post=yes``) expires."""
+        return self._act_selected(request, queryset, ACTS["expire"])
 
     @admin.action(description="Revoke selected keys…", permissions=["change"])
     def revoke_selected(self, request, queryset):
         """First a page saying what will change; the confirming POST (``post=yes``) revokes."""
-        active = list(queryset.filter(revoked=False).order_by("name"))
-        if not active:
-            self.message_user(request, "None of the selected keys is active; nothing to revoke.", messages.WARNING)
+        return self._act_selected(request, queryset, ACTS["revoke"])
+
+    def _act_selected(self, request, queryset, act: KeyAct):
+        selected = list(queryset.order_by("name"))
+        keys = [api_key for api_key in selected if act.applies(api_key)]
+        if not keys:
+            self.message_user(request, f"None of the selected keys is active; nothing to {act.verb}.", messages.WARNING)
             return None
         if request.POST.get("post") == "yes":
-            for api_key in active:
-                services.api_key_revoke(api_key=api_key)
-                self.log_change(request, api_key, "Revoked")
-            revoked = len(active)
-            self.message_user(request, f"Revoked {revoked} key{'s' * (revoked != 1)}; revocation cannot be undone.")
+            for api_key in keys:
+                act.service(api_key=api_key)
+                self.log_change(request, api_key, act.to_state.capitalize())
+            count = len(keys)
+            self.message_user(
+                request, act.done.format(keys=f"{count} key{'s' * (count != 1)}", them="them" if count > 1 else "it")
+            )
             return None
-        hidden = [("action", "revoke_selected"), ("post", "yes")]
-        hidden += [(helpers.ACTION_CHECKBOX_NAME, api_key.pk) for api_key in active]
-        return self._revoke_confirmation(
+        hidden = [("action", f"{act.name}_selected"), ("post", "yes")]
+        hidden += [(helpers.ACTION_CHECKBOX_NAME, api_key.pk) for api_key in keys]
+        changelist = reverse("admin:access_apikey_changelist")
+        return self._confirmation(
             request,
-            active,
-            form_action=reverse("admin:access_apikey_changelist"),
+            act,
+            keys,
+            form_action=changelist,
             hidden=hidden,
-            back_url=reverse("admin:access_apikey_changelist"),
-            skipped=queryset.filter(revoked=True).count(),
+            back_url=changelist,
+            skipped=[api_key for api_key in selected if not act.applies(api_key)],
         )
 
-    def _revoke_confirmation(self, request, api_keys, *, form_action, hidden, back_url, skipped=0):
+    def _confirmation(self, request, act: KeyAct, api_keys, *, form_action, hidden, back_url, skipped=()):
+        one = len(api_keys) == 1
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
-            "title": "Revoke API key?" if len(api_keys) == 1 else f"Revoke {len(api_keys)} API keys?",
+            "title": f"{act.verb.capitalize()} {'API key' if one else f'{len(api_keys)} API keys'}"
+            f"{' now' if act.name == 'expire' else ''}?",
+            "act": act,
+            "consequence": format_html(act.consequence, these="this key" if one else "these keys"),
             "rows": key_recent_use(api_keys),
             "recent_hours": int(RECENT_USE.total_seconds() // 3600),
             "sampled": settings.HISTORY_SAMPLE_RATE < 1,
             "sample_percent": round(settings.HISTORY_SAMPLE_RATE * 100, 1),
-            "skipped": skipped,
+            "skipped": [(api_key, self.state(api_key).lower()) for api_key in skipped],
             "form_action": form_action,
             "hidden": hidden,
             "back_url": back_url,
         }
-        return TemplateResponse(request, "admin/access/apikey/revoke_confirmation.html", context)
+        return TemplateResponse(request, "admin/access/apikey/act_confirmation.html", context)
 
 
 def key_recent_use(api_keys: list[APIKey]) -> list[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.db.models.functions import Lower
 from rest_framework_api_key.models import AbstractAPIKey, BaseAPIKeyManager
 
 
@@ -22,7 +23,17 @@ class APIKeyQuerySet(models.QuerySet):
         return self.filter(revoked=False).exclude(expiry_date__lt=timezone.now())
 
 
+NAME_HELP = (
+    "Who or what uses the key, e.g. billing-svc; 1-50 characters. Unique (letter case aside): the name "
+    "stands for the key in logs, the prediction history and the audit trails (key:<name>)."
+)
+
+
 class APIKey(AbstractAPIKey):
+    # The library's name "need not be unique"; ours must: `key:<name>` labels a caller in the
+    # request log, the history and AliasEvent's actor (text that outlives the key), and two keys
+    # behind one label could not be told apart there.
+    name = models.CharField(max_length=50, help_text=NAME_HELP)
     scopes = models.JSONField(
         default=list,
         help_text="What the key may do: read (registry reads), predict, manage (registry writes).",
@@ -34,6 +45,13 @@ class APIKey(AbstractAPIKey):
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "API key"
         verbose_name_plural = "API keys"
+        constraints = [
+            models.UniqueConstraint(
+                Lower("name"),
+                name="apikey_name_unique",
+                violation_error_message="An API key with this name already exists; choose another name.",
+            )
+        ]
 
     def save(self, *args, **kwargs):
         super().save(*args, **kwargs)

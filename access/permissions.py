@@ -10,7 +10,9 @@ the admin, no more: `SESSION_PERMISSIONS` maps every route and method to the per
 needs, the way the admin asks for them (listing and reading need `view` or `change`, as the
 admin's `has_view_permission` has it; archive and validate are `change` actions there;
 delete is `delete`). Superusers have every permission. A route missing from the table is
-refused to sessions (fail closed): adding a route means deciding here what a session needs.
+refused to sessions (fail closed): adding a route means deciding here what a session needs. A
+method a route does not take is its 405 (with the browsable API's form for the methods it does
+take), as for a key, not a 403.
 
 "See everyone's objects": jobs and predictions are per key (a key sees only its own); a session
 that may view jobs (predictions) in the admin lists and reads all of them through the API, one
@@ -46,7 +48,8 @@ def _asked_of_the_view(request, view) -> tuple[str, ...]:
 Required = tuple[str, ...] | Callable[..., tuple[str, ...]]
 
 # (URL name, method) -> the Django permissions a session needs, all of them. HEAD is GET.
-# OPTIONS describes the route (as the schema does) and needs a staff session only.
+# OPTIONS describes the route (as the schema does), and a method the route does not take is
+# answered 405: both need a staff session only.
 SESSION_PERMISSIONS: dict[tuple[str, str], Required] = {
     # The OpenAPI schema and its pages describe the API, no data: any staff session.
     ("schema", "GET"): (),
@@ -104,7 +107,9 @@ def session_permissions(request, view) -> tuple[str, ...] | None:
     """The permissions a session needs for this request, or None when the route has no entry."""
     match = getattr(request, "resolver_match", None)
     method = "GET" if request.method == "HEAD" else request.method
-    if method == "OPTIONS":
+    if method == "OPTIONS" or request.method not in getattr(view, "allowed_methods", (request.method,)):
+        # Describing the route, or answering 405 for a method it does not take (what the
+        # browsable API shows, with its form for the methods it does take): no data.
         return ()
     required = SESSION_PERMISSIONS.get((getattr(match, "url_name", None), method))
     if callable(required):

@@ -52,7 +52,7 @@ def perf_analyzer() -> tuple[Path, dict]:
             raise SystemExit("perf_analyzer needs Debian's libb64-0d: apt-get install -y libb64-0d")
         subprocess.run([sys.executable, "-m", "venv", str(TOOL_VENV)], check=True)
         pip = [str(TOOL_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        subprocess.run([*pip, TRITONCLIENT, "nvidia-cuda-runtime-cu12"], check=True)
+        subprocess.run([*pip, TRITONCLIENT, "nvidia-cuda-runtime-cu12"], check=True, stderr=subprocess.DEVNULL)
     (cudart,) = TOOL_VENV.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib")
     return binary, dict(os.environ, LD_LIBRARY_PATH=str(cudart))
 
@@ -86,7 +86,7 @@ def run_perf_analyzer(
     with tempfile.NamedTemporaryFile(suffix=".csv", delete=False) as report:
         path = report.name
     command = [
-        str(binary), "-m", model, "-i", protocol, "-u", url, "-H", f"Authorization: Bearer {key}",
+        str(binary), "-m", model, "-i", protocol, "-u", url, "-H", f"authorization: Bearer {key}",
         "--concurrency-range", concurrency, "--shape", shape, "--input-data", "random",
         "--measurement-interval", str(int(seconds * 1000)), "--stability-percentage", "100",
         "--max-trials", "3", "--percentile", "99", "-f", path,

@@ -21,10 +21,13 @@ from django.contrib.admin.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.utils.timezone import localtime
 
 from access.principals import Credential
 from console import confirm
@@ -74,7 +77,7 @@ def timeline(model: MLModel) -> list[TimelineEvent]:
         TimelineEvent(model.created_at, "Registered", f"by {model.created_by_label}" if model.created_by_label else "")
     ]
     if model.uploaded_at:
-        size = f"{model.file_size:,} bytes" if model.file_size is not None else ""
+        size = filesizeformat(model.file_size) if model.file_size is not None else ""
         events.append(TimelineEvent(model.uploaded_at, "File uploaded", f"{size}, sha256 {model.file_sha256[:12]}…"))
     if model.validated_at:
         if model.error_code:
@@ -107,7 +110,7 @@ def timeline_html(model: MLModel) -> SafeString:
         "",
         '<li><time datetime="{}">{}</time> <strong>{}</strong> <span class="mf-muted">{}</span></li>',
         (
-            (event.at.isoformat(), f"{event.at:%Y-%m-%d %H:%M:%S %Z}", event.label, event.detail)
+            (event.at.isoformat(), date_format(localtime(event.at), "DATETIME_FORMAT"), event.label, event.detail)
             for event in timeline(model)
         ),
     )

@@ -3,13 +3,15 @@ cached and a date range, and a streamed CSV export of whatever the filters selec
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import re
 from datetime import date, datetime, time, timedelta
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpResponseRedirect, StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -17,6 +19,7 @@ from django.utils.html import format_html
 
 from core.csv_cells import csv_cell, csv_row
 from inference.models import Prediction
+from registry.models import MLModel
 
 EMPTY = "—"
 EXPORT_CHUNK_ROWS = 2000
@@ -76,11 +79,18 @@ class DateRangeFilter(admin.FieldListFilter):
         return True
 
     def choices(self, changelist):
-        # The template renders the form; the one "choice" clears the range.
+        # The template renders the form; the choices clear the range or set it to today (in
+        # the site's time zone, as the range is read).
         yield {
             "selected": not self.values,
             "query_string": changelist.get_query_string(remove=self.expected_parameters()),
             "display": "Any date",
+        }
+        today = timezone.localdate().isoformat()
+        yield {
+            "selected": self.value_from == today and self.value_to == today,
+            "query_string": changelist.get_query_string({self.parameter_from: today, self.parameter_to: today}),
+            "display": "Today",
         }
 
     @staticmethod
@@ -99,6 +109,22 @@ class DateRangeFilter(admin.FieldListFilter):
             end = datetime.combine(self._day(self.values[self.parameter_to]) + timedelta(days=1), time.min, zone)
             queryset = queryset.filter(**{f"{self.field_path}__lt": end})
         return queryset
+
+
+class ModelNameFilter(admin.SimpleListFilter):
+    """Every version of a model name (the history keeps the name, which outlives the versions).
+    The names listed are the registry's: reading them from millions of history rows would be slow."""
+
+    title = "model name"
+    parameter_name = "model_name"
+
+    def lookups(self, request, model_admin):
+        names = MLModel.objects.order_by("name").values_list("name", flat=True).distinct()
+        return [(name, name) for name in names]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        return queryset.filter(model_name=value) if value else queryset
 
 
 def _csv_cell(value) -> object:
@@ -127,10 +153,33 @@ def csv_rows(queryset):
         yield writer.writerow([_csv_cell(value) for value in row])
 
 
+def export_filename(params) -> str:
+    """predictions_<model>_<dates>.csv from the filters: the model name (and version), else
+    all-models; the date range (from_to, inclusive), else up to now (UTC). Names and versions
+    are letters, digits, '-', '_' and '.' (registry.models), so they need no quoting; anything
+    else a filter carries is left out."""
+    model = "all-models"
+    if params.get("model_name"):
+        model = params["model_name"]
+    elif params.get("model__id__exact"):
+        with contextlib.suppress(ValueError, ValidationError):  # the changelist refused it already
+            found = MLModel.objects.filter(pk=params["model__id__exact"]).values_list("name", "version").first()
+            model = "-".join(found) if found else model
+    model = re.sub(r"[^A-Za-z0-9._-]", "", model) or "all-models"
+    first, last = params.get("created_at__from", ""), params.get("created_at__to", "")
+    if first or last:
+        dates = f"{first or 'start'}_{last or timezone.localdate().isoformat()}"
+    else:
+        dates = "until-" + timezone.now().strftime("%Y-%m-%dT%H%M%SZ")
+    dates = re.sub(r"[^0-9A-Za-z_-]", "", dates)
+    return f"predictions_{model}_{dates}.csv"
+
+
 @admin.register(Prediction)
 class PredictionAdmin(admin.ModelAdmin):
     list_display = ("created_at", "model_label", "served", "inference_time_ms", "total_time_ms", "caller")
     list_filter = (
+        ModelNameFilter,
         ("model", admin.RelatedOnlyFieldListFilter),
         "cached",
         ("created_at", DateRangeFilter),
@@ -188,9 +237,8 @@ class PredictionAdmin(admin.ModelAdmin):
             messages.error(request, f"Nothing exported: {exc}")
             return HttpResponseRedirect(reverse("admin:inference_prediction_changelist"))
         queryset = changelist.get_queryset(request)
-        stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
         response = StreamingHttpResponse(csv_rows(queryset), content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="predictions-{stamp}.csv"'
+        response["Content-Disposition"] = f'attachment; filename="{export_filename(request.GET)}"'
         return response
 
     @admin.display(description="model", ordering="model_name")

@@ -7,11 +7,16 @@ and renderers would add work without adding checks. Their routes are in inferenc
 
 from __future__ import annotations
 
+import json
+
+import orjson
 from django.http import HttpResponse
 from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
+from rest_framework.parsers import JSONParser
+from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -19,6 +24,7 @@ from access.models import Scope
 from access.principals import Credential
 from core.body_reading import content_length
 from core.datetime_filters import UtcIsoDateTimeFilter
+from core.exceptions import DomainError
 from core.list_filters import StrictFilterBackend
 from core.strict_input import UNAUTHENTICATED, error_responses
 from inference import exchange
@@ -26,6 +32,7 @@ from inference.cache import prediction_cache
 from inference.exchange import Protocol
 from inference.models import Prediction
 from inference.serializers import PredictionSerializer, PredictRequestSerializer, PredictResponseSerializer
+from inference.tensors import example_input
 from registry.errors import ModelNotFound
 from registry.models import MLModel
 
@@ -45,12 +52,30 @@ def _errors(*statuses: int) -> dict:
     return error_responses(_ERRORS, *statuses)
 
 
+class PredictFormRenderer(BrowsableAPIRenderer):
+    """The browsable API's page for predict: its raw-data form starts with a body the model
+    accepts (one row of zeros from its input schema), or with what was just posted, to edit and
+    send again."""
+
+    def get_raw_data_form(self, data, view, method, request):
+        form = super().get_raw_data_form(data, view, method, request)
+        if form is not None and method == "POST":
+            form.fields["_content"].initial = view.form_body(request)
+        return form
+
+
 # The /api/v1 door of the serving exchange (inference.exchange): DRF authenticates (a key, or a
 # session with its CSRF check) and the exchange does the rest, authorization included. The route
 # table (inference.routes) gives each view its protocol and how its path names the model. (A
 # comment, not a docstring: DRF would publish a docstring as the operation's description.)
+#
+# The exchange answers in JSON bytes. A request that prefers HTML (the browsable API's form,
+# posted by its script with `Accept: text/html`) gets the same answer as the browsable API's
+# page: otherwise its script, finding no HTML, reloads the URL with a GET, which shows a 405.
 class PredictView(APIView):
     required_scopes = {"POST": Scope.PREDICT}
+    parser_classes = (JSONParser,)  # what the form offers; the exchange parses the body itself
+    renderer_classes = (JSONRenderer, PredictFormRenderer)
     protocol: Protocol | None = None
     ref = None
 
@@ -69,7 +94,22 @@ class PredictView(APIView):
             ),
             self.protocol,
         )
+        if isinstance(getattr(request, "accepted_renderer", None), BrowsableAPIRenderer):
+            headers = {name: value for name, value in reply.headers.items() if name.lower() != "content-type"}
+            return Response(orjson.loads(reply.content), status=reply.status, headers=headers)
         return HttpResponse(reply.content, status=reply.status, headers=reply.headers)
+
+    def form_body(self, request) -> str:
+        """The predict form's body: the one just posted, else one row of zeros for the model's
+        inputs (an empty input_data when the model cannot be served or takes no JSON input)."""
+        if request.method == "POST" and request.body:
+            return request.body.decode("utf-8", "replace")
+        try:
+            model = self.protocol.resolve(self.ref(self.kwargs, request.query_params))
+            example = example_input(model.input_schema)
+        except DomainError:
+            example = {}
+        return json.dumps({"input_data": example, "skip_cache": False}, indent=4)
 
 
 _predict_examples = [

@@ -10,6 +10,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -42,6 +43,7 @@ class JobAdmin(admin.ModelAdmin):
     ordering = ("-created_at",)
     actions = ("cancel_jobs", "retry_jobs")
     change_form_template = "admin/jobs/job/job_page.html"
+    change_list_template = "admin/jobs/job/change_list.html"
 
     class Media:
         css = {"all": ("console/console.css",)}
@@ -49,8 +51,8 @@ class JobAdmin(admin.ModelAdmin):
     # The change page reloads itself this often while the job is pending, queued or running.
     REFRESH_SECONDS = 2
     fieldsets = (
-        (None, {"fields": ("id", "status_badge", "priority", "model", "model_label", "owner")}),
-        ("Input", {"fields": ("input_format", "input_filename", "input_size", "progress")}),
+        (None, {"fields": ("id", "status_badge", "priority", "model_link", "owner")}),
+        ("Input", {"fields": ("input_format", "input_filename", "input_size_display", "progress")}),
         ("Run", {"fields": ("attempts", "worker", "celery_task_id", "queue_time_ms", "inference_time_ms")}),
         ("Result", {"fields": ("output_file", "warnings", "error_code", "error_message", "traceback_block")}),
         ("Times", {"fields": ("created_at", "enqueued_at", "started_at", "finished_at")}),
@@ -59,12 +61,11 @@ class JobAdmin(admin.ModelAdmin):
         "id",
         "status_badge",
         "priority",
-        "model",
-        "model_label",
+        "model_link",
         "owner",
         "input_format",
         "input_filename",
-        "input_size",
+        "input_size_display",
         "progress",
         "attempts",
         "worker",
@@ -113,11 +114,19 @@ class JobAdmin(admin.ModelAdmin):
                 mf_cancel_url=reverse("admin:jobs_job_cancel", args=[job.pk])
                 if may_act and job.status in Job.ACTIVE
                 else None,
-                mf_retry_url=reverse("admin:jobs_job_retry", args=[job.pk])
-                if may_act and job.status in (Status.FAILED, Status.CANCELLED)
-                else None,
+                # Not for a failure another run would meet again (its input is at fault).
+                mf_retry_url=reverse("admin:jobs_job_retry", args=[job.pk]) if may_act and job.is_retryable else None,
             )
         return super().change_view(request, object_id, form_url, extra_context=context)
+
+    def changelist_view(self, request, extra_context=None):
+        """The list reloads itself (every REFRESH_SECONDS) while a job it shows is pending, queued
+        or running, so their progress and outcome appear without a manual reload."""
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None and any(job.status in Job.ACTIVE for job in changelist.result_list):
+            response.context_data["mf_refresh_seconds"] = self.REFRESH_SECONDS
+        return response
 
     def _job_for_action(self, request, object_id) -> Job:
         if request.method != "POST":
@@ -235,6 +244,18 @@ class JobAdmin(admin.ModelAdmin):
     def model_label(self, job: Job) -> str:
         return f"{job.model_name}:{job.model_version}"
 
+    @admin.display(description="model")
+    def model_link(self, job: Job) -> SafeString:
+        """name:version, linked to the version's page while it exists (a job outlives it)."""
+        if job.model_id is None:
+            return format_html("{} (deleted)", self.model_label(job))
+        url = reverse("admin:registry_mlmodel_change", args=[job.model_id])
+        return format_html('<a href="{}">{}</a>', url, self.model_label(job))
+
+    @admin.display(description="input size")
+    def input_size_display(self, job: Job) -> str:
+        return "—" if job.input_size is None else filesizeformat(job.input_size)
+
     @admin.display(description="owner")
     def owner(self, job: Job) -> str:
         return job.owner_label or "—"
@@ -281,6 +302,9 @@ class JobAdmin(admin.ModelAdmin):
     def retry_jobs(self, request, queryset) -> None:
         created, problems = 0, []
         for job in queryset:
+            if job.status == Status.FAILED and not job.is_retryable:
+                problems.append(f"{str(job.pk)[:8]}: not retried, it failed on its input ({job.error_code}).")
+                continue
             try:
                 services.job_resubmit(job=job)
                 created += 1

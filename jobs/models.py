@@ -69,6 +69,9 @@ class Job(models.Model):
 
     ACTIVE = (Status.PENDING, Status.QUEUED, Status.RUNNING)
     TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+    # Failures of the job's own input, or of the model's outputs for it: another run of the same
+    # job would fail the same way, so it is not offered (jobs.services.job_resubmit refuses it).
+    REPEATING_FAILURES = ("invalid_row", "invalid_input_file", "unsupported_output")
     # Lower runs first (the embedded runner's ordering; Celery uses one queue per priority).
     PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
 
@@ -149,6 +152,13 @@ class Job(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+    @property
+    def is_retryable(self) -> bool:
+        """Failed or cancelled, and not for a reason another run would meet again."""
+        if self.status == self.Status.CANCELLED:
+            return True
+        return self.status == self.Status.FAILED and self.error_code not in self.REPEATING_FAILURES
 
     @property
     def is_batch(self) -> bool:

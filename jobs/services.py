@@ -172,9 +172,15 @@ def job_create(
 
 def job_resubmit(*, job: Job) -> Job:
     """Run a failed or cancelled job again, as a new job with the same model, input, priority
-    and owner. The old job stays as it ended: a finished job never runs twice."""
+    and owner. The old job stays as it ended: a finished job never runs twice. A job that failed
+    on its input (Job.REPEATING_FAILURES) is refused: it would fail again."""
     if job.status not in (Status.FAILED, Status.CANCELLED):
         raise NotRetryable(f"Only failed or cancelled jobs can be retried; this one is {job.status}.")
+    if not job.is_retryable:
+        raise NotRetryable(
+            f"This job failed on its input ({job.error_code}): another run would fail the same way. Fix the input "
+            "and create a new job."
+        )
     model = MLModel.objects.filter(pk=job.model_id).first()
     if model is None:
         raise ModelDeleted(f"Model {job.model_name}:{job.model_version} has been deleted.")

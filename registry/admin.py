@@ -414,9 +414,10 @@ class MLModelAdmin(RefusedDeleteMixin, admin.ModelAdmin):
 
     def response_add(self, request, obj, post_url_continue=None):
         # A new version is being validated: its own page shows the progress, then the report.
-        response = super().response_add(request, obj, post_url_continue)
+        # report_validation said what happened; Django's "was added successfully" would be a
+        # second message about the same thing.
         if "_addanother" in request.POST or IS_POPUP_VAR in request.POST:
-            return response
+            return super().response_add(request, obj, post_url_continue)
         return HttpResponseRedirect(reverse("admin:registry_mlmodel_change", args=[obj.pk]))
 
     def _save_change(self, request, obj: MLModel, form) -> None:

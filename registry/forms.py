@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import onnxruntime
 from django import forms
 from django.conf import settings
@@ -19,7 +22,7 @@ from registry.models import (
     ModelAlias,
     tag_validator,
 )
-from registry.services import SERVING_OPTIONS
+from registry.services import SERVING_OPTIONS, file_check
 
 MAX_TAGS = 50  # the API's limit too (registry.serializers.TagListField)
 
@@ -72,6 +75,31 @@ def _file_help() -> str:
     return f"A self-contained .onnx file, at most {settings.MAX_MODEL_SIZE_MB} MB."
 
 
+def refuse_failing_file(upload) -> None:
+    """Raise a ValidationError with the checks' code and reason if the uploaded file fails the
+    checks a validation makes (registry.services.file_check, in the sandbox).
+
+    In the admin a person waits at the form for the outcome: a file that can never be a model is
+    refused on the form, with the reason, and nothing is registered (the API answers 202 at once
+    and reports the outcome on the model). A file that passes is registered and validated as any
+    other, in the background."""
+    temporary_path = getattr(upload, "temporary_file_path", None)
+    if temporary_path is not None:  # always, with the upload handler of the settings
+        result = file_check(Path(temporary_path()))
+    else:
+        with tempfile.NamedTemporaryFile(suffix=".onnx", dir=settings.FILE_UPLOAD_TEMP_DIR) as copy:
+            for chunk in upload.chunks():
+                copy.write(chunk)
+            copy.flush()
+            result = file_check(Path(copy.name))
+    if not result.ok:
+        raise ValidationError(
+            "This file cannot be registered (%(code)s): %(detail)s",
+            code=result.code,
+            params={"code": result.code, "detail": result.detail},
+        )
+
+
 class MLModelAddForm(forms.ModelForm):
     """Register a model: name, version, description, tags and the file, validated at once."""
 
@@ -99,6 +127,15 @@ class MLModelAddForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["file"].help_text = _file_help()
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("file") and not self.errors:  # the checks take a while: only for a valid form
+            try:
+                refuse_failing_file(cleaned["file"])
+            except ValidationError as exc:
+                self.add_error("file", exc)
+        return cleaned
 
 
 class MLModelChangeForm(forms.ModelForm):
@@ -169,6 +206,7 @@ class MLModelChangeForm(forms.ModelForm):
             raise ValidationError(
                 "This version is being validated; upload again once validation ends.", code="invalid_status"
             )
+        refuse_failing_file(upload)
         return upload
 
 

@@ -499,6 +499,13 @@ def _check_file(sha256: str) -> sandbox.SandboxResult:
     path, failure = _verify_stored_file(sha256)
     if failure is not None:
         return failure
+    return file_check(path)
+
+
+def file_check(path: Path) -> sandbox.SandboxResult:
+    """A validation's checks on a local file, in the sandbox: for a stored file, or for an upload
+    before anything is registered (the admin's forms refuse a file that fails them on the form,
+    for the person waiting there; up to VALIDATION_TIMEOUT_SECONDS)."""
     return sandbox.inspect_in_sandbox(
         path,
         memory_mb=settings.VALIDATION_MEMORY_MB,

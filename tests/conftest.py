@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,11 @@ def _fresh_cache():
 def make_key(db):
     """make_key("read", "predict", expires=None, revoked=False) -> (APIKey, raw key string)."""
 
-    def _make(*scopes: str, name: str = "test", expiry_date=None, revoked: bool = False):
+    names = itertools.count(1)
+
+    def _make(*scopes: str, name: str | None = None, expiry_date=None, revoked: bool = False):
+        # Key names are unique: a test that does not name its keys gets test-1, test-2, ...
+        name = name if name is not None else f"test-{next(names)}"
         api_key, raw = APIKey.objects.create_key(name=name, scopes=list(scopes), expiry_date=expiry_date)
         if revoked:
             api_key.revoked = True
@@ -88,7 +93,7 @@ def make_key(db):
 def client_for(make_key):
     """client_for("read", "manage") -> an APIClient sending a new key with those scopes."""
 
-    def _client(*scopes: str, name: str = "test") -> APIClient:
+    def _client(*scopes: str, name: str | None = None) -> APIClient:
         api_key, raw = make_key(*scopes, name=name)
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")

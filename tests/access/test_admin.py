@@ -208,3 +208,157 @@ def test_key_state_is_shown_in_words_and_the_page_revokes(admin_client, api_clie
     again = admin_client.get(revoke_url, follow=True)
     assert "“live” is already revoked." in messages_of(again)
     assert admin_client.put(revoke_url).status_code == 405
+
+
+# --- unique names ---------------------------------------------------------------------------------
+
+
+def test_add_form_refuses_a_name_another_key_has_whatever_its_case(admin_client, make_key):
+    existing, _ = make_key("read", name="billing-svc")
+
+    response = admin_client.post(
+        ADD, {"name": "Billing-SVC", "scopes": ["read"], "expiry_date_0": "", "expiry_date_1": ""}
+    )
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert list(errors) == ["name"]
+    assert errors["name"] == [
+        f"An API key named “Billing-SVC” already exists (billing-svc, prefix {existing.prefix}). Key names are "
+        "unique, letter case aside: choose another name, e.g. with the date or the environment in it."
+    ]
+    assert "added successfully" not in response.content.decode()
+    assert list(APIKey.objects.values_list("name", flat=True)) == ["billing-svc"]
+
+
+def test_a_revoked_keys_name_stays_taken(admin_client, make_key):
+    old, _ = make_key("read", name="ci", revoked=True)
+
+    response = admin_client.post(ADD, {"name": "ci", "scopes": ["read"], "expiry_date_0": "", "expiry_date_1": ""})
+
+    assert response.status_code == 200
+    assert f"(ci, prefix {old.prefix}, revoked)" in response.context["adminform"].form.errors["name"][0]
+    assert APIKey.objects.count() == 1
+
+
+def test_renaming_a_key_to_a_taken_name_is_a_form_error(admin_client, make_key):
+    make_key("read", name="svc-a")
+    api_key, _ = make_key("read", name="svc-b")
+
+    response = admin_client.post(
+        change_url(api_key), {"name": "SVC-A", "scopes": ["read"], "expiry_date_0": "", "expiry_date_1": ""}
+    )
+
+    assert response.status_code == 200
+    assert "An API key named “SVC-A” already exists" in response.context["adminform"].form.errors["name"][0]
+    api_key.refresh_from_db()
+    assert api_key.name == "svc-b"
+    # Saving a key under its own name (another letter case included) is no conflict.
+    same = admin_client.post(
+        change_url(api_key), {"name": "SVC-B", "scopes": ["read"], "expiry_date_0": "", "expiry_date_1": ""}
+    )
+    assert same.status_code == 302
+
+
+def test_a_name_taken_after_the_forms_check_is_a_message_not_a_500(admin_client, make_key, monkeypatch):
+    """A creation racing another past the form's check: the service refuses, the page says why."""
+    from access.admin import APIKeyForm
+
+    make_key("read", name="ci")
+    monkeypatch.setattr(APIKeyForm, "clean_name", lambda form: form.cleaned_data["name"])
+    monkeypatch.setattr(APIKey, "validate_constraints", lambda self, exclude=None: None)
+
+    response = admin_client.post(ADD, {"name": "ci", "scopes": ["read"], "expiry_date_0": "", "expiry_date_1": ""})
+
+    assert (response.status_code, response.url) == (302, ADD)
+    assert messages_of(response)[0].startswith("Not saved: An API key named “ci” already exists")
+    assert APIKey.objects.filter(name="ci").count() == 1
+
+
+def test_the_database_refuses_a_second_key_with_a_name_in_another_case(make_key):
+    from django.db import IntegrityError, transaction
+
+    make_key("read", name="ci")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        APIKey.objects.create_key(name="CI", scopes=["read"])
+
+
+def test_create_api_key_command_refuses_a_taken_name(make_key):
+    from django.core.management import CommandError, call_command
+
+    make_key("read", name="nightly")
+
+    with pytest.raises(CommandError, match="An API key named “NIGHTLY” already exists"):
+        call_command("create_api_key", "--name", "NIGHTLY", "--scopes", "read")
+    assert APIKey.objects.count() == 1
+
+
+# --- expire now -----------------------------------------------------------------------------------
+
+
+def test_expire_now_action_confirms_then_the_key_gets_401_expired(admin_client, api_client, make_key):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    api_key, raw = make_key("read", name="batch-svc")
+    later = timezone.now() + timedelta(days=30)
+    other, _ = make_key("read", name="other", expiry_date=later)
+    gone, _ = make_key("read", name="gone", revoked=True)
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert api_client.get(MODELS).status_code == 200
+    selected = {"action": "expire_selected", "_selected_action": [api_key.pk, other.pk, gone.pk]}
+
+    confirmation = admin_client.post(CHANGELIST, selected)
+
+    assert confirmation.status_code == 200
+    html = confirmation.content.decode()
+    assert "Expire 2 API keys now?" in html
+    assert "2 keys: active &rarr; expired" in html
+    assert "<code>api_key_expired</code>" in html and "This can be undone" in html
+    assert "Left as they are: “gone” (revoked)." in html
+    assert api_client.get(MODELS).status_code == 200  # nothing changes before the confirming POST
+
+    response = admin_client.post(CHANGELIST, {**selected, "post": "yes"})
+
+    assert response.status_code == 302
+    assert messages_of(response)[-1] == (
+        "Expired 2 keys now; requests with them are refused. A later expiry on the key's page undoes it."
+    )
+    refused = api_client.get(MODELS)
+    assert (refused.status_code, refused.json()["code"]) == (401, "api_key_expired")
+    listed = admin_client.get(CHANGELIST).content.decode()
+    assert listed.count(">Expired<") == 2 and ">Revoked<" in listed
+    gone.refresh_from_db()
+    assert gone.expiry_date is None  # a revoked key is left as it was
+
+
+def test_expire_now_from_the_keys_page_and_undo_with_a_later_expiry(admin_client, api_client, make_key):
+    api_key, raw = make_key("read", name="live")
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    expire_url = reverse("admin:access_apikey_expire", args=[quote(api_key.pk)])
+    page = admin_client.get(change_url(api_key)).content.decode()
+    assert f'href="{expire_url}"' in page
+
+    confirmation = admin_client.get(expire_url)
+    assert "Expire API key now?" in confirmation.content.decode()
+    assert admin_client.post(expire_url).status_code == 200  # no confirmation: the page again
+    assert api_client.get(MODELS).status_code == 200
+
+    response = admin_client.post(expire_url, {"confirm": "yes"}, follow=True)
+
+    assert "Expired “live” now; requests with it are refused. A later expiry on the key's page undoes it." in (
+        messages_of(response)
+    )
+    html = response.content.decode()
+    assert "State: Expired" in html and f'href="{expire_url}"' not in html
+    assert api_client.get(MODELS).json()["code"] == "api_key_expired"
+    again = admin_client.get(expire_url, follow=True)
+    assert "“live” is already expired." in messages_of(again)
+
+    undo = admin_client.post(
+        change_url(api_key),
+        {"name": "live", "scopes": ["read"], "expiry_date_0": "2999-01-01", "expiry_date_1": "00:00:00"},
+    )
+    assert undo.status_code == 302
+    assert api_client.get(MODELS).status_code == 200

@@ -167,8 +167,10 @@ def test_sign_in_and_upload_a_model_through_the_form(page, server, tmp_path):
     shot(page, "02-add-form")
     page.get_by_role("button", name="Save", exact=True).click()
     # The new version's page, while it is validated in the background; it refreshes itself
-    # until the outcome. (The admin capitalises the first letter of each message.)
-    expect(page.locator(".messagelist")).to_contain_text("Uploaded-iris 2.0.0 is being validated in the background")
+    # until the outcome. The message keeps the name as it is written.
+    expect(page.locator(".messagelist")).to_have_text(
+        "uploaded-iris 2.0.0 is being validated in the background; its page refreshes until it is ready or has failed."
+    )
     expect(page.locator("#mf-status h2")).to_have_text("Status: Ready", timeout=VALIDATION_BOUND_MS)
     expect(page.locator("#mf-validating")).to_have_count(0)
     page.goto("/admin/registry/mlmodel/")
@@ -201,6 +203,26 @@ def test_try_it_shows_the_output_and_timings(page, server):
     shot(page, "06-try-it-error")
 
 
+def test_the_browsable_apis_predict_form_shows_the_prediction(page, server):
+    """The API's own pages, signed in to the admin: the predict form's script posts the body and
+    puts the answer's page in place (before, the JSON answer made it reload the URL: a 405)."""
+    from playwright.sync_api import expect
+
+    page.goto("/api/v1/models/by-name/iris/predict?version=1.0.0")
+    response = page.locator(".response-info")
+    expect(response).to_contain_text("HTTP 405 Method Not Allowed")  # a POST-only route, with its form
+    form = page.locator("#post-generic-content-form")
+    body = form.locator("textarea")
+    assert json.loads(body.input_value()) == {"input_data": {"X": [[0.0, 0.0, 0.0, 0.0]]}, "skip_cache": False}
+    body.fill('{"input_data": {"X": [[6.7, 3.0, 5.2, 2.3]]}}')
+    form.get_by_role("button", name="POST").click()
+    expect(response).to_contain_text("HTTP 200 OK")
+    expect(response).to_contain_text('"model_name": "iris"')
+    expect(response).to_contain_text('"model_version": "1.0.0"')
+    assert page.url.endswith("/api/v1/models/by-name/iris/predict?version=1.0.0")
+    shot(page, "06c-browsable-api-predict")
+
+
 def test_upload_a_new_version_and_move_the_production_alias(page, server, tmp_path):
     from playwright.sync_api import expect
 
@@ -219,7 +241,7 @@ def test_upload_a_new_version_and_move_the_production_alias(page, server, tmp_pa
     expect(panel.get_by_label("Version")).to_have_value("1.1.1")
     panel.get_by_label("ONNX model file").set_input_files(str(model_file))
     panel.get_by_role("button", name="Upload and validate").click()
-    expect(page.locator(".messagelist")).to_contain_text("Iris 1.1.1 is being validated in the background")
+    expect(page.locator(".messagelist")).to_contain_text("iris 1.1.1 is being validated in the background")
     expect(page.locator("#mf-status h2")).to_have_text("Status: Ready", timeout=VALIDATION_BOUND_MS)
 
     page.get_by_role("button", name="Move alias here").click()  # production 1.1.0 -> 1.1.1
@@ -266,6 +288,45 @@ def test_a_batch_job_page_follows_the_job_until_completed(page, server, browser)
     shot(page, "09-job-completed")
     page.goto("/admin/jobs/job/")
     expect(page.locator("#result_list .mf-status").first).to_have_text("Completed")
+
+
+# What a worker writes when it takes a job and when it finishes it: set from outside the server,
+# so the list is seen while the job runs, however fast the machine is.
+RUNNING_JOB = """
+from django.utils import timezone
+from jobs.models import Job
+from registry.models import MLModel
+model = MLModel.objects.get(name="csv-iris", version="1.0.0")
+job = Job.objects.create(
+    model=model, model_name=model.name, model_version=model.version, input_format="json",
+    input_data={"X": [[5.1, 3.5, 1.4, 0.2]]}, status="running", started_at=timezone.now(), progress_total=1,
+)
+print(job.pk)
+"""
+FINISH_JOB = """
+from django.utils import timezone
+from jobs.models import Job
+Job.objects.filter(pk="{job_id}").update(
+    status="completed", output_data={{"label": [0]}}, progress_done=1, finished_at=timezone.now()
+)
+"""
+
+
+def test_the_job_list_follows_a_running_job_until_it_finishes(page, server):
+    from playwright.sync_api import expect
+
+    job_id = server.manage("shell", "--no-imports", "-c", RUNNING_JOB).strip().splitlines()[-1]
+    page.goto("/admin/jobs/job/")
+    row = page.locator("#result_list tbody tr", has_text=job_id[:8])
+    expect(row.locator(".mf-status")).to_have_text("Running")
+    expect(page.locator("#mf-refreshing")).to_be_visible()
+    shot(page, "09b-job-list-running")
+
+    server.manage("shell", "--no-imports", "-c", FINISH_JOB.format(job_id=job_id))
+
+    # No click: the list reloads itself and shows the outcome, then stops reloading.
+    expect(row.locator(".mf-status")).to_have_text("Completed", timeout=30_000)
+    expect(page.locator("#mf-refreshing")).to_have_count(0)
 
 
 def test_export_predictions_as_csv_with_the_current_filters(page, server):

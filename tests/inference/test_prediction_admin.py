@@ -64,11 +64,11 @@ def test_changelist_filters_by_model_and_cached(admin_client, recorded):
 
 def test_export_streams_the_filtered_rows_as_csv(admin_client, recorded, django_assert_max_num_queries):
     iris, _ = recorded
-    with django_assert_max_num_queries(8):
+    with django_assert_max_num_queries(9):  # a fixed number, whatever the rows (the file name reads the model's)
         response = admin_client.get(EXPORT, {"model__id__exact": iris["id"], "cached__exact": "0"})
         rows = export_rows(response)
     assert response["Content-Type"] == "text/csv; charset=utf-8"
-    assert response["Content-Disposition"].startswith('attachment; filename="predictions-')
+    assert response["Content-Disposition"].startswith('attachment; filename="predictions_iris-1.0.0_until-')
     assert len(rows) == 3
     assert {row["model_name"] for row in rows} == {"iris"} and {row["cached"] for row in rows} == {"False"}
     assert sorted(json.loads(row["input_data"])["X"][0][0] for row in rows) == [5.0, 6.0, 7.0]
@@ -103,3 +103,49 @@ def test_export_neutralises_spreadsheet_formulas(admin_client, recorded, make_ke
 def test_export_needs_a_staff_login(client, recorded):
     response = client.get(EXPORT)
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_changelist_filters_by_model_name_across_versions(admin_client, recorded, ready_model, predict_client):
+    iris_2 = ready_model(make_iris_model(zipmap=False), name="iris", version="2.0.0")
+    assert predict(predict_client, iris_2["id"], {"X": [[5.0, 3.5, 1.4, 0.2]]}).status_code == 200
+    history.flush()
+
+    page = admin_client.get(CHANGELIST)
+    html = page.content.decode()
+    assert "By model name" in html and 'href="?model_name=iris"' in html and 'href="?model_name=other"' in html
+
+    listed = admin_client.get(CHANGELIST, {"model_name": "iris"})
+    assert listed.context["cl"].result_count == 5  # 1.0.0's four and 2.0.0's one
+    assert {row.model_version for row in listed.context["cl"].result_list} == {"1.0.0", "2.0.0"}
+
+
+def test_today_is_one_click_in_the_date_filter(admin_client, recorded):
+    today = timezone.localdate().isoformat()
+    old = Prediction.objects.order_by("created_at").first()
+    Prediction.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=3))
+    link = f'href="?created_at__from={today}&amp;created_at__to={today}"'
+    assert link in admin_client.get(CHANGELIST).content.decode()
+
+    listed = admin_client.get(CHANGELIST, {"created_at__from": today, "created_at__to": today})
+
+    assert listed.context["cl"].result_count == 4
+    assert f'<li class="selected"><a {link}>Today</a></li>' in listed.content.decode()
+
+
+def test_the_export_file_is_named_after_the_model_and_the_dates(admin_client, recorded):
+    iris, _ = recorded
+
+    def filename(params) -> str:
+        disposition = admin_client.get(EXPORT, params)["Content-Disposition"]
+        return disposition.removeprefix('attachment; filename="').removesuffix('"')
+
+    assert filename({"model_name": "iris", "created_at__from": "2026-12-01", "created_at__to": "2026-12-06"}) == (
+        "predictions_iris_2026-12-01_2026-12-06.csv"
+    )
+    today = timezone.localdate().isoformat()
+    assert filename({"model__id__exact": iris["id"], "created_at__from": "2026-12-01"}) == (
+        f"predictions_iris-1.0.0_2026-12-01_{today}.csv"
+    )
+    everything = filename({})
+    assert everything.startswith(f"predictions_all-models_until-{timezone.now():%Y-%m-%d}T")
+    assert everything.endswith("Z.csv")

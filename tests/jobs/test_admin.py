@@ -141,9 +141,10 @@ def test_job_page_refreshes_while_active_with_a_progress_bar_and_a_cancel_button
 
 
 def test_job_page_retry_queues_a_new_job_and_shows_it(admin_client, jobs):
-    failed = jobs(Job.Status.FAILED, error_code="invalid_row", error_message="Row 3 is bad.")
+    failed = jobs(Job.Status.FAILED, error_code="inference_timeout", error_message="The run took too long.")
     html = job_page(admin_client, failed).content.decode()
-    assert "Error <code>invalid_row</code>: Row 3 is bad." in html
+    assert "Error <code>inference_timeout</code>: The run took too long." in html
+    assert ">Retry as a new job</button>" in html
     response = admin_client.post(reverse("admin:jobs_job_retry", args=[failed.pk]))
     retry = Job.objects.exclude(pk=failed.pk).get()
     assert response["Location"] == reverse("admin:jobs_job_change", args=[retry.pk])
@@ -168,3 +169,52 @@ def test_job_buttons_need_the_change_permission(client, jobs, django_user_model)
     assert Job.objects.get(pk=queued.pk).status == Job.Status.QUEUED
     actions = client.get(CHANGELIST).content.decode()
     assert "cancel_jobs" not in actions
+
+
+@pytest.mark.parametrize("code", ["invalid_row", "invalid_input_file", "unsupported_output"])
+def test_a_job_that_failed_on_its_input_is_not_offered_a_retry(admin_client, jobs, code):
+    failed = jobs(Job.Status.FAILED, error_code=code, error_message="Row 3: the model takes 4 values, not 2.")
+
+    html = job_page(admin_client, failed).content.decode()
+
+    assert f"Error <code>{code}</code>: Row 3: the model takes 4 values, not 2." in html
+    assert "Retry as a new job" not in html
+    # Nor by a POST of the page's old form, nor by the list's action.
+    refused = admin_client.post(reverse("admin:jobs_job_retry", args=[failed.pk]), follow=True)
+    assert messages_of(refused) == [
+        f"Not retried: This job failed on its input ({code}): another run would fail the same way. Fix the input "
+        "and create a new job."
+    ]
+    action = admin_client.post(CHANGELIST, {"action": "retry_jobs", "_selected_action": [failed.pk]}, follow=True)
+    assert messages_of(action) == [f"{str(failed.pk)[:8]}: not retried, it failed on its input ({code})."]
+    assert Job.objects.count() == 1
+
+
+def test_job_page_has_one_model_row_linked_to_the_version_and_the_input_size_in_units(admin_client, jobs):
+    job = jobs(Job.Status.COMPLETED, output_file="output-1.jsonl", input_size=1_536_000)
+
+    html = job_page(admin_client, job).content.decode()
+
+    model_url = reverse("admin:registry_mlmodel_change", args=[job.model_id])
+    assert html.count("<label>Model:</label>") == 1
+    assert f'<a href="{model_url}">iris:1.0.0</a>' in html
+    assert "1.5\xa0MB" in html and "1536000" not in html
+
+    Job.objects.filter(pk=job.pk).update(model=None)  # the version was deleted since
+    assert "iris:1.0.0 (deleted)" in job_page(admin_client, job).content.decode()
+
+
+def test_the_job_list_refreshes_itself_only_while_a_listed_job_is_active(admin_client, jobs):
+    done = jobs(Job.Status.COMPLETED, output_file="output-1.jsonl")
+    html = admin_client.get(CHANGELIST).content.decode()
+    assert 'id="mf-refreshing"' not in html and "location.reload" not in html
+
+    running = jobs(Job.Status.RUNNING, progress_done=4)
+    html = admin_client.get(CHANGELIST).content.decode()
+    assert "This list refreshes every 2 seconds while a job it shows is queued or running." in html
+    assert "window.location.reload()" in html
+
+    # Filtered to finished jobs only: nothing listed will change.
+    html = admin_client.get(CHANGELIST + "?status__exact=completed").content.decode()
+    assert 'id="mf-refreshing"' not in html
+    assert str(done.pk)[:8] in html and str(running.pk)[:8] not in html

@@ -186,7 +186,18 @@ def test_add_form_registers_a_ready_model_with_schema(admin_client, ops_user):
     assert sorted(model.tags.values_list("name", flat=True)) == ["demo", "math"]
     assert model.created_by == ops_user
     assert ModelStore().exists(model.file_sha256)
-    assert "adder 1.0.0 is ready: 2 inputs, 1 output." in messages_of(response)
+    assert messages_of(response) == ["adder 1.0.0 is ready: 2 inputs, 1 output."]  # one message, no "added"
+
+
+def test_messages_show_a_models_name_as_it_is_written(admin_client):
+    # Django's admin capitalises each message's first letter; ours shows them as written.
+    response = admin_client.post(
+        ADD, {"name": "resNet", "version": "1.0.0", "file": onnx_file(make_add_model())}, follow=True
+    )
+
+    html = response.content.decode()
+    assert '<li class="success">resNet 1.0.0 is ready: 2 inputs, 1 output.</li>' in html
+    assert "ResNet" not in html
 
 
 def test_add_form_goes_to_the_model_page_which_refreshes_while_validating(admin_client, settings):
@@ -215,19 +226,46 @@ def test_add_form_goes_to_the_model_page_which_refreshes_while_validating(admin_
     assert "Validating…" not in html
 
 
-def test_add_form_with_random_bytes_ends_in_error_with_the_message_shown(admin_client):
-    response = admin_client.post(ADD, {"name": "noise", "version": "1.0.0", "file": onnx_file(random_bytes())})
+def stored_files(model_storage) -> list:
+    """Model files in the store (not the upload folder, not the deployment's sentinel)."""
+    return [
+        path
+        for path in model_storage.rglob("*")
+        if path.is_file() and "tmp" not in path.relative_to(model_storage).parts and "_modelforge" not in path.parts
+    ]
 
-    assert response.status_code == 302
-    model = MLModel.objects.get(name="noise")
-    assert model.status == Status.ERROR
-    assert model.error_code == "invalid_model"
-    assert model.error_message
-    assert f"noise 1.0.0 failed validation (invalid_model): {model.error_message}" in messages_of(response)
 
-    page = admin_client.get(change_url(model)).content.decode()
-    assert "invalid_model" in page
-    assert "not a readable ONNX model" in page
+def test_add_form_refuses_a_corrupt_file_on_the_form_and_registers_nothing(admin_client, model_storage):
+    response = admin_client.post(
+        ADD, {"name": "noise", "version": "1.0.0", "tags": "a, b", "file": onnx_file(random_bytes())}
+    )
+
+    # One outcome: the form again, with the reason on the file, and no row, file or message saying otherwise.
+    assert response.status_code == 200
+    form = response.context["adminform"].form
+    assert list(form.errors) == ["file"]
+    [error] = form.errors["file"]
+    assert error.startswith("This file cannot be registered (invalid_model): ")
+    assert "not a readable ONNX model" in error
+    html = response.content.decode()
+    assert 'class="errornote"' in html and "added successfully" not in html
+    assert messages_of(response) == []
+    assert form["name"].value() == "noise" and form["tags"].value() == "a, b"  # kept, to try another file
+    assert not MLModel.objects.exists()
+    assert stored_files(model_storage) == []
+
+
+def test_a_new_version_from_the_model_page_with_a_corrupt_file_is_refused_on_the_add_form(admin_client):
+    """The model page's "Upload a new version" posts to the add form, which answers the same way."""
+    iris = register("iris", "1.0.0")
+
+    response = admin_client.post(
+        ADD, {"name": "iris", "version": "1.0.1", "_continue": "1", "file": onnx_file(b"\x08\x07garbage")}
+    )
+
+    assert response.status_code == 200
+    assert "This file cannot be registered (invalid_model)" in response.context["adminform"].form.errors["file"][0]
+    assert list(MLModel.objects.values_list("pk", flat=True)) == [iris.pk]
 
 
 def test_add_form_refuses_a_duplicate_name_and_version_as_a_form_error(admin_client):
@@ -389,6 +427,28 @@ def test_change_form_upload_replaces_the_file_and_validates_again(admin_client):
     assert model.file_sha256 != old_sha
     assert [spec["name"] for spec in model.input_schema] == ["X"]
     assert "swap 1.0.0 is ready: 1 input, 2 outputs." in messages_of(response)
+
+
+def test_change_form_refuses_a_corrupt_new_file_on_the_form_and_keeps_the_version(admin_client):
+    model = register("swap", "1.0.0", make_add_model())
+    MLModel.objects.filter(pk=model.pk).update(status=Status.ERROR, first_ready_at=None, error_code="stale")
+    model.refresh_from_db()
+
+    response = admin_client.post(
+        change_url(model),
+        {**serving_fields(model), "description": "new", "tags": "", "file": onnx_file(random_bytes())},
+    )
+
+    assert response.status_code == 200
+    assert (
+        response.context["adminform"]
+        .form.errors["file"][0]
+        .startswith("This file cannot be registered (invalid_model): ")
+    )
+    assert messages_of(response) == []
+    before = model.file_sha256
+    model.refresh_from_db()
+    assert (model.file_sha256, model.description, model.error_code) == (before, "", "stale")
 
 
 def test_change_form_refuses_a_new_file_for_an_archived_model(admin_client):

@@ -8,14 +8,14 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from access.models import ALL_SCOPES
-from access.services import api_key_create
+from access.services import KeyNameTaken, api_key_create
 
 
 class Command(BaseCommand):
     help = "Create an API key and print it. The key is shown only this once; it is stored hashed."
 
     def add_arguments(self, parser):
-        parser.add_argument("--name", required=True, help="A label for the key (who or what uses it).")
+        parser.add_argument("--name", required=True, help="A unique label for the key (who or what uses it).")
         parser.add_argument(
             "--scopes", default="read", help=f"Comma-separated scopes from: {', '.join(ALL_SCOPES)}. Default: read."
         )
@@ -28,7 +28,7 @@ class Command(BaseCommand):
         expiry = timezone.now() + timedelta(days=expires_days) if expires_days else None
         try:
             api_key, raw = api_key_create(name=name, scopes=wanted, expiry_date=expiry)
-        except ValueError as exc:
+        except (ValueError, KeyNameTaken) as exc:
             raise CommandError(str(exc)) from exc
         self.stderr.write(
             f"Created API key '{api_key.name}' (prefix {api_key.prefix}) with scopes {', '.join(api_key.scopes)}"

@@ -7,6 +7,7 @@ import io
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from access.models import ALL_SCOPES, APIKey
 from access.services import api_key_create
@@ -66,7 +67,11 @@ class Command(BaseCommand):
             existing = APIKey.objects.filter(prefix=raw.partition(".")[0]).first()
             if existing and existing.is_valid(raw) and not existing.revoked and not existing.has_expired:
                 return raw
-        _, raw = api_key_create(name="development", scopes=list(ALL_SCOPES))
+        # Key names are unique: a key from an earlier run whose file was lost keeps its name.
+        name = "development"
+        if APIKey.objects.filter(name__iexact=name).exists():
+            name = f"development-{timezone.now():%Y%m%d-%H%M%S}"
+        _, raw = api_key_create(name=name, scopes=list(ALL_SCOPES))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(raw + "\n")
         path.chmod(0o600)
