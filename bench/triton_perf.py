@@ -34,6 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.batching import MLP_NAME, api, build_wide_mlp  # noqa: E402
@@ -122,6 +124,55 @@ def shape_argument(root: str, key: str, model: str) -> str:
     return f"{entry['name']}:{','.join(map(str, dims))}"
 
 
+def record(root: str, address: str, key: str, model: str) -> dict[str, str]:
+    """ModelForge's answers to perf_analyzer's metadata, config and infer calls on both doors,
+    for the canned servers (bench/canned_servers.py), base64."""
+    import base64
+    import urllib.request
+
+    import grpc
+    import numpy as np
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    def get(path: str, body: bytes | None = None, headers: dict | None = None):
+        request = urllib.request.Request(  # noqa: S310 (loopback)
+            f"{root}{path}", data=body, headers={"Authorization": f"Bearer {key}", **(headers or {})}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return response.read(), response.headers
+
+    row = np.array([[5.1, 3.5, 1.4, 0.2]], dtype="<f4").tobytes()
+    header = orjson.dumps({
+        "inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": len(row)}}],
+        "parameters": {"binary_data_output": True, "skip_cache": True},
+    })  # fmt: skip
+    infer, infer_headers = get(
+        f"/v2/models/{model}/infer",
+        header + row,
+        {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))},
+    )
+    metadata = [("authorization", f"Bearer {key}")]
+    with grpc.insecure_channel(address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        grpc_metadata = stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=model), metadata=metadata)
+        grpc_config = stub.ModelConfig(service_pb2.ModelConfigRequest(name=model), metadata=metadata)
+        tensor = service_pb2.ModelInferRequest.InferInputTensor(name="X", datatype="FP32", shape=[1, 4])
+        grpc_infer = stub.ModelInfer(
+            service_pb2.ModelInferRequest(model_name=model, inputs=[tensor], raw_input_contents=[row]),
+            metadata=metadata,
+        )
+    recorded = {
+        "http_metadata": get(f"/v2/models/{model}")[0],
+        "http_config": get(f"/v2/models/{model}/config")[0],
+        "http_infer": infer,
+        "http_infer_header_length": infer_headers["Inference-Header-Content-Length"].encode(),
+        "grpc_metadata": grpc_metadata.SerializeToString(),
+        "grpc_config": grpc_config.SerializeToString(),
+        "grpc_infer": grpc_infer.SerializeToString(),
+    }
+    return {name: base64.b64encode(value).decode() for name, value in recorded.items()}
+
+
 def wait_grpc(address: str, timeout: float = 90.0) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -138,6 +189,21 @@ def wait_grpc(address: str, timeout: float = 90.0) -> None:
     raise RuntimeError(f"the gRPC server on {address} was not SERVING within {timeout}s")
 
 
+def wait_canned(address: str, timeout: float = 30.0) -> None:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            with contextlib.suppress(grpc.RpcError):
+                stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=2)
+                return
+            time.sleep(0.2)
+    raise RuntimeError(f"the canned gRPC server on {address} did not answer within {timeout}s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -148,6 +214,11 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--delay-us", type=int, default=500)
     parser.add_argument("--skip-tables", action="store_true", help="only the alternated ratio rounds")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also the transports alone: bench/canned_servers.py answering iris with ModelForge's recorded bytes",
+    )
     args = parser.parse_args()
     if shutil.which("dpkg") is None:
         raise SystemExit("this script installs a Debian build of perf_analyzer")
@@ -220,6 +291,28 @@ def main() -> None:
                     (row,) = measure(model, protocol, concurrency, args.seconds)
                     rounds.setdefault((model, protocol), []).append(row)
                     print(f"round {number + 1}: {row.line()}", flush=True)
+        canned = record(root, grpc_url, key, IRIS_NAME) if args.floor else None
+
+    floor: dict[str, list[Row]] = {}
+    if canned is not None:
+        canned_file = workdir / "canned.json"
+        canned_file.write_text(orjson.dumps(canned).decode())
+        canned_env = dict(os.environ, CANNED=str(canned_file))
+        http_port, grpc_port = free_port(), free_port()
+        doors = {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
+        wsgi = serve_command(http_port, args.workers, args.threads)
+        wsgi[-1] = "bench.canned_servers:wsgi_app"
+        canned_grpc = [PYTHON, "bench/canned_servers.py", str(grpc_port), "--threads", str(args.threads)]
+        with (
+            running(wsgi, env=canned_env, ready_url=f"http://{doors['http']}/v2/health/ready", log_name="canned-http"),
+            running(canned_grpc, env=canned_env, ready=lambda: wait_canned(doors["grpc"]), log_name="canned-grpc"),
+        ):  # fmt: skip
+            for number in range(args.rounds):
+                order = ("grpc", "http") if number % 2 == 0 else ("http", "grpc")
+                for protocol in order:
+                    (row,) = measure(IRIS_NAME, protocol, concurrency, args.seconds)
+                    floor.setdefault(protocol, []).append(row)
+                    print(f"canned round {number + 1}: {row.line()}", flush=True)
 
     print(f"\nMachine: {machine()}; {args.workers} processes per server, granian {args.threads} threads per "
           f"worker; wide MLP batching max {args.max_batch} rows, delay {args.delay_us} us; perf_analyzer "
@@ -241,6 +334,16 @@ def main() -> None:
             f"| {statistics.median(row.p50_ms for row in http_rows):.2f} "
             f"| {', '.join(f'{row.throughput:,.0f}' for row in grpc_rows)} "
             f"| {', '.join(f'{row.throughput:,.0f}' for row in http_rows)} |"
+        )
+    if floor:
+        grpc_median = statistics.median(row.throughput for row in floor["grpc"])
+        http_median = statistics.median(row.throughput for row in floor["http"])
+        print(
+            f"\nThe transports alone (bench/canned_servers.py, 1 process each for gRPC, {args.workers} granian "
+            f"worker(s)), iris's recorded bytes: gRPC {grpc_median:,.0f} infer/s ({1e6 / grpc_median:,.0f} us per "
+            f"call), HTTP {http_median:,.0f} infer/s ({1e6 / http_median:,.0f} us per call): gRPC / HTTP "
+            f"{grpc_median / http_median:.2f}x; rounds gRPC {', '.join(f'{r.throughput:,.0f}' for r in floor['grpc'])}"
+            f", HTTP {', '.join(f'{r.throughput:,.0f}' for r in floor['http'])}"
         )
 
 

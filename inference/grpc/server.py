@@ -20,6 +20,7 @@ unlistened SO_REUSEPORT socket so that a port in use fails at once and the worke
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -45,32 +46,42 @@ from inference.v2 import metadata
 logger = logging.getLogger(__name__)
 
 
-class ReadinessHealth(health.HealthServicer):
-    """grpc.health.v1 with readiness worked out at each Check (as /api/v1/ready is)."""
+class ReadinessHealth(health.aio.HealthServicer):
+    """grpc.health.v1 with readiness worked out at each Check (as /api/v1/ready is), on a thread
+    of the executor: the checks read the database."""
 
     NAMES = ("", SERVICE.full_name)
 
-    def __init__(self) -> None:
+    def __init__(self, executor: futures.Executor) -> None:
         super().__init__()
-        for name in self.NAMES:
-            self.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.executor = executor
 
-    def Check(self, request, context):
+    async def start(self) -> None:
+        for name in self.NAMES:
+            await self.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def Check(self, request, context):
         if request.service in self.NAMES:
-            try:
-                ready = metadata.not_ready_reason() is None  # NOT_SERVING from SIGTERM on
-            finally:
-                close_old_connections()
+            ready = await asyncio.get_running_loop().run_in_executor(self.executor, _ready)
             status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
             for name in self.NAMES:
-                self.set(name, status)
-        return super().Check(request, context)
+                await self.set(name, status)
+        return await super().Check(request, context)
 
 
-def build(address: str, *, threads: int, reuse_port: bool) -> tuple[grpc.Server, ReadinessHealth]:
-    """A grpc server bound to ``address`` (not started), and its health service."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
+def _ready() -> bool:
+    try:
+        return metadata.not_ready_reason() is None  # NOT_SERVING from SIGTERM on
+    finally:
+        close_old_connections()
+
+
+def build(address: str, *, threads: int, reuse_port: bool) -> tuple[grpc.aio.Server, ReadinessHealth]:
+    """An asyncio grpc server bound to ``address`` (not started), and its health service; the
+    calls are answered on a pool of ``threads`` threads (inference.grpc.service.Door). Call it
+    within the event loop that serves."""
+    executor = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc")
+    server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.MAX_REQUEST_BODY_BYTES),
             ("grpc.max_send_message_length", -1),
@@ -78,8 +89,8 @@ def build(address: str, *, threads: int, reuse_port: bool) -> tuple[grpc.Server,
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    server.add_generic_rpc_handlers((Door(InferenceService()).handler(),))
-    checks = ReadinessHealth()
+    server.add_generic_rpc_handlers((Door(InferenceService(), executor).handler(),))
+    checks = ReadinessHealth(executor)
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
     server.add_insecure_port(address)  # raises RuntimeError when it cannot bind
     return server, checks
@@ -91,21 +102,26 @@ def serve_worker(address: str, *, threads: int, grace: float, reuse_port: bool) 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: stop.set())
     shutdown.install()  # in front of ours for SIGTERM: stopping (NOT_SERVING), then the drain
-    server, checks = build(address, threads=threads, reuse_port=reuse_port)
-    server.start()
-    logger.info("gRPC worker serving", extra={"address": address, "pid": os.getpid(), "threads": threads})
     # As each web server process does (modelforge_site.wsgi): warm the flagged models' sessions
     # in the background, and keep the start-up heap out of the garbage collector's way.
     threading.Thread(target=preload_flagged, name="preload-sessions", daemon=True).start()
     gc.collect()
     gc.freeze()
-    while not stop.wait(1):
-        pass
-    shutdown.begin()
-    checks.enter_graceful_shutdown()
-    logger.info("gRPC worker stopping; calls in flight may finish", extra={"grace_seconds": grace})
-    server.stop(grace).wait()
+    asyncio.run(_serve(address, stop, threads=threads, grace=grace, reuse_port=reuse_port))
     logger.info("gRPC worker stopped", extra={"pid": os.getpid()})
+
+
+async def _serve(address: str, stop: threading.Event, *, threads: int, grace: float, reuse_port: bool) -> None:
+    server, checks = build(address, threads=threads, reuse_port=reuse_port)
+    await checks.start()
+    await server.start()
+    logger.info("gRPC worker serving", extra={"address": address, "pid": os.getpid(), "threads": threads})
+    while not stop.is_set():  # the signal handlers run on this thread between the loop's waits
+        await asyncio.sleep(0.2)
+    shutdown.begin()
+    await checks.enter_graceful_shutdown()
+    logger.info("gRPC worker stopping; calls in flight may finish", extra={"grace_seconds": grace})
+    await server.stop(grace)
 
 
 def serve(host: str, port: int, *, workers: int, threads: int, grace: float) -> None:

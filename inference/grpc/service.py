@@ -20,8 +20,10 @@ in the status details plus a ``retry-after`` trailing metadata (seconds).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+from concurrent.futures import Executor
 
 import grpc
 from django.db import close_old_connections
@@ -127,10 +129,17 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 class Door:
-    """Calls as bytes in, bytes out: authorize, parse, answer, and turn failures into statuses."""
+    """Calls as bytes in, bytes out: authorize, parse, answer, and turn failures into statuses.
 
-    def __init__(self, service: InferenceService) -> None:
+    The server is grpc's asyncio one (inference.grpc.server): a call is received on the event
+    loop and answered by `answer` on a thread of `executor` (the exchange blocks: the database,
+    Redis, a batch being run), which hands back the reply; the status and trailing metadata are
+    set on the loop. One hand-off each way, where grpc's thread-pool server takes several per
+    call (measured: docs/performance.md)."""
+
+    def __init__(self, service: InferenceService, executor: Executor) -> None:
         self.service = service
+        self.executor = executor
 
     def handler(self) -> grpc.GenericRpcHandler:
         handlers = {}
@@ -139,15 +148,33 @@ class Door:
                 continue
             request_type = getattr(service_pb2, method.input_type.name)
 
-            def behaviour(body: bytes, context, name=method.name, request_type=request_type) -> bytes:
-                return self.call(name, request_type, body, context)
+            async def behaviour(body: bytes, context, name=method.name, request_type=request_type) -> bytes:
+                return await self.call(name, request_type, body, context)
 
             # No request_deserializer: the bytes reach `call`, which parses them after the key.
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(behaviour)
         return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
 
-    def call(self, name: str, request_type: type, body: bytes, context: grpc.ServicerContext) -> bytes:
-        invocation = dict(context.invocation_metadata())
+    async def call(self, name: str, request_type: type, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        reply, request_id = await asyncio.get_running_loop().run_in_executor(
+            self.executor,
+            self.answer,
+            name,
+            request_type,
+            body,
+            dict(context.invocation_metadata()),
+            _time_left(context),
+        )
+        trailing = [(REQUEST_ID, request_id)]
+        if reply.status == 200:
+            context.set_trailing_metadata(trailing)
+            return reply.content
+        await self._abort(context, reply, trailing)
+
+    def answer(
+        self, name: str, request_type: type, body: bytes, invocation: dict, time_left: float | None
+    ) -> tuple[exchange.Reply, str]:
+        """The reply to one call and its request id, on a thread of the executor."""
         request_log.begin(
             method="GRPC",
             path=f"/{SERVICE.full_name}/{name}",
@@ -156,20 +183,15 @@ class Door:
         )
         credential = Credential.from_header(invocation.get("authorization"))
         try:
-            with deadlines.caller_deadline(_time_left(context)):
-                reply = self._answer(name, request_type, body, credential, context)
+            with deadlines.caller_deadline(time_left):
+                reply = self._answer(name, request_type, body, credential)
         except Exception as exc:  # answered as the protocol's error; unexpected ones logged there
             reply = problem_reply(exc)
         finally:
             close_old_connections()  # as Django does at the end of each request
-        request_id = request_log.finish(reply.status, retry_after="Retry-After" in reply.headers)
-        trailing = [(REQUEST_ID, request_id)]
-        if reply.status == 200:
-            context.set_trailing_metadata(trailing)
-            return reply.content
-        self._abort(context, reply, trailing)
+        return reply, request_log.finish(reply.status, retry_after="Retry-After" in reply.headers)
 
-    def _answer(self, name, request_type, body, credential, context) -> exchange.Reply:
+    def _answer(self, name, request_type, body, credential) -> exchange.Reply:
         scope = SCOPES[name]
         if scope == EXCHANGE:
             return exchange.answer(
@@ -177,11 +199,11 @@ class Door:
             )
         if scope is not None:
             authorize(credential, scope=scope, permissions=None)
-        response = getattr(self.service, name)(parse(request_type, body), context)
+        response = getattr(self.service, name)(parse(request_type, body), None)
         return exchange.Reply(200, response.SerializeToString())
 
     @staticmethod
-    def _abort(context: grpc.ServicerContext, reply: exchange.Reply, trailing: list) -> None:
+    async def _abort(context: grpc.aio.ServicerContext, reply: exchange.Reply, trailing: list) -> None:
         code = STATUS_CODES.get(reply.status, grpc.StatusCode.INTERNAL)
         detail = reply.content.decode()
         trailing.append((CODE_METADATA, reply.headers[CODE_METADATA]))
@@ -195,10 +217,10 @@ class Door:
             status.details.add().Pack(info)
             trailing.extend(rpc_status.to_status(status).trailing_metadata)
         context.set_trailing_metadata(trailing)
-        context.abort(code, detail)
+        await context.abort(code, detail)
 
 
-def _time_left(context: grpc.ServicerContext) -> float | None:
+def _time_left(context: grpc.aio.ServicerContext) -> float | None:
     """The seconds the client still waits for this call, None when it set no deadline."""
     left = context.time_remaining()
     return None if left is None or not math.isfinite(left) or left > 10**8 else left
