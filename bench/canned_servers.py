@@ -45,6 +45,8 @@ def wsgi_app(environ, start_response):
         body, headers = _HTTP["http_config"], [("Content-Type", "application/json")]
     elif path.endswith("/ready") or path.startswith("/v2/health"):
         body, headers = b"", []
+    elif path.rstrip("/") == "/v2":
+        body, headers = _HTTP["http_server"], [("Content-Type", "application/json")]
     else:
         body, headers = _HTTP["http_metadata"], [("Content-Type", "application/json")]
     start_response("200 OK", [*headers, ("Content-Length", str(len(body)))])
@@ -58,6 +60,7 @@ async def serve_grpc(port: int, threads: int) -> None:
     canned = _canned()
     executor = futures.ThreadPoolExecutor(max_workers=threads)
     answers = {
+        "ServerMetadata": canned["grpc_server"],
         "ModelMetadata": canned["grpc_metadata"],
         "ModelConfig": canned["grpc_config"],
         "ModelInfer": canned["grpc_infer"],

@@ -154,6 +154,7 @@ def record(root: str, address: str, key: str, model: str) -> dict[str, str]:
     metadata = [("authorization", f"Bearer {key}")]
     with grpc.insecure_channel(address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        grpc_server = stub.ServerMetadata(service_pb2.ServerMetadataRequest(), metadata=metadata)
         grpc_metadata = stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=model), metadata=metadata)
         grpc_config = stub.ModelConfig(service_pb2.ModelConfigRequest(name=model), metadata=metadata)
         tensor = service_pb2.ModelInferRequest.InferInputTensor(name="X", datatype="FP32", shape=[1, 4])
@@ -162,10 +163,12 @@ def record(root: str, address: str, key: str, model: str) -> dict[str, str]:
             metadata=metadata,
         )
     recorded = {
+        "http_server": get("/v2")[0],
         "http_metadata": get(f"/v2/models/{model}")[0],
         "http_config": get(f"/v2/models/{model}/config")[0],
         "http_infer": infer,
         "http_infer_header_length": infer_headers["Inference-Header-Content-Length"].encode(),
+        "grpc_server": grpc_server.SerializeToString(),
         "grpc_metadata": grpc_metadata.SerializeToString(),
         "grpc_config": grpc_config.SerializeToString(),
         "grpc_infer": grpc_infer.SerializeToString(),
