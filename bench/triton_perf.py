@@ -103,7 +103,7 @@ def run_perf_analyzer(
             rows = list(csv.DictReader(source))
     finally:
         os.unlink(path)
-    return [
+    found = [
         Row(
             label,
             int(row["Concurrency"]),
@@ -113,6 +113,7 @@ def run_perf_analyzer(
         )
         for row in rows
     ]
+    return sorted(found, key=lambda row: row.concurrency)  # the report orders them by throughput
 
 
 def shape_argument(root: str, key: str, model: str) -> str:

@@ -293,15 +293,7 @@ class MLModelAdmin(RefusedDeleteMixin, admin.ModelAdmin):
             (
                 "ONNX Runtime",
                 {
-                    "fields": (
-                        "ort_graph_optimization_level",
-                        "ort_intra_op_threads",
-                        "ort_inter_op_threads",
-                        "ort_execution_mode",
-                        "ort_enable_cpu_mem_arena",
-                        "ort_execution_providers",
-                        "sessions_per_process",
-                    ),
+                    "fields": services.ORT_OPTIONS,
                     "description": "Empty fields take the server's ORT_* settings. Saving rebuilds the model's "
                     "sessions in every server process (on its next request), warm-up included.",
                 },

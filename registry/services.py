@@ -123,7 +123,7 @@ def model_create(*, name: str, version: str, description: str = "", tags: Iterab
 
 # The ONNX Runtime settings and warm-up of a model (inference.sessions reads them; a change
 # makes every process build the model's sessions again).
-RUNTIME_OPTIONS = (
+ORT_OPTIONS = (
     "ort_graph_optimization_level",
     "ort_intra_op_threads",
     "ort_inter_op_threads",
@@ -131,6 +131,9 @@ RUNTIME_OPTIONS = (
     "ort_enable_cpu_mem_arena",
     "ort_execution_providers",
     "sessions_per_process",
+)
+RUNTIME_OPTIONS = (
+    *ORT_OPTIONS,
     "warmup_count",
     "warmup_data",
     "warmup_sample",

@@ -9,8 +9,6 @@ service answers SERVING.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -60,11 +58,4 @@ def health(stub: health_pb2_grpc.HealthStub, service: str = ""):
 
 def stop(process: subprocess.Popen, *, timeout: float = 30) -> int:
     """SIGTERM the server (it drains), SIGKILL its group if it has not exited within `timeout`."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-    return process.returncode
+    return granian_server.stop(process, timeout=timeout)
