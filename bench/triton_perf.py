@@ -91,9 +91,12 @@ def run_perf_analyzer(
         str(binary), "-m", model, "-i", protocol, "-u", url, "-H", f"authorization: Bearer {key}",
         "--concurrency-range", concurrency, "--shape", shape, "--input-data", "random",
         "--measurement-interval", str(int(seconds * 1000)), "--stability-percentage", "100",
-        "--max-trials", "3", "--percentile", "99", "-f", path,
+        "--max-trials", "10", "--percentile", "99", "-f", path,
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode and "stable measurement" in done.stdout:
+        # On a loaded machine three windows in a row may not agree even within 100%: once more.
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
     try:
         if done.returncode:
             raise SystemExit(f"perf_analyzer failed ({' '.join(command)}):\n{done.stdout[-3000:]}\n{done.stderr}")
