@@ -180,35 +180,29 @@ def record(root: str, address: str, key: str, model: str) -> dict[str, str]:
     return {name: base64.b64encode(value).decode() for name, value in recorded.items()}
 
 
-def wait_grpc(address: str, timeout: float = 90.0) -> None:
+def wait_grpc(address: str, timeout: float = 90.0, *, health: bool = True) -> None:
+    """Until the gRPC server on ``address`` says SERVING (``health``), or answers ServerLive
+    (the canned server, which has no health service)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            with contextlib.suppress(grpc.RpcError):
-                answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            time.sleep(0.3)
-    raise RuntimeError(f"the gRPC server on {address} was not SERVING within {timeout}s")
-
-
-def wait_canned(address: str, timeout: float = 30.0) -> None:
-    import grpc
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
-        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        checks = health_pb2_grpc.HealthStub(channel)
+        inference = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         while time.monotonic() < deadline:
             with contextlib.suppress(grpc.RpcError):
-                stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=2)
-                return
+                if not health:
+                    inference.ServerLive(service_pb2.ServerLiveRequest(), timeout=2)
+                    return
+                if (
+                    checks.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
+                    return
             time.sleep(0.2)
-    raise RuntimeError(f"the canned gRPC server on {address} did not answer within {timeout}s")
+    raise RuntimeError(f"the gRPC server on {address} was not serving within {timeout}s")
 
 
 def main() -> None:
@@ -312,7 +306,8 @@ def main() -> None:
         canned_grpc = [PYTHON, "bench/canned_servers.py", str(grpc_port), "--threads", str(args.threads)]
         with (
             running(wsgi, env=canned_env, ready_url=f"http://{doors['http']}/v2/health/ready", log_name="canned-http"),
-            running(canned_grpc, env=canned_env, ready=lambda: wait_canned(doors["grpc"]), log_name="canned-grpc"),
+            running(canned_grpc, env=canned_env, ready=lambda: wait_grpc(doors["grpc"], health=False),
+                    log_name="canned-grpc"),
         ):  # fmt: skip
             for number in range(args.rounds):
                 order = ("grpc", "http") if number % 2 == 0 else ("http", "grpc")

@@ -629,8 +629,21 @@ class ModelAliasAdmin(RefusedDeleteMixin, admin.ModelAdmin):
                 self.message_user(request, f"Not deleted: {exc.detail}", messages.ERROR)
 
 
+class AuditTrailAdmin(admin.ModelAdmin):
+    """An audit trail: shown, never added to, edited or deleted here."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(AliasEvent)
-class AliasEventAdmin(admin.ModelAdmin):
+class AliasEventAdmin(AuditTrailAdmin):
     """The audit trail: written by the alias services only, never edited or deleted here."""
 
     list_display = ("created_at", "name", "alias", "action", "from_version", "to_version", "actor_display")
@@ -645,18 +658,9 @@ class AliasEventAdmin(admin.ModelAdmin):
     def actor_display(self, obj: AliasEvent) -> str:
         return _event_actor(obj)
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
 
 @admin.register(SettingsEvent)
-class SettingsEventAdmin(admin.ModelAdmin):
+class SettingsEventAdmin(AuditTrailAdmin):
     """The audit trail of serving and runtime settings: written by `services.model_update`
     (the API's PATCH and this admin's model form alike), never edited or deleted here."""
 
@@ -679,12 +683,3 @@ class SettingsEventAdmin(admin.ModelAdmin):
     @admin.display(description="by", ordering="actor_label")
     def actor_display(self, obj: SettingsEvent) -> str:
         return obj.actor_label or EMPTY
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

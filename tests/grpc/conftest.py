@@ -11,12 +11,11 @@ import grpc
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient._plugin import InferenceServerClientPlugin
 
 from tests import granian_server
 from tests.grpc import grpc_server
 from tests.v2 import live_server
-from tests.v2.conftest import BearerKey, live_models
+from tests.v2.conftest import BearerKey, live_template
 
 
 @dataclass
@@ -35,12 +34,8 @@ def server_environment(workdir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory, worker_id):
-    base = tmp_path_factory.getbasetemp()
-    shared = base if worker_id == "master" else base.parent
-    # The /v2 tests' template (same path and lock): built once per run for both.
-    template = shared / "v2-live-template"
-    keys = live_server.build_template(template, live_models(), lock=shared / "v2-live-template.lock")
-    workdir = base / "grpc-live"
+    template, keys = live_template(tmp_path_factory, worker_id)  # the /v2 tests' own
+    workdir = tmp_path_factory.getbasetemp() / "grpc-live"
     shutil.copytree(template, workdir, dirs_exist_ok=True)
     (workdir / "prometheus").mkdir(exist_ok=True)
     environment = server_environment(workdir)
@@ -59,17 +54,6 @@ def servers(tmp_path_factory, worker_id):
     granian_server.stop(rest)
 
 
-class BearerMetadata(InferenceServerClientPlugin):
-    """Sends `authorization: Bearer <key>` metadata with every call (gRPC metadata names are
-    lower-case)."""
-
-    def __init__(self, key: str):
-        self.key = key
-
-    def __call__(self, request):
-        request.headers["authorization"] = f"Bearer {self.key}"
-
-
 @pytest.fixture
 def grpc_for(servers):
     """grpc_for("predict") -> a tritonclient.grpc client sending a key with that scope (None: no key)."""
@@ -78,7 +62,7 @@ def grpc_for(servers):
     def _client(scope: str | None = "predict") -> grpcclient.InferenceServerClient:
         client = grpcclient.InferenceServerClient(servers.grpc)
         if scope is not None:
-            client.register_plugin(BearerMetadata(servers.keys[scope]))
+            client.register_plugin(BearerKey(servers.keys[scope]))
         clients.append(client)
         return client
 

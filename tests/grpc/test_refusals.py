@@ -14,8 +14,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from access.keys import InvalidKey
-from tests.grpc.conftest import BearerMetadata
 from tests.v2 import live_server
+from tests.v2.conftest import BearerKey
 
 pytestmark = pytest.mark.e2e
 
@@ -87,7 +87,7 @@ def test_malformed_message_is_invalid_argument(channel, servers):
 
 def test_wrong_key_is_unauthenticated(servers):
     client = grpcclient.InferenceServerClient(servers.grpc)
-    client.register_plugin(BearerMetadata("abcdefgh." + "x" * 32))
+    client.register_plugin(BearerKey("abcdefgh." + "x" * 32))
     with pytest.raises(grpcclient.InferenceServerException) as error:
         client.infer("scaled", [tensor("X", np.zeros((1, 3), np.float32), "FP32")])
     assert error.value.status() == "StatusCode.UNAUTHENTICATED"

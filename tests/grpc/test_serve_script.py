@@ -22,8 +22,7 @@ from tritonclient._plugin import InferenceServerClientPlugin
 from tests import granian_server
 from tests.grpc import grpc_server
 from tests.grpc.conftest import server_environment
-from tests.v2 import live_server
-from tests.v2.conftest import live_models
+from tests.v2.conftest import live_template
 
 SCRIPT = granian_server.BASE_DIR / "deploy" / "serve.sh"
 START_TIMEOUT_SECONDS = 90
@@ -43,11 +42,8 @@ class PerfAnalyzerHeader(InferenceServerClientPlugin):
 @pytest.fixture
 def script(tmp_path_factory, worker_id):
     """deploy/serve.sh started with one process per server; yields (process, http, grpc, keys)."""
-    base = tmp_path_factory.getbasetemp()
-    shared = base if worker_id == "master" else base.parent
-    template = shared / "v2-live-template"
-    keys = live_server.build_template(template, live_models(), lock=shared / "v2-live-template.lock")
-    workdir = base / "serve-script"
+    template, keys = live_template(tmp_path_factory, worker_id)
+    workdir = tmp_path_factory.getbasetemp() / "serve-script"
     shutil.copytree(template, workdir, dirs_exist_ok=True)
     http_port, grpc_port = granian_server.free_port(), granian_server.free_port()
     environment = {

@@ -3,6 +3,8 @@ server process with a real Triton client for the end-to-end tests."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import tritonclient.http as httpclient
 from tritonclient._plugin import InferenceServerClientPlugin
@@ -37,24 +39,31 @@ def live_models() -> dict:
 @pytest.fixture(scope="session")
 def v2_server(tmp_path_factory, worker_id):
     """A granian server on a free port with `live_models()` registered; keys in `.keys`."""
-    base = tmp_path_factory.getbasetemp()
-    # pytest-xdist gives each worker <run>/popen-gwN: the run's folder is shared by the workers.
-    shared = base if worker_id == "master" else base.parent
-    template = shared / "v2-live-template"
-    keys = live_server.build_template(template, live_models(), lock=shared / "v2-live-template.lock")
-    server = live_server.start(template, base / "v2-live-server", keys)
+    template, keys = live_template(tmp_path_factory, worker_id)
+    server = live_server.start(template, tmp_path_factory.getbasetemp() / "v2-live-server", keys)
     yield server
     live_server.stop(server)
 
 
+def live_template(tmp_path_factory, worker_id) -> tuple[Path, dict[str, str]]:
+    """The live servers' template folder (database, model store) and its keys, built once per
+    run for every test that serves the /v2 models (REST, gRPC): pytest-xdist gives each worker
+    <run>/popen-gwN, and the run's folder is shared by the workers."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent
+    template = shared / "v2-live-template"
+    return template, live_server.build_template(template, live_models(), lock=shared / "v2-live-template.lock")
+
+
 class BearerKey(InferenceServerClientPlugin):
-    """Sends `Authorization: Bearer <key>` with every request (tritonclient's plugin hook)."""
+    """Sends `authorization: Bearer <key>` with every request (tritonclient's plugin hook): an
+    HTTP header, or gRPC metadata, whose names are lower-case."""
 
     def __init__(self, key: str):
         self.key = key
 
     def __call__(self, request):
-        request.headers["Authorization"] = f"Bearer {self.key}"
+        request.headers["authorization"] = f"Bearer {self.key}"
 
 
 @pytest.fixture
