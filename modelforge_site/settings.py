@@ -74,6 +74,8 @@ INSTALLED_APPS = [
     "registry",
     "inference",
     "jobs",
+    "monitoring",  # health thresholds per model name, drift
+    "webhooks",  # signed webhooks on core.events
     "console",  # the ops console in the admin (dashboard, shared admin styles)
     "axes",  # admin login lockout (see "Admin login lockout" below)
 ]
@@ -337,6 +339,14 @@ if GRPC_WORKERS < 1 or GRPC_THREADS < 1:
 PREDICTION_CACHE_TTL_SECONDS = env.int("PREDICTION_CACHE_TTL_SECONDS", default=3600)
 PREDICTION_CACHE_LOCAL_MB = env.int("PREDICTION_CACHE_LOCAL_MB", default=64)
 PREDICTION_CACHE_RETRY_SECONDS = env.float("PREDICTION_CACHE_RETRY_SECONDS", default=5.0)
+# Health thresholds (monitoring.Thresholds overrides them per model name): a version is amber or
+# red when its server-error rate or p95 reaches these, judged only from MONITOR_MIN_REQUESTS up.
+MONITOR_ERROR_RATE_AMBER = env.float("MONITOR_ERROR_RATE_AMBER", default=0.01)
+MONITOR_ERROR_RATE_RED = env.float("MONITOR_ERROR_RATE_RED", default=0.05)
+MONITOR_P95_AMBER_MS = env.float("MONITOR_P95_AMBER_MS", default=250.0)
+MONITOR_P95_RED_MS = env.float("MONITOR_P95_RED_MS", default=1000.0)
+MONITOR_MIN_REQUESTS = env.int("MONITOR_MIN_REQUESTS", default=20)
+
 HISTORY_SAMPLE_RATE = env.float("HISTORY_SAMPLE_RATE", default=1.0)
 if not 0 <= HISTORY_SAMPLE_RATE <= 1:
     raise ImproperlyConfigured("HISTORY_SAMPLE_RATE must be between 0 and 1.")
