@@ -380,3 +380,55 @@ def test_the_dashboard_shows_what_was_served(page, server):
     page.locator(f'#mf-serving-table tr[data-model-id="{model_id}"]').get_by_role("link", name="show").click()
     expect(page.locator("#mf-charts h2")).to_contain_text("csv-iris 1.0.0")
     shot(page, "13-dashboard-one-model")
+
+
+def _status_of(server, key: str, path: str) -> tuple[int, dict]:
+    request = urllib.request.Request(server.base + path, headers={"Authorization": f"Bearer {key}"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (our own loopback server)
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_api_keys_are_created_once_named_uniquely_used_and_expired_now(page, server):
+    # Create: the raw key is shown once; reloading that page shows it gone and creates nothing.
+    page.goto("/admin/access/apikey/add/")
+    page.get_by_label("Name").fill("nightly-scorer")
+    page.get_by_role("checkbox", name="Predict").check()
+    page.get_by_role("checkbox", name="Read").check()
+    page.get_by_role("button", name="Save", exact=True).click()
+    raw_key = page.locator("#mf-raw-key").input_value()
+    assert raw_key
+    shot(page, "keys-1-created-once")
+    page.reload()
+    assert page.locator("#mf-key-gone").is_visible()
+    assert page.locator("#mf-raw-key").count() == 0
+    page.goto("/admin/access/apikey/?q=nightly-scorer")
+    assert page.locator("#result_list tbody tr").count() == 1
+
+    # The same name again (any case) is refused on the form, naming the key that has it.
+    page.goto("/admin/access/apikey/add/")
+    page.get_by_label("Name").fill("Nightly-Scorer")
+    page.get_by_role("checkbox", name="Read").check()
+    page.get_by_role("button", name="Save", exact=True).click()
+    assert "nightly-scorer" in page.locator(".errorlist").inner_text()
+    shot(page, "keys-2-name-taken")
+
+    # Used: the list shows when.
+    status, _ = _status_of(server, raw_key, "/api/v1/models")
+    assert status == 200
+    page.goto("/admin/access/apikey/?q=nightly-scorer")
+    row = page.locator("#result_list tbody tr").first
+    assert row.locator("td.field-last_used_at").inner_text().strip() not in ("", "-")
+
+    # Expire now: a confirmation first, then the key is refused with its own code.
+    row.get_by_role("link", name="nightly-scorer").click()
+    page.get_by_role("link", name="Expire now").click()
+    assert "nightly-scorer" in page.locator("#mf-expire-keys").inner_text()
+    status, _ = _status_of(server, raw_key, "/api/v1/models")
+    assert status == 200, "nothing changes before the confirmation"
+    shot(page, "keys-3-expire-confirmation")
+    page.locator("#mf-confirm-expire").click()
+    status, body = _status_of(server, raw_key, "/api/v1/models")
+    assert (status, body["code"]) == (401, "api_key_expired")
