@@ -118,11 +118,15 @@ def _markers(markers: Sequence[Marker], axis: TimeAxis | None) -> SafeString:
     if axis is None:
         return SafeString("")
     shapes = []
+    previous_x, row = None, 0
     for marker in markers:
         fraction = axis.fraction(marker.at)
         if fraction is None:
             continue
         x = LEFT + PLOT_WIDTH * fraction
+        # Numbers of markers too close to read apart go one line lower, in turn.
+        row = (row + 1) % 3 if previous_x is not None and x - previous_x < 14 else 0
+        previous_x = x
         shapes.append(
             format_html(
                 '<g class="mf-marker"><title>{}</title>'
@@ -133,7 +137,7 @@ def _markers(markers: Sequence[Marker], axis: TimeAxis | None) -> SafeString:
                 t=TOP,
                 b=TOP + PLOT_HEIGHT,
                 c=MARKER_COLOUR,
-                ty=TOP - 5,
+                ty=TOP - 5 + row * 11,
                 n=marker.number or "▾",
             )
         )
