@@ -309,13 +309,22 @@ def line_chart(
 
 
 def _period_labels(series: Sequence[dict], label_every: int, label_format: str) -> list[str]:
-    return [f"{row['start']:{label_format}}" if index % label_every == 0 else "" for index, row in enumerate(series)]
+    """A time under the periods that start on a multiple of ``label_every`` minutes (UTC), so
+    ticks fall on round times (every 10 minutes, every hour, at midnight); none so close to the
+    right edge that it would be cut."""
+    slot = PLOT_WIDTH / max(len(series), 1)
+    return [
+        f"{row['start']:{label_format}}"
+        if int(row["start"].timestamp()) // 60 % label_every == 0 and (index + 0.5) * slot <= PLOT_WIDTH - 20
+        else ""
+        for index, row in enumerate(series)
+    ]
 
 
 def requests_chart(
     series: Sequence[dict],
     *,
-    label_every: int = 3,
+    label_every: int = 180,
     label_format: str = "%H:%M",
     period: str = "hour",
     axis: TimeAxis | None = None,

@@ -29,16 +29,16 @@ class Range:
     span: timedelta
     bucket_minutes: int  # one period of the time charts
     period: str  # one period in words, for "Requests per 5 minutes"
-    label_every: int  # a time under every n-th period of the charts
+    label_every: int  # a time under the periods starting every n minutes (UTC) on the charts
     label_format: str  # strftime, for the charts' axis
     table_format: str  # Django's date format, for the tables' periods
 
 
 RANGES = {
     "1h": Range("1h", "1 hour", timedelta(hours=1), 1, "minute", 10, "%H:%M", "H:i"),
-    "6h": Range("6h", "6 hours", timedelta(hours=6), 5, "5 minutes", 12, "%H:%M", "H:i"),
-    "24h": Range("24h", "24 hours", timedelta(hours=24), 15, "15 minutes", 16, "%H:%M", "H:i"),
-    "7d": Range("7d", "7 days", timedelta(days=7), 60, "hour", 24, "%a %d", "D j, H:i"),
+    "6h": Range("6h", "6 hours", timedelta(hours=6), 5, "5 minutes", 60, "%H:%M", "H:i"),
+    "24h": Range("24h", "24 hours", timedelta(hours=24), 15, "15 minutes", 240, "%H:%M", "H:i"),
+    "7d": Range("7d", "7 days", timedelta(days=7), 60, "hour", 24 * 60, "%a %d", "D j, H:i"),
 }
 DEFAULT_RANGE = "24h"
 # ?refresh= values: how often the page reloads itself (seconds), None for never.
