@@ -71,7 +71,6 @@ def dashboard_view(request):
         "subtitle": f"the last {data['range'].label}",
         **data,
         "refresh_seconds": REFRESH[state["refresh"]],
-        "self_query": _query(**state),
         "all_models_query": _query(**{**state, "model": ""}),
         "range_links": [
             {
