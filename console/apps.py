@@ -11,9 +11,7 @@ class ConsoleConfig(AppConfig):
         from django.contrib import admin
         from django.urls import reverse_lazy
 
-        # The admin index links to the dashboard (a template of this app, not an override of
-        # Django's own, so the app's place in INSTALLED_APPS does not matter).
-        admin.site.index_template = "admin/console/index.html"
+        # The index and the sidebar list the dashboard: console.sites.OpsAdminSite.
         # ModelForge's name where Django's was, and "View site" to the API's documentation:
         # the site has no other front page.
         admin.site.site_header = admin.site.site_title = "ModelForge"

@@ -1,9 +1,17 @@
 """What the dashboard shows, read from recorded data: the per-minute serving statistics
-(inference.stats), the jobs table, and the Celery report of /api/v1/health/celery."""
+(inference.stats) judged against each name's health thresholds (monitoring.health), the alias
+trail (registry AliasEvent: moves, rollouts) as markers on the time charts, the jobs table, and
+the Celery report of /api/v1/health/celery.
+
+Everything is over one time range of ``RANGES`` (1 h to 7 d), in periods short enough to see a
+minute's spike in the short ranges: the health levels judge the range's totals, the same numbers
+as the table under them.
+"""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,42 +19,134 @@ from django.db.models import Count
 from django.utils import timezone
 
 from console import charts
-
-WINDOW = timedelta(hours=24)
-BUCKET_MINUTES = 60
+from monitoring.health import Level, level, thresholds_for
 
 
-def serving(*, since: datetime, model_id: uuid.UUID | None = None) -> dict[str, Any]:
-    """Per model version: requests, errors, p50/p95, cache hit rate, mean batch size; and the
-    charts (for one version when model_id is given)."""
+@dataclass(frozen=True)
+class Range:
+    key: str  # the ?range= value
+    label: str  # in words, "6 hours"
+    span: timedelta
+    bucket_minutes: int  # one period of the time charts
+    period: str  # one period in words, for "Requests per 5 minutes"
+    label_every: int  # a time under the periods starting every n minutes (UTC) on the charts
+    label_format: str  # strftime, for the charts' axis
+    table_format: str  # Django's date format, for the tables' periods
+
+
+RANGES = {
+    "1h": Range("1h", "1 hour", timedelta(hours=1), 1, "minute", 10, "%H:%M", "H:i"),
+    "6h": Range("6h", "6 hours", timedelta(hours=6), 5, "5 minutes", 60, "%H:%M", "H:i"),
+    "24h": Range("24h", "24 hours", timedelta(hours=24), 15, "15 minutes", 240, "%H:%M", "H:i"),
+    "7d": Range("7d", "7 days", timedelta(days=7), 60, "hour", 24 * 60, "%a %d", "D j, H:i"),
+}
+DEFAULT_RANGE = "24h"
+# ?refresh= values: how often the page reloads itself (seconds), None for never.
+REFRESH = {"off": None, "10": 10, "60": 60}
+DEFAULT_REFRESH = "off"
+# The alias changes drawn on the charts at most (the newest of the range).
+MAX_MARKERS = 50
+# Worst first: what ops should look at is on top.
+LEVEL_ORDER = {Level.RED: 0, Level.AMBER: 1, Level.GREEN: 2, Level.IDLE: 3}
+
+
+def health(summary: list[dict]) -> dict[str, Any]:
+    """Each version's level (and why) against its name's thresholds, judged on the server
+    errors (5xx) and p95 of the range; written into the summary rows, and listed worst first."""
+    thresholds = thresholds_for(row["model_name"] for row in summary)
+    for row in summary:
+        row["thresholds"] = thresholds[row["model_name"]]
+        row["level"], row["reason"] = level(
+            requests=row["requests"],
+            server_errors=row["server_errors"],
+            p95_ms=row["p95_ms"],
+            thresholds=row["thresholds"],
+        )
+    ordered = sorted(summary, key=lambda row: LEVEL_ORDER[row["level"]])
+    counts = {colour.value: sum(row["level"] == colour for row in summary) for colour in Level}
+    return {"versions": ordered, "counts": counts}
+
+
+def markers(*, since: datetime, name: str | None = None) -> list[dict]:
+    """The alias changes of the range (every action: created, moved, deleted, rollout steps),
+    oldest first and numbered as the charts show them; of one model name when given."""
+    from registry.models import AliasEvent
+
+    events = AliasEvent.objects.filter(created_at__gte=since)
+    if name is not None:
+        events = events.named(name)
+    newest = list(events.newest_first()[:MAX_MARKERS])
+    rows = []
+    for number, event in enumerate(reversed(newest), start=1):
+        words = (
+            f"{event.name}@{event.alias} {event.get_action_display().lower()}: "
+            f"{event.from_version or '–'} → {event.to_version or '–'}"
+            + (f" by {event.actor_label}" if event.actor_label else "")
+        )
+        rows.append(
+            {
+                "number": number,
+                "at": event.created_at,
+                "words": words,
+                "marker": charts.Marker(
+                    at=event.created_at, text=f"{event.created_at:%Y-%m-%d %H:%M} UTC: {words}", number=number
+                ),  # fmt: skip
+            }
+        )
+    return rows
+
+
+def serving(*, since: datetime, span: Range, model_id: uuid.UUID | None = None) -> dict[str, Any]:
+    """Per model version: requests, client and server errors, p50/p95, cache hit rate, mean
+    batch size and health level; and the charts over time (of one version when model_id is
+    given) with the range's alias changes on them."""
     from inference import stats
 
     summary = stats.serving_summary(since=since)
-    series = stats.serving_timeseries(since=since, bucket_minutes=BUCKET_MINUTES, model_id=model_id)
+    series = stats.serving_timeseries(since=since, bucket_minutes=span.bucket_minutes, model_id=model_id)
     histogram = stats.latency_histogram(since=since, model_id=model_id)
     for row in summary:
         row["error_rate"] = row["errors"] / row["requests"] if row["requests"] else None
+        row["server_error_rate"] = row["server_errors"] / row["requests"] if row["requests"] else None
+    judged = health(summary)
+    selected = next((row for row in summary if row["model_id"] == model_id), None)
+    events = markers(since=since, name=selected["model_name"] if selected else None)
     previous = None
     for row in histogram:
         row["label"] = charts.bucket_label(row["le_ms"], previous)
         previous = row["le_ms"]
+    axis = charts.TimeAxis(start=series[0]["start"], bucket=timedelta(minutes=span.bucket_minutes), periods=len(series))
+    time_chart = {
+        "label_every": span.label_every,
+        "label_format": span.label_format,
+        "period": span.period,
+        "axis": axis,
+        "markers": [event["marker"] for event in events],
+    }
     return {
         "summary": summary,
+        "health": judged,
         "totals": {
             "requests": sum(row["requests"] for row in summary),
             "errors": sum(row["errors"] for row in summary),
+            "client_errors": sum(row["client_errors"] for row in summary),
+            "server_errors": sum(row["server_errors"] for row in summary),
             "versions": len(summary),
         },
         "series": series,
         "histogram": histogram,
-        "requests_chart": charts.requests_chart(series),
+        "markers": events,
+        "requests_chart": charts.requests_chart(series, **time_chart),
+        "errors_chart": charts.errors_chart(series, **time_chart),
+        "p95_chart": charts.p95_chart(series, **time_chart, thresholds=selected["thresholds"] if selected else None),
+        "batch_chart": charts.batch_chart(series, **time_chart),
         "latency_chart": charts.latency_chart(histogram),
-        "selected": next((row for row in summary if row["model_id"] == model_id), None),
+        "selected": selected,
     }
 
 
 def jobs(*, since: datetime) -> dict[str, Any]:
-    """Jobs by status: all of them, and those created in the window."""
+    """Jobs by status: all of them, and those created in the range."""
     from jobs.models import Job
 
     def by_status(queryset) -> dict[str, int]:
@@ -70,13 +170,15 @@ def workers() -> dict[str, Any]:
     return {**report, "healthy": healthy}
 
 
-def dashboard(*, model_id: uuid.UUID | None = None) -> dict[str, Any]:
+def dashboard(*, range_key: str = DEFAULT_RANGE, model_id: uuid.UUID | None = None) -> dict[str, Any]:
+    span = RANGES[range_key]
     now = timezone.now()
-    since = now - WINDOW
+    since = now - span.span
     return {
         "since": since,
         "now": now,
-        "serving": serving(since=since, model_id=model_id),
+        "range": span,
+        "serving": serving(since=since, span=span, model_id=model_id),
         "jobs": jobs(since=since),
         "workers": workers(),
         "model_id": model_id,

@@ -139,7 +139,7 @@ def request_finished(context, status: int, *, duration_ms: float, retry_after: b
         found.queue.observe(context.queue_ms / 1000)
         found.compute.observe(context.compute_ms / 1000)
     if model is not None:
-        serving_stats.request(label, error=status >= 300, cached=context.cached, duration_ms=duration_ms)
+        serving_stats.request(label, status=status, cached=context.cached, duration_ms=duration_ms)
 
 
 # The session pool of each process (inference.sessions `stats()`): set by the serving

@@ -87,8 +87,10 @@ class ServingMinute(models.Model):
     """What one model version served in one minute, summed over every server process.
 
     Written by inference.serving_stats (in-process counters upserted with increments every
-    few seconds), read by inference.stats. ``errors`` counts every answer that was not a 2xx
-    (bad input, auth, rejected for load, server errors). Latency is the time in the server,
+    few seconds), read by inference.stats. ``errors`` counts every answer that was not a 2xx;
+    among them ``client_errors`` the 4xx (bad input, a key without the scope, throttled) and
+    ``server_errors`` the 5xx (a failed run, a timeout, a full queue or a memory limit: what the
+    health thresholds judge). Latency is the time in the server,
     counted per bucket: ``le_<bound>`` is the requests that took more than the previous bound
     and at most this many milliseconds (``le_inf``: longer than the last bound).
     """
@@ -96,7 +98,9 @@ class ServingMinute(models.Model):
     model = models.ForeignKey("registry.MLModel", on_delete=models.CASCADE, related_name="serving_minutes")
     minute = models.DateTimeField(help_text="The start of the minute (UTC).")
     requests = models.PositiveBigIntegerField(default=0)
-    errors = models.PositiveBigIntegerField(default=0)
+    errors = models.PositiveBigIntegerField(default=0, help_text="Answers that were not a 2xx.")
+    client_errors = models.PositiveBigIntegerField(default=0, help_text="4xx answers: the caller's to fix.")
+    server_errors = models.PositiveBigIntegerField(default=0, help_text="5xx answers: the server's to fix.")
     cache_hits = models.PositiveBigIntegerField(default=0)
     cache_misses = models.PositiveBigIntegerField(default=0)
     inferences = models.PositiveBigIntegerField(default=0, help_text="Requests answered by running the model.")

@@ -36,9 +36,14 @@ logger = logging.getLogger(__name__)
 
 _FINITE_BOUNDS = [bound for bound in LATENCY_BOUNDS_MS if bound is not None]
 # Slots of one buffered row, in the order of the INSERT's columns after (model_id, minute).
-_COUNTERS = ("requests", "errors", "cache_hits", "cache_misses", "inferences", "executions", "latency_sum_ms")
+_COUNTERS = (
+    "requests", "errors", "client_errors", "server_errors", "cache_hits", "cache_misses", "inferences",
+    "executions", "latency_sum_ms",
+)  # fmt: skip
 _COLUMNS = (*_COUNTERS, *LATENCY_FIELDS)
-_REQUESTS, _ERRORS, _HITS, _MISSES, _INFERENCES, _EXECUTIONS, _LATENCY_SUM = range(len(_COUNTERS))
+(_REQUESTS, _ERRORS, _CLIENT_ERRORS, _SERVER_ERRORS, _HITS, _MISSES, _INFERENCES, _EXECUTIONS, _LATENCY_SUM) = range(
+    len(_COUNTERS)
+)
 _FIRST_BUCKET = len(_COUNTERS)
 # Rows buffered at most (model versions x minutes) while the database cannot be written.
 MAX_BUFFERED_ROWS = 100_000
@@ -54,9 +59,11 @@ class ServingStats:
         self._thread: threading.Thread | None = None
 
     # --- the request side (microseconds, no I/O) -----------------------------------------
-    def request(self, label: Label, *, error: bool, cached: bool | None, duration_ms: float) -> None:
+    def request(self, label: Label, *, status: int, cached: bool | None, duration_ms: float) -> None:
         """Count one answered request of this model version, ``duration_ms`` in the server.
 
+        ``status``: the HTTP status answered (a gRPC door passes its HTTP equivalent); every
+        status but a 2xx is an error, a 4xx a client error, a 5xx a server error.
         ``cached``: True a cache hit, False a miss, None the cache was not consulted.
         """
         bucket = _FIRST_BUCKET + bisect.bisect_left(_FINITE_BOUNDS, duration_ms)
@@ -64,8 +71,12 @@ class ServingStats:
         with self._lock:
             row = self._row(label, minute)
             row[_REQUESTS] += 1
-            if error:
+            if not 200 <= status < 300:
                 row[_ERRORS] += 1
+                if 400 <= status < 500:
+                    row[_CLIENT_ERRORS] += 1
+                elif status >= 500:
+                    row[_SERVER_ERRORS] += 1
             if cached is True:
                 row[_HITS] += 1
             elif cached is False:

@@ -17,7 +17,9 @@ from django.utils import timezone
 
 from inference.models import LATENCY_BOUNDS_MS, LATENCY_FIELDS, ServingMinute
 
-_COUNTS = ("requests", "errors", "cache_hits", "cache_misses", "inferences", "executions")
+_COUNTS = (
+    "requests", "errors", "client_errors", "server_errors", "cache_hits", "cache_misses", "inferences", "executions",
+)  # fmt: skip
 
 
 def _minutes(since: datetime, model_id=None):
@@ -49,9 +51,11 @@ def serving_summary(*, since: datetime) -> list[dict]:
     """One dict per model version that served since ``since``, by name then version:
 
     ``model_id, model_name, model_version, requests, errors`` (answers that were not 2xx),
-    ``p50_ms, p95_ms`` (time in the server; None without requests), ``cache_hit_rate``
-    (hits / cache lookups, 0..1, None without lookups) and ``mean_batch_size`` (requests
-    answered by running the model per session run, None without runs).
+    ``client_errors`` (4xx) and ``server_errors`` (5xx) among them, ``p50_ms, p95_ms`` (time
+    in the server; None without requests), ``cache_hit_rate`` (hits / cache lookups, 0..1,
+    None without lookups) and ``mean_batch_size`` (requests answered by running the model per
+    session run, None without runs). Minutes recorded before errors were split count in
+    ``errors`` only.
     """
     rows = (
         _minutes(since)
@@ -70,6 +74,8 @@ def serving_summary(*, since: datetime) -> list[dict]:
                 "model_version": row["model__version"],
                 "requests": row["requests"],
                 "errors": row["errors"],
+                "client_errors": row["client_errors"],
+                "server_errors": row["server_errors"],
                 "p50_ms": quantile_ms(0.5, buckets),
                 "p95_ms": quantile_ms(0.95, buckets),
                 "cache_hit_rate": round(row["cache_hits"] / lookups, 4) if lookups else None,
@@ -80,33 +86,44 @@ def serving_summary(*, since: datetime) -> list[dict]:
 
 
 def serving_timeseries(*, since: datetime, bucket_minutes: int = 60, model_id=None) -> list[dict]:
-    """Requests and errors per period of ``bucket_minutes`` from ``since`` until now, oldest
-    first, periods without traffic included (zeros): ``[{"start", "requests", "errors"}]``.
-    Periods are aligned on multiples of ``bucket_minutes`` since the Unix epoch (UTC), so
-    ``bucket_minutes=60`` gives whole hours. ``model_id`` limits it to one model version.
+    """The figures of each period of ``bucket_minutes`` from ``since`` until now, oldest first,
+    periods without traffic included: ``[{"start", "requests", "errors", "client_errors",
+    "server_errors", "p95_ms", "mean_batch_size"}]`` (the last two None without requests, or
+    without session runs). Periods are aligned on multiples of ``bucket_minutes`` since the
+    Unix epoch (UTC), so ``bucket_minutes=60`` gives whole hours. ``model_id`` limits it to one
+    model version.
     """
     if not isinstance(bucket_minutes, int) or not 1 <= bucket_minutes <= 7 * 24 * 60:
         raise ValueError("bucket_minutes must be a whole number of minutes between 1 and 10080.")
     width = bucket_minutes * 60
-    per_minute = (
-        _minutes(since, model_id).values("minute").annotate(requests=Sum("requests"), errors=Sum("errors")).order_by()
-    )
+    sums = ("requests", "errors", "client_errors", "server_errors", "inferences", "executions", *LATENCY_FIELDS)
+    per_minute = _minutes(since, model_id).values("minute").annotate(**{field: Sum(field) for field in sums}).order_by()
     totals: dict[int, list[int]] = {}
     for row in per_minute:
         start = int(row["minute"].timestamp()) // width * width
-        entry = totals.setdefault(start, [0, 0])
-        entry[0] += row["requests"]
-        entry[1] += row["errors"]
+        entry = totals.setdefault(start, [0] * len(sums))
+        for index, field in enumerate(sums):
+            entry[index] += row[field]
     first = int(since.timestamp()) // width * width
     last = int(timezone.now().timestamp()) // width * width
-    return [
-        {
-            "start": datetime.fromtimestamp(start, UTC),
-            "requests": totals.get(start, (0, 0))[0],
-            "errors": totals.get(start, (0, 0))[1],
-        }
-        for start in range(first, max(last, first) + width, width)
-    ]
+    empty = [0] * len(sums)
+    series = []
+    for start in range(first, max(last, first) + width, width):
+        values = dict(zip(sums, totals.get(start, empty), strict=True))
+        series.append(
+            {
+                "start": datetime.fromtimestamp(start, UTC),
+                "requests": values["requests"],
+                "errors": values["errors"],
+                "client_errors": values["client_errors"],
+                "server_errors": values["server_errors"],
+                "p95_ms": quantile_ms(0.95, [values[field] for field in LATENCY_FIELDS]),
+                "mean_batch_size": (
+                    round(values["inferences"] / values["executions"], 3) if values["executions"] else None
+                ),
+            }
+        )
+    return series
 
 
 def latency_histogram(*, since: datetime, model_id=None) -> list[dict]:

@@ -58,7 +58,7 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 MODELFORGE_VERSION = "0.1.0"
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "console.sites.OpsAdminConfig",  # django.contrib.admin with the dashboard in its app list
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

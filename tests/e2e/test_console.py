@@ -374,7 +374,7 @@ def test_the_dashboard_shows_what_was_served(page, server):
     while dashboard_requests(page, model_id) != before + 2:
         assert time.monotonic() < deadline, "the dashboard did not show the two requests"
         time.sleep(0.5)
-    expect(page.locator("svg.mf-chart")).to_have_count(2)
+    expect(page.locator("svg.mf-chart")).to_have_count(5)  # requests, errors, p95, batch size, latency
     expect(page.locator("#mf-workers")).to_contain_text("embedded")
     shot(page, "12-dashboard")
     page.locator(f'#mf-serving-table tr[data-model-id="{model_id}"]').get_by_role("link", name="show").click()

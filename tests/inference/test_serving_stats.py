@@ -13,6 +13,7 @@ from inference.models import LATENCY_BOUNDS_MS, LATENCY_FIELDS, ServingMinute
 from inference.serving_stats import serving_stats, serving_stats_cleanup
 from inference.stats import latency_histogram, quantile_ms, serving_summary, serving_timeseries
 from tests.inference.api import named_predict_url, post_body, predict
+from tests.inference.test_batching import dense_model
 from tests.registry.onnx_factories import make_iris_model
 
 pytestmark = pytest.mark.django_db
@@ -37,6 +38,7 @@ def test_requests_become_minute_rows_with_their_counts(iris, predict_client):
     assert str(row.model_id) == iris["id"]
     assert row.minute.second == 0
     assert (row.requests, row.errors, row.cache_hits, row.cache_misses) == (4, 1, 1, 1)
+    assert (row.client_errors, row.server_errors) == (1, 0)  # the bad shape is the caller's
     assert (row.inferences, row.executions) == (2, 2)
     assert sum(getattr(row, field) for field in LATENCY_FIELDS) == 4
     assert row.latency_sum_ms > 0
@@ -52,6 +54,27 @@ def test_flushes_of_several_processes_add_up(iris, predict_client):
     serving_stats.flush()
     (row,) = ServingMinute.objects.all()
     assert (row.requests, row.cache_hits, row.cache_misses) == (3, 2, 1)
+
+
+def test_client_and_server_errors_are_counted_apart(ready_model, manage_client, predict_client):
+    """A 4xx (the caller's to fix) and a 5xx (the server's: here a full batching queue, 503
+    with Retry-After) are both errors; the health thresholds judge only the second."""
+    model = ready_model(dense_model(), name="busy", version="1.0.0")
+    assert predict(predict_client, model["id"], {"X": [[0.0] * 8]}, skip_cache=True).status_code == 200
+    assert predict(predict_client, model["id"], {"X": [[0.0] * 3]}, skip_cache=True).status_code == 400
+    # A timeout of 1 µs in the batching queue: no request can be run within it.
+    patch = manage_client.patch(
+        f"/api/v1/models/{model['id']}",
+        {"batching": {"enabled": True, "default_timeout_microseconds": 1}},
+        format="json",
+    )
+    assert patch.status_code == 200, patch.json()
+    assert predict(predict_client, model["id"], {"X": [[0.0] * 8]}, skip_cache=True).status_code == 503
+    serving_stats.flush()
+    (row,) = ServingMinute.objects.all()
+    assert (row.requests, row.errors, row.client_errors, row.server_errors) == (3, 2, 1, 1)
+    (summary,) = serving_summary(since=timezone.now() - timedelta(hours=1))
+    assert (summary["errors"], summary["client_errors"], summary["server_errors"]) == (2, 1, 1)
 
 
 def test_requests_that_found_no_model_are_not_recorded(iris, predict_client, read_client):
@@ -79,10 +102,10 @@ def test_selectors_compute_the_dashboard_figures_from_the_rows(iris, ready_model
     other = ready_model(make_iris_model(zipmap=False), name="iris", version="2.0.0")
     now = timezone.now().replace(second=0, microsecond=0)
     # 100 requests of 1.0.0: 50 at most 1 ms, 40 in (1, 2.5], 10 in (2.5, 5]; two minutes.
-    _minute(iris["id"], now - timedelta(minutes=5), requests=60, errors=2, cache_hits=30, cache_misses=10,
-            inferences=10, executions=4, buckets={"le_1": 50, "le_2_5": 10})  # fmt: skip
-    _minute(iris["id"], now - timedelta(minutes=1), requests=40, errors=1, cache_hits=10, cache_misses=10,
-            inferences=10, executions=1, buckets={"le_2_5": 30, "le_5": 10})  # fmt: skip
+    _minute(iris["id"], now - timedelta(minutes=5), requests=60, errors=2, client_errors=2, cache_hits=30,
+            cache_misses=10, inferences=10, executions=4, buckets={"le_1": 50, "le_2_5": 10})  # fmt: skip
+    _minute(iris["id"], now - timedelta(minutes=1), requests=40, errors=1, server_errors=1, cache_hits=10,
+            cache_misses=10, inferences=10, executions=1, buckets={"le_2_5": 30, "le_5": 10})  # fmt: skip
     _minute(other["id"], now - timedelta(minutes=2), requests=1, buckets={"le_inf": 1})
     # Outside the window: not counted.
     _minute(iris["id"], now - timedelta(hours=25), requests=1000, errors=1000, buckets={"le_10000": 1000})
@@ -91,7 +114,7 @@ def test_selectors_compute_the_dashboard_figures_from_the_rows(iris, ready_model
     assert [(row["model_name"], row["model_version"]) for row in summary] == [("iris", "1.0.0"), ("iris", "2.0.0")]
     first, second = summary
     assert str(first["model_id"]) == iris["id"]
-    assert (first["requests"], first["errors"]) == (100, 3)
+    assert (first["requests"], first["errors"], first["client_errors"], first["server_errors"]) == (100, 3, 2, 1)
     assert first["p50_ms"] == 1.0  # the 50th request is the last one of the first bucket
     assert first["p95_ms"] == 3.75  # rank 95: halfway through (2.5, 5]
     assert first["cache_hit_rate"] == 0.6667  # 40 hits of 60 lookups
@@ -115,6 +138,14 @@ def test_selectors_compute_the_dashboard_figures_from_the_rows(iris, ready_model
     one = serving_timeseries(since=now - timedelta(minutes=10), bucket_minutes=1, model_id=other["id"])
     assert len(one) in (11, 12)  # every minute, empty ones included
     assert [entry["requests"] for entry in one if entry["requests"]] == [1]
+    # Per minute of 1.0.0: p95 and the mean batch size of each minute, None where nothing ran.
+    minutes = serving_timeseries(since=now - timedelta(minutes=10), bucket_minutes=1, model_id=iris["id"])
+    busy = [entry for entry in minutes if entry["requests"]]
+    assert [(entry["client_errors"], entry["server_errors"]) for entry in busy] == [(2, 0), (0, 1)]
+    assert [entry["p95_ms"] for entry in busy] == [2.05, 4.5]  # rank 57 of 60 (7th of 10 in (1, 2.5]); 38 of 40
+    assert [entry["mean_batch_size"] for entry in busy] == [2.5, 10.0]
+    quiet = [entry for entry in minutes if not entry["requests"]]
+    assert all(entry["p95_ms"] is None and entry["mean_batch_size"] is None for entry in quiet)
 
 
 def test_timeseries_refuses_a_bad_bucket_width():
