@@ -1,0 +1,168 @@
+"""Delivering events to a real receiver on loopback: signed, retried on 5xx and timeouts,
+never on 4xx or redirects, every attempt recorded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core import events
+from tests.webhooks.conftest import wait_for_delivery
+from webhooks import services
+from webhooks.models import Attempt, Delivery
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def subscribe(receiver, *types: str, path: str = "/hook"):
+    return services.subscription_create(
+        name="receiver", url=receiver.url(path), event_types=list(types), secret=receiver.secret
+    )
+
+
+def test_an_event_arrives_signed_with_its_id_and_type(receiver):
+    subscribe(receiver, "drift.raised")
+    events.emit("drift.raised", {"name": "iris", "version": "1.0.0"})
+    (got,) = receiver.wait_for(lambda items: len(items) == 1)
+    assert got.signature_ok
+    body = got.event
+    assert body["type"] == "drift.raised" == got.headers["ModelForge-Event-Type"]
+    assert body["id"] == got.headers["ModelForge-Event-Id"]
+    assert body["data"] == {"name": "iris", "version": "1.0.0"}
+    assert got.headers["Content-Type"] == "application/json"
+    assert got.headers["ModelForge-Signature"].startswith(f"t={got.headers['ModelForge-Timestamp']},v1=")
+    delivery = wait_for_delivery(got.headers["ModelForge-Delivery-Id"])
+    assert delivery.status == "delivered"
+    (attempt,) = delivery.attempts.all()
+    assert (attempt.number, attempt.status_code, attempt.outcome, attempt.response_prefix) == (
+        1,
+        200,
+        "delivered",
+        "thanks",
+    )
+
+
+def test_a_wrong_secret_does_not_verify(receiver):
+    services.subscription_create(
+        name="other", url=receiver.url(), event_types=["drift.cleared"], secret="whsec_not-the-receivers-secret"
+    )
+    events.emit("drift.cleared", {"name": "iris"})
+    (got,) = receiver.wait_for(lambda items: len(items) == 1)
+    assert not got.signature_ok
+
+
+def test_only_listening_active_subscriptions_get_an_event(receiver):
+    subscribe(receiver, "drift.raised", path="/listening")
+    subscribe(receiver, "drift.cleared", path="/other-type")
+    services.subscription_update(subscription=subscribe(receiver, "drift.raised", path="/off"), active=False)
+    events.emit("drift.raised", {"name": "iris"})
+    receiver.wait_for(lambda items: len(items) >= 1)
+    assert Delivery.objects.count() == 1
+    assert [item.path for item in receiver.received] == ["/listening"]
+
+
+def test_a_500_is_retried_and_the_retry_delivers(receiver):
+    receiver.answer("/hook", (500, {}, b"boom"))
+    subscribe(receiver, "job.failed")
+    events.emit("job.failed", {"job_id": "j"})
+    first, second = receiver.wait_for(lambda items: len(items) == 2)
+    assert first.signature_ok and second.signature_ok
+    assert first.headers["ModelForge-Event-Id"] == second.headers["ModelForge-Event-Id"]
+    assert first.body == second.body
+    delivery = wait_for_delivery(second.headers["ModelForge-Delivery-Id"])
+    assert delivery.status == "delivered"
+    attempts = list(delivery.attempts.values_list("number", "status_code", "outcome", "response_prefix"))
+    assert attempts == [(1, 500, "retry", "boom"), (2, 200, "delivered", "thanks")]
+
+
+def test_a_4xx_is_not_retried(receiver):
+    receiver.answer("/hook", (410, {}, b"gone"))
+    subscribe(receiver, "job.completed")
+    events.emit("job.completed", {"job_id": "j"})
+    (got,) = receiver.wait_for(lambda items: len(items) == 1)
+    delivery = wait_for_delivery(got.headers["ModelForge-Delivery-Id"])
+    assert (delivery.status, delivery.last_status_code, delivery.tries) == ("failed", 410, 1)
+    assert delivery.attempts.get().outcome == "failed"
+
+
+def test_redirects_are_not_followed(receiver):
+    receiver.answer("/hook", (302, {"Location": receiver.url("/elsewhere")}, b""))
+    subscribe(receiver, "job.completed")
+    events.emit("job.completed", {"job_id": "j"})
+    (got,) = receiver.wait_for(lambda items: len(items) == 1)
+    delivery = wait_for_delivery(got.headers["ModelForge-Delivery-Id"])
+    assert (delivery.status, delivery.last_status_code) == ("failed", 302)
+    assert [item.path for item in receiver.received] == ["/hook"]
+
+
+def test_gives_up_after_the_last_attempt(receiver, settings):
+    settings.WEBHOOK_MAX_ATTEMPTS = 3
+    receiver.answer("/hook", *[(503, {}, b"busy")] * 5)
+    subscribe(receiver, "drift.raised")
+    events.emit("drift.raised", {"name": "iris"})
+    receiver.wait_for(lambda items: len(items) == 3)
+    delivery = wait_for_delivery(Delivery.objects.get().pk)
+    assert (delivery.status, delivery.tries, delivery.last_status_code) == ("failed", 3, 503)
+    assert list(delivery.attempts.values_list("outcome", flat=True)) == ["retry", "retry", "failed"]
+
+
+def test_a_receiver_that_is_down_is_retried(receiver, settings):
+    settings.WEBHOOK_MAX_ATTEMPTS = 2
+    services.subscription_create(name="down", url="http://127.0.0.1:9/hook", event_types=["drift.raised"])
+    events.emit("drift.raised", {"name": "iris"})
+    delivery = wait_for_delivery(Delivery.objects.get().pk)
+    assert (delivery.status, delivery.tries) == ("failed", 2)
+    first, second = delivery.attempts.all()
+    assert first.status_code is None and first.outcome == "retry"
+    assert first.error.startswith("connection failed")
+
+
+def test_only_a_prefix_of_the_answer_is_kept(receiver):
+    receiver.answer("/hook", (200, {}, b"x" * 100_000))
+    subscribe(receiver, "drift.raised")
+    events.emit("drift.raised", {"name": "iris"})
+    delivery = wait_for_delivery(receiver.wait_for(lambda items: len(items) == 1)[0].headers["ModelForge-Delivery-Id"])
+    assert delivery.attempts.get().response_prefix == "x" * 1024
+
+
+def test_redeliver_sends_the_same_event_again(receiver):
+    subscribe(receiver, "drift.raised")
+    events.emit("drift.raised", {"name": "iris"})
+    (first,) = receiver.wait_for(lambda items: len(items) == 1)
+    delivery = wait_for_delivery(first.headers["ModelForge-Delivery-Id"])
+    services.delivery_redeliver(delivery=delivery)
+    _, again = receiver.wait_for(lambda items: len(items) == 2)
+    assert again.body == first.body and again.signature_ok
+    delivery = wait_for_delivery(delivery.pk)
+    assert list(delivery.attempts.values_list("number", flat=True)) == [1, 2]
+
+
+def test_test_event_goes_to_that_subscription_only(receiver):
+    subscription = subscribe(receiver, "drift.raised", path="/asked")
+    subscribe(receiver, "drift.raised", path="/not-asked")
+    delivery = services.subscription_test(subscription=subscription)
+    (got,) = receiver.wait_for(lambda items: len(items) == 1)
+    assert got.path == "/asked" and got.event_type == "webhook.test" and got.signature_ok
+    assert json.loads(got.body)["data"]["subscription"] == str(subscription.pk)
+    assert wait_for_delivery(delivery.pk).status == "delivered"
+
+
+def test_a_lost_delivery_is_sent_by_the_sweeper(receiver, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    subscription = subscribe(receiver, "drift.raised")
+    delivery = Delivery.objects.create(
+        subscription=subscription,
+        event_id="6f1c1d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f",
+        event_type="drift.raised",
+        body='{"lost":true}',
+        next_attempt_at=timezone.now() - timedelta(seconds=settings.WEBHOOK_SWEEP_GRACE_SECONDS + 1),
+    )
+    assert services.deliveries_sweep() == {"enqueued": 1, "taken_back": 0}
+    (got,) = receiver.wait_for(lambda items: len(items) == 1)
+    assert got.body == b'{"lost":true}'
+    assert wait_for_delivery(delivery.pk).status == "delivered"
+    assert Attempt.objects.count() == 1
