@@ -166,3 +166,23 @@ def test_a_lost_delivery_is_sent_by_the_sweeper(receiver, settings):
     assert got.body == b'{"lost":true}'
     assert wait_for_delivery(delivery.pk).status == "delivered"
     assert Attempt.objects.count() == 1
+
+
+def test_a_receiver_that_does_not_answer_times_out_and_is_retried(settings):
+    import socket
+
+    settings.WEBHOOK_TIMEOUT_SECONDS = 0.3
+    settings.WEBHOOK_MAX_ATTEMPTS = 2
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections complete in the backlog; nothing ever answers
+    try:
+        port = silent.getsockname()[1]
+        services.subscription_create(name="silent", url=f"http://127.0.0.1:{port}/", event_types=["drift.raised"])
+        events.emit("drift.raised", {"name": "iris"})
+        delivery = wait_for_delivery(Delivery.objects.get().pk)
+    finally:
+        silent.close()
+    assert (delivery.status, delivery.tries) == ("failed", 2)
+    assert [attempt.error.split(":")[0] for attempt in delivery.attempts.all()] == ["timed out", "timed out"]
+    assert [attempt.outcome for attempt in delivery.attempts.all()] == ["retry", "failed"]
