@@ -365,6 +365,7 @@ WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=6)
 WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=30.0)
 WEBHOOK_RETRY_MAX_SECONDS = env.float("WEBHOOK_RETRY_MAX_SECONDS", default=3600.0)
 WEBHOOK_SWEEP_GRACE_SECONDS = env.int("WEBHOOK_SWEEP_GRACE_SECONDS", default=60)
+WEBHOOK_RETENTION_DAYS = env.int("WEBHOOK_RETENTION_DAYS", default=30)
 _allow = env.str("WEBHOOK_ALLOW_PRIVATE_NETWORKS", default="").strip()
 if _allow.lower() in {"true", "yes", "1", "on"}:
     WEBHOOK_ALLOW_PRIVATE_NETWORKS: bool | list[str] = True
@@ -381,8 +382,13 @@ else:
             ) from None
 if not 0 < WEBHOOK_TIMEOUT_SECONDS <= 30:
     raise ImproperlyConfigured("WEBHOOK_TIMEOUT_SECONDS must be above 0 and at most 30.")
-if WEBHOOK_MAX_ATTEMPTS <= 0 or WEBHOOK_RETRY_BASE_SECONDS < 0 or WEBHOOK_RETRY_MAX_SECONDS < 0:
-    raise ImproperlyConfigured("WEBHOOK_MAX_ATTEMPTS must be positive and the retry delays not negative.")
+if (
+    min(WEBHOOK_MAX_ATTEMPTS, WEBHOOK_RETENTION_DAYS) <= 0
+    or min(WEBHOOK_RETRY_BASE_SECONDS, WEBHOOK_RETRY_MAX_SECONDS) < 0
+):
+    raise ImproperlyConfigured(
+        "WEBHOOK_MAX_ATTEMPTS and WEBHOOK_RETENTION_DAYS must be positive, the retry delays not negative."
+    )
 
 HISTORY_SAMPLE_RATE = env.float("HISTORY_SAMPLE_RATE", default=1.0)
 if not 0 <= HISTORY_SAMPLE_RATE <= 1:

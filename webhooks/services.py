@@ -293,8 +293,9 @@ def delivery_redeliver(*, delivery: Delivery) -> Delivery:
 
 def deliveries_sweep(*, now: datetime | None = None) -> dict[str, int]:
     """Hand over again the pending deliveries overdue by more than WEBHOOK_SWEEP_GRACE_SECONDS
-    (their message was lost: a broker down, a process ended), and take back those left sending
-    by a lost attempt (longer than any attempt can take) for another try."""
+    (their message was lost: a broker down, a process ended), take back those left sending by a
+    lost attempt (longer than any attempt can take) for another try, and delete finished ones
+    older than WEBHOOK_RETENTION_DAYS."""
     now = now or timezone.now()
     grace = timedelta(seconds=settings.WEBHOOK_SWEEP_GRACE_SECONDS)
     stuck_after = timedelta(seconds=settings.WEBHOOK_TIMEOUT_SECONDS * 3) + grace
@@ -305,4 +306,10 @@ def deliveries_sweep(*, now: datetime | None = None) -> dict[str, int]:
     overdue = Delivery.objects.filter(status=Status.PENDING, next_attempt_at__lt=now - grace)
     for delivery_id in list(overdue.order_by("next_attempt_at").values_list("pk", flat=True)[:SWEEP_BATCH]):
         report["enqueued"] += delivery_enqueue(delivery_id=delivery_id)
+    # Finished deliveries past their retention go, with their attempts, a batch per round.
+    old = Delivery.objects.filter(
+        status__in=[Status.DELIVERED, Status.FAILED],
+        created_at__lt=now - timedelta(days=settings.WEBHOOK_RETENTION_DAYS),
+    )
+    report["deleted"], _ = Delivery.objects.filter(pk__in=list(old.values_list("pk", flat=True)[:SWEEP_BATCH])).delete()
     return report

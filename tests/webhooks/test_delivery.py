@@ -161,7 +161,7 @@ def test_a_lost_delivery_is_sent_by_the_sweeper(receiver, settings):
         body='{"lost":true}',
         next_attempt_at=timezone.now() - timedelta(seconds=settings.WEBHOOK_SWEEP_GRACE_SECONDS + 1),
     )
-    assert services.deliveries_sweep() == {"enqueued": 1, "taken_back": 0}
+    assert services.deliveries_sweep() == {"enqueued": 1, "taken_back": 0, "deleted": 0}
     (got,) = receiver.wait_for(lambda items: len(items) == 1)
     assert got.body == b'{"lost":true}'
     assert wait_for_delivery(delivery.pk).status == "delivered"
@@ -186,3 +186,47 @@ def test_a_receiver_that_does_not_answer_times_out_and_is_retried(settings):
     assert (delivery.status, delivery.tries) == ("failed", 2)
     assert [attempt.error.split(":")[0] for attempt in delivery.attempts.all()] == ["timed out", "timed out"]
     assert [attempt.outcome for attempt in delivery.attempts.all()] == ["retry", "failed"]
+
+
+def test_the_sweeper_deletes_finished_deliveries_past_retention(receiver, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    subscription = subscribe(receiver, "drift.raised")
+    old = timezone.now() - timedelta(days=settings.WEBHOOK_RETENTION_DAYS + 1)
+    for status, event_id in (("delivered", "1" * 32), ("failed", "2" * 32), ("pending", "3" * 32)):
+        delivery = Delivery.objects.create(
+            subscription=subscription, event_id=event_id, event_type="drift.raised", body="{}", status=status
+        )
+        Delivery.objects.filter(pk=delivery.pk).update(created_at=old, next_attempt_at=timezone.now())
+    report = services.deliveries_sweep()
+    assert report["deleted"] == 2
+    assert list(Delivery.objects.values_list("status", flat=True)) == ["pending"]
+
+
+def test_a_delivery_left_sending_is_taken_back_and_sent(receiver, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    subscription = subscribe(receiver, "drift.raised")
+    lost = timezone.now() - timedelta(
+        seconds=settings.WEBHOOK_TIMEOUT_SECONDS * 3 + settings.WEBHOOK_SWEEP_GRACE_SECONDS + 1
+    )
+    delivery = Delivery.objects.create(
+        subscription=subscription,
+        event_id="4" * 32,
+        event_type="drift.raised",
+        body='{"taken":"back"}',
+        status="sending",
+        tries=1,
+        next_attempt_at=lost,
+    )
+    assert services.deliveries_sweep()["taken_back"] == 1
+    assert Delivery.objects.get(pk=delivery.pk).status == "pending"
+    # Due now; a later sweep (past its grace) hands it over: here, at once.
+    services.delivery_enqueue(delivery_id=delivery.pk)
+    (got,) = receiver.wait_for(lambda items: len(items) == 1)
+    assert got.body == b'{"taken":"back"}'
+    assert wait_for_delivery(delivery.pk).status == "delivered"
