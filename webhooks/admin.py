@@ -209,6 +209,9 @@ class DeliveryAdmin(admin.ModelAdmin):
     actions = ("redeliver",)
     change_form_template = "admin/webhooks/delivery/change_form.html"
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("subscription")
+
     def has_add_permission(self, request) -> bool:
         return False
 

@@ -103,7 +103,7 @@ class Delivery(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.event_type} to {self.subscription_id}"
+        return f"{self.event_type} to {self.subscription.name}"
 
 
 class Attempt(models.Model):
@@ -125,4 +125,4 @@ class Attempt(models.Model):
         constraints = [models.UniqueConstraint(fields=("delivery", "number"), name="attempt_number_unique")]
 
     def __str__(self) -> str:
-        return f"attempt {self.number} of {self.delivery_id}"
+        return f"attempt {self.number}"

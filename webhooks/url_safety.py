@@ -52,23 +52,24 @@ def _allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] |
 
 
 def refusal(address: IPAddress) -> str | None:
-    """Why ``address`` may not be sent to (None: it may)."""
+    """What kind of address ``address`` is, if it may not be sent to ("a private address");
+    None if it may."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
     allowed = _allowed_networks()
     if allowed is True or (allowed and any(address in network for network in allowed)):
         return None
     for kind, test in (
-        ("loopback", address.is_loopback),
-        ("link-local", address.is_link_local),
-        ("unspecified", address.is_unspecified),
-        ("multicast", address.is_multicast),
-        ("private", address.is_private),
-        ("reserved", address.is_reserved),
-        ("not globally routable", not address.is_global),
+        ("a loopback address", address.is_loopback),
+        ("a link-local address", address.is_link_local),
+        ("the unspecified address", address.is_unspecified),
+        ("a multicast address", address.is_multicast),
+        ("a private address", address.is_private),
+        ("a reserved address", address.is_reserved),
+        ("not a globally routable address", not address.is_global),
     ):
         if test:
-            return f"{address} is a {kind} address" if kind != "not globally routable" else f"{address} is {kind}"
+            return kind
     return None
 
 
@@ -95,11 +96,12 @@ def check(url: str) -> Target:
     addresses: list[str] = []
     for _family, _type, _proto, _name, sockaddr in infos:
         text = str(sockaddr[0]).split("%", 1)[0]  # an IPv6 zone (fe80::1%eth0) is not part of the address
-        why = refusal(ipaddress.ip_address(text))
-        if why is not None:
+        address = ipaddress.ip_address(text)
+        kind = refusal(address)
+        if kind is not None:
+            where = f"{text} is {kind}" if text == host else f"'{host}' resolves to {text}, {kind}"
             raise UrlRefused(
-                f"'{host}' resolves to {why}; webhooks are only sent to public addresses "
-                "(WEBHOOK_ALLOW_PRIVATE_NETWORKS allows others)."
+                f"{where}: webhooks are only sent to public addresses (WEBHOOK_ALLOW_PRIVATE_NETWORKS allows others)."
             )
         if text not in addresses:
             addresses.append(text)
