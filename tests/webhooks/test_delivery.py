@@ -230,3 +230,77 @@ def test_a_delivery_left_sending_is_taken_back_and_sent(receiver, settings):
     (got,) = receiver.wait_for(lambda items: len(items) == 1)
     assert got.body == b'{"taken":"back"}'
     assert wait_for_delivery(delivery.pk).status == "delivered"
+
+
+def test_a_named_host_is_sent_its_name_in_the_host_header(receiver):
+    port = receiver.base_url.rsplit(":", 1)[1]
+    services.subscription_create(
+        name="named", url=f"http://localhost:{port}/named?x=1", event_types=["drift.raised"], secret=receiver.secret
+    )
+    events.emit("drift.raised", {"name": "iris"})
+    (got,) = receiver.wait_for(lambda items: len(items) == 1)
+    assert got.path == "/named?x=1"
+    assert got.headers["Host"] == f"localhost:{port}"
+    assert got.signature_ok
+
+
+def test_https_to_an_untrusted_certificate_is_refused(tmp_path, settings):
+    """The TLS path verifies the certificate against the URL's name (not the pinned address):
+    a self-signed certificate fails the attempt and nothing is sent."""
+    import datetime
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    posted = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            posted.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    settings.WEBHOOK_MAX_ATTEMPTS = 1
+    try:
+        port = server.server_address[1]
+        services.subscription_create(name="tls", url=f"https://localhost:{port}/", event_types=["drift.raised"])
+        events.emit("drift.raised", {"name": "iris"})
+        delivery = wait_for_delivery(Delivery.objects.get().pk)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert delivery.status == "failed"
+    assert "CERTIFICATE_VERIFY_FAILED" in delivery.attempts.get().error
+    assert posted == []
