@@ -28,6 +28,7 @@ from django.db import transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
+from access.models import APIKey
 from core.celery_app import app as celery_app
 from core.celery_app import broker_configured
 from core.embedded_runner import runner
@@ -47,12 +48,10 @@ SWEEP_BATCH = 500
 
 
 def _actor_label(actor) -> str:
-    if actor is None:
-        return ""
-    name = getattr(actor, "name", None)
-    if name and getattr(actor, "prefix", None) is not None:
-        return f"key:{name}"[:200]
-    if getattr(actor, "is_authenticated", False):
+    """Who created a subscription, as the registry's audit trail names them."""
+    if isinstance(actor, APIKey):
+        return f"key:{actor.name}"[:200]
+    if actor is not None and getattr(actor, "is_authenticated", False):
         return actor.get_username()[:200]
     return ""
 
@@ -212,7 +211,9 @@ def delivery_attempt(*, delivery_id) -> Attempt | None:
     )
     if not claimed:
         return None
-    delivery = Delivery.objects.select_related("subscription").get(pk=delivery_id)
+    delivery = Delivery.objects.select_related("subscription").filter(pk=delivery_id).first()
+    if delivery is None:
+        return None  # its subscription was deleted meanwhile
     body = delivery.body.encode()
     url = delivery.subscription.url
     try:
