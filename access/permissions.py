@@ -89,6 +89,16 @@ SESSION_PERMISSIONS: dict[tuple[str, str], Required] = {
     ("health-celery", "GET"): ("jobs.view_job",),  # queues and unfinished jobs
     # Prometheus: model names, their traffic and latency, jobs by status.
     ("metrics", "GET"): (METRICS_VIEW,),
+    # Webhooks (the admin's actions: send test event and redeliver are `change`)
+    ("webhook-list", "GET"): ("webhooks.view_subscription",),
+    ("webhook-list", "POST"): ("webhooks.add_subscription",),
+    ("webhook-detail", "GET"): ("webhooks.view_subscription",),
+    ("webhook-detail", "PATCH"): ("webhooks.change_subscription",),
+    ("webhook-detail", "DELETE"): ("webhooks.delete_subscription",),
+    ("webhook-test", "POST"): ("webhooks.change_subscription",),
+    ("webhook-deliveries", "GET"): ("webhooks.view_delivery",),
+    ("webhook-delivery-detail", "GET"): ("webhooks.view_delivery",),
+    ("webhook-delivery-redeliver", "POST"): ("webhooks.change_delivery",),
 }
 
 

@@ -43,6 +43,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
+from core import events as domain_events
 from core.celery_app import app as celery_app
 from core.celery_app import broker_configured
 from core.embedded_runner import runner
@@ -115,7 +116,18 @@ def _move(job_id, *, source, target: str, attempt: int | None = None, **fields: 
     moved = bool(rows.update(status=target, **fields))
     if moved and target in Job.TERMINAL:
         transaction.on_commit(partial(events.job_finished, job_id), robust=True)
+        if target in (Status.COMPLETED, Status.FAILED):
+            _emit_finished(job_id)
     return moved
+
+
+def _emit_finished(job_id) -> None:
+    """`job.completed` or `job.failed` (webhooks), sent once the move commits."""
+    job = Job.objects.filter(pk=job_id).values(
+        "status", "model_name", "model_version", "progress_done", "progress_total", "warnings", "error_code"
+    )[0]
+    data = {"job_id": str(job_id), **job, "warnings": len(job["warnings"] or [])}
+    domain_events.emit("job.completed" if job["status"] == Status.COMPLETED else "job.failed", data)
 
 
 # --- create ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ every secret must come from the environment and start-up fails naming what is mi
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -346,6 +347,48 @@ MONITOR_ERROR_RATE_RED = env.float("MONITOR_ERROR_RATE_RED", default=0.05)
 MONITOR_P95_AMBER_MS = env.float("MONITOR_P95_AMBER_MS", default=250.0)
 MONITOR_P95_RED_MS = env.float("MONITOR_P95_RED_MS", default=1000.0)
 MONITOR_MIN_REQUESTS = env.int("MONITOR_MIN_REQUESTS", default=20)
+# The threshold watch (monitoring/threshold_watch.py) judges each version on the last
+# MONITOR_THRESHOLD_WINDOW_SECONDS of traffic, every MONITOR_THRESHOLD_INTERVAL_SECONDS, and raises
+# `threshold.crossed` when its level changes.
+MONITOR_THRESHOLD_WINDOW_SECONDS = env.int("MONITOR_THRESHOLD_WINDOW_SECONDS", default=300)
+MONITOR_THRESHOLD_INTERVAL_SECONDS = env.int("MONITOR_THRESHOLD_INTERVAL_SECONDS", default=60)
+if MONITOR_THRESHOLD_WINDOW_SECONDS < 60 or MONITOR_THRESHOLD_INTERVAL_SECONDS <= 0:
+    raise ImproperlyConfigured(
+        "MONITOR_THRESHOLD_WINDOW_SECONDS must be at least 60 and MONITOR_THRESHOLD_INTERVAL_SECONDS positive."
+    )
+
+# --- Webhooks (webhooks/) ---------------------------------------------------------------------
+# Receivers' URLs must resolve to public addresses; WEBHOOK_ALLOW_PRIVATE_NETWORKS lets some
+# through: a comma-separated list of networks (127.0.0.0/8,10.1.0.0/16), or true for any.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=6)
+WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=30.0)
+WEBHOOK_RETRY_MAX_SECONDS = env.float("WEBHOOK_RETRY_MAX_SECONDS", default=3600.0)
+WEBHOOK_SWEEP_GRACE_SECONDS = env.int("WEBHOOK_SWEEP_GRACE_SECONDS", default=60)
+WEBHOOK_RETENTION_DAYS = env.int("WEBHOOK_RETENTION_DAYS", default=30)
+_allow = env.str("WEBHOOK_ALLOW_PRIVATE_NETWORKS", default="").strip()
+if _allow.lower() in {"true", "yes", "1", "on"}:
+    WEBHOOK_ALLOW_PRIVATE_NETWORKS: bool | list[str] = True
+elif _allow.lower() in {"", "false", "no", "0", "off"}:
+    WEBHOOK_ALLOW_PRIVATE_NETWORKS = []
+else:
+    WEBHOOK_ALLOW_PRIVATE_NETWORKS = [item.strip() for item in _allow.split(",") if item.strip()]
+    for _network in WEBHOOK_ALLOW_PRIVATE_NETWORKS:
+        try:
+            ipaddress.ip_network(_network, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"WEBHOOK_ALLOW_PRIVATE_NETWORKS: {_network!r} is not a network (e.g. 10.0.0.0/8), nor true/false."
+            ) from None
+if not 0 < WEBHOOK_TIMEOUT_SECONDS <= 30:
+    raise ImproperlyConfigured("WEBHOOK_TIMEOUT_SECONDS must be above 0 and at most 30.")
+if (
+    min(WEBHOOK_MAX_ATTEMPTS, WEBHOOK_RETENTION_DAYS) <= 0
+    or min(WEBHOOK_RETRY_BASE_SECONDS, WEBHOOK_RETRY_MAX_SECONDS) < 0
+):
+    raise ImproperlyConfigured(
+        "WEBHOOK_MAX_ATTEMPTS and WEBHOOK_RETENTION_DAYS must be positive, the retry delays not negative."
+    )
 
 HISTORY_SAMPLE_RATE = env.float("HISTORY_SAMPLE_RATE", default=1.0)
 if not 0 <= HISTORY_SAMPLE_RATE <= 1:
@@ -454,6 +497,16 @@ CELERY_BEAT_SCHEDULE = {
     },
     "jobs-cleanup": {"task": "jobs.cleanup", "schedule": 3600.0, "options": {"expires": 3600}},
     "history-cleanup": {"task": "inference.cleanup_history", "schedule": 3600.0, "options": {"expires": 3600}},
+    "webhooks-sweep": {
+        "task": "webhooks.sweep",
+        "schedule": float(JOB_SWEEP_INTERVAL_SECONDS),
+        "options": {"expires": JOB_SWEEP_INTERVAL_SECONDS},
+    },
+    "threshold-watch": {
+        "task": "monitoring.threshold_watch",
+        "schedule": float(MONITOR_THRESHOLD_INTERVAL_SECONDS),
+        "options": {"expires": MONITOR_THRESHOLD_INTERVAL_SECONDS},
+    },
 }
 
 # --- REST framework -------------------------------------------------------------------------

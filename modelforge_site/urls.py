@@ -10,6 +10,7 @@ from jobs.views import CeleryHealthView, JobViewSet
 from modelforge_site import health
 from modelforge_site.metrics import MetricsView
 from registry.views import ModelNameViewSet, ModelViewSet
+from webhooks.views import WebhookDeliveryViewSet, WebhookViewSet
 
 # One API router. Trailing slashes are optional: the constructor only knows "/" or "", so the
 # regex fragment is set afterwards (documented DRF behaviour for optional slashes).
@@ -18,6 +19,8 @@ router.trailing_slash = "/?"
 router.register("models/by-name", ModelNameViewSet, basename="model-by-name")
 router.register("models", ModelViewSet, basename="model")
 router.register("jobs", JobViewSet, basename="job")
+router.register("webhooks", WebhookViewSet, basename="webhook")
+router.register("webhook-deliveries", WebhookDeliveryViewSet, basename="webhook-delivery")
 
 api_v1 = [
     path("health", health.HealthView.as_view(), name="health"),

@@ -63,3 +63,19 @@ def defaults() -> dict[str, float]:
         "p95_red_ms": settings.MONITOR_P95_RED_MS,
         "min_requests": settings.MONITOR_MIN_REQUESTS,
     }
+
+
+class ThresholdState(models.Model):
+    """The last level the threshold watch judged for a version (monitoring.threshold_watch):
+    what it compares the next judgement with to raise `threshold.crossed` once per change."""
+
+    model = models.OneToOneField("registry.MLModel", on_delete=models.CASCADE, related_name="threshold_state")
+    level = models.CharField(max_length=10)
+    reason = models.CharField(max_length=300, blank=True)
+    changed_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "threshold state"
+
+    def __str__(self) -> str:
+        return f"{self.model_id}: {self.level}"

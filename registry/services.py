@@ -25,7 +25,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from prometheus_client import Counter
 
-from core import invalidation
+from core import events, invalidation
 from core.celery_app import app as celery_app
 from core.celery_app import broker_configured
 from core.embedded_runner import runner
@@ -396,6 +396,8 @@ def model_validation_run(*, model_id) -> MLModel | None:
             updated_at=now,
         ):
             invalidation.notify("models")
+            model.refresh_from_db()
+            _emit_validation(model)
         return None
     attempt = model.validation_attempts + 1
     if not takeable.update(validation_started_at=now, validation_attempts=attempt):
@@ -427,7 +429,17 @@ def model_validation_run(*, model_id) -> MLModel | None:
     invalidation.notify("models")
     model.refresh_from_db()
     logger.info("model validated", extra={"model": str(model), "status": model.status, "code": model.error_code})
+    _emit_validation(model)
     return model
+
+
+def _emit_validation(model: MLModel) -> None:
+    """`model.validated` or `model.failed` (webhooks) for a validation's outcome."""
+    data = {"model_id": str(model.pk), "name": model.name, "version": model.version, "status": model.status}
+    if model.status == Status.READY:
+        events.emit("model.validated", data)
+    else:
+        events.emit("model.failed", {**data, "error_code": model.error_code, "error_message": model.error_message})
 
 
 def validations_sweep(*, now: datetime | None = None) -> dict[str, int]:
@@ -904,6 +916,7 @@ def alias_set(*, name: str, alias: str, version: str, actor=None) -> AliasChange
                     **_actor_of_event(actor),
                 )
                 invalidation.notify("models")
+                _emit_alias(event)
                 logger.info("alias created", extra={"alias": str(current), "version": target.version})
                 return AliasChange(current, event)
         if current.model_id == target.pk:
@@ -924,10 +937,26 @@ def alias_set(*, name: str, alias: str, version: str, actor=None) -> AliasChange
             **_actor_of_event(actor),
         )
         invalidation.notify("models")
+        _emit_alias(event)
     logger.info(
         "alias moved", extra={"alias": str(current), "from_version": previous.version, "to_version": target.version}
     )
     return AliasChange(current, event)
+
+
+def _emit_alias(event: AliasEvent) -> None:
+    """`alias.moved` (webhooks) for a created, moved or deleted alias, once its change commits."""
+    events.emit(
+        "alias.moved",
+        {
+            "name": event.name,
+            "alias": event.alias,
+            "action": event.action,
+            "from_version": event.from_version or None,
+            "to_version": event.to_version or None,
+            "actor": event.actor_label,
+        },
+    )
 
 
 def alias_delete(*, name: str, alias: str, actor=None) -> AliasEvent:
@@ -956,5 +985,6 @@ def alias_delete(*, name: str, alias: str, actor=None) -> AliasEvent:
         current.delete()
         event.save()
         invalidation.notify("models")
+        _emit_alias(event)
     logger.info("alias deleted", extra={"alias": f"{name}@{alias}", "version": event.from_version})
     return event
