@@ -15,7 +15,7 @@ import pytest
 from django.conf import settings
 
 ROOT = Path(settings.BASE_DIR)
-PACKAGES = ("core", "access", "registry", "inference", "jobs", "console", "modelforge_site")
+PACKAGES = ("core", "access", "registry", "inference", "jobs", "monitoring", "webhooks", "console", "modelforge_site")
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
