@@ -247,3 +247,50 @@ def test_latest_for_gives_the_console_each_version_s_worst_window(iris, manage_c
     feature = next(feature for feature in latest["features"] if feature["name"] == "X[2]")
     assert feature["level"] == "red"
     assert {"psi", "p_value", "reference_counts", "window_counts", "bin_edges"} <= set(feature)
+
+
+def test_metrics_export_a_psi_gauge_per_version_window_and_feature(iris, manage_client, read_client):
+    assert upload_reference(manage_client, iris.pk, as_csv(iris_rows(1000, seed=1))).status_code == 200
+    now = timezone.now()
+    record(iris, build_iris_onnx(), iris_rows(300, seed=3, shift={0: 3.0}), at=now)
+    (result,) = services.drift_compute(model=iris, now=now)
+    text = read_client.get("/metrics", HTTP_ACCEPT="text/plain").content.decode()
+    psi = {feature["name"]: feature["psi"] for feature in result.features}
+    line = next(
+        line for line in text.splitlines() if line.startswith("modelforge_drift_psi{") and 'feature="X[0]"' in line
+    )
+    assert 'model="iris"' in line and 'version="1.0.0"' in line and 'window="1h"' in line
+    assert float(line.rsplit(" ", 1)[1]) == pytest.approx(psi["X[0]"])
+    assert sum(line.startswith("modelforge_drift_psi{") for line in text.splitlines()) == 8
+    assert 'modelforge_drift_level{model="iris",version="1.0.0",window="1h"} 2.0' in text
+
+
+def test_at_most_drift_max_features_per_version_outputs_first(iris, manage_client, read_client, settings):
+    settings.DRIFT_MAX_FEATURES = 3
+    response = upload_reference(manage_client, iris.pk, as_csv(iris_rows(200, seed=1)))
+    assert [feature["name"] for feature in response.json()["features"]] == [
+        "label",
+        "probabilities[0]",
+        "probabilities[1]",
+    ]
+    assert "over DRIFT_MAX_FEATURES=3" in response.json()["skipped"][0]
+    now = timezone.now()
+    record(iris, build_iris_onnx(), iris_rows(200, seed=2), at=now)
+    services.drift_compute(model=iris, now=now)
+    text = read_client.get("/metrics", HTTP_ACCEPT="text/plain").content.decode()
+    assert sum(line.startswith("modelforge_drift_psi{") for line in text.splitlines()) == 3
+
+
+def test_the_admin_shows_the_reference_and_the_latest_drift_read_only(iris, manage_client, ops_user, client):
+    assert upload_reference(manage_client, iris.pk, as_csv(iris_rows(500, seed=1))).status_code == 200
+    now = timezone.now()
+    record(iris, build_iris_onnx(), iris_rows(300, seed=3, shift={0: 3.0}), at=now)
+    (result,) = services.drift_compute(model=iris, now=now)
+    client.force_login(ops_user)
+    reference = Reference.objects.get(model=iris)
+    page = client.get(f"/admin/monitoring/reference/{reference.pk}/change/").content.decode()
+    assert "X[0]" in page and "probabilities[2]" in page and "reference.csv" in page
+    page = client.get(f"/admin/monitoring/driftresult/{result.pk}/change/").content.decode()
+    assert "X[0]" in page and "red" in page
+    assert client.get("/admin/monitoring/driftresult/").status_code == 200
+    assert client.get("/admin/monitoring/reference/add/").status_code == 403
