@@ -49,10 +49,9 @@ def _setup(*, rows: int) -> dict:
     from inference import history_partitions
     from monitoring import reference
     from monitoring.models import Reference
-    from registry.models import MLModel
-
     from registry import services
     from registry.demo import build_iris_onnx
+    from registry.models import MLModel
 
     model = services.model_create(name="iris", version="1.0.0")
     model = services.model_upload(model=model, staged=services.stage_stream(io.BytesIO(build_iris_onnx())))
