@@ -11,9 +11,17 @@ class ThresholdsAdmin(admin.ModelAdmin):
 
 # --- drift: references and the latest results, read-only (written by monitoring.services) --------
 
+from django.contrib import messages  # noqa: E402
+from django.core.exceptions import PermissionDenied  # noqa: E402
+from django.shortcuts import redirect  # noqa: E402
+from django.template.response import TemplateResponse  # noqa: E402
 from django.utils.html import format_html, format_html_join  # noqa: E402
 
+from core.exceptions import DomainError  # noqa: E402
+from monitoring import services  # noqa: E402
+from monitoring.forms import ReferenceUploadForm  # noqa: E402
 from monitoring.models import DriftResult, Reference  # noqa: E402
+from monitoring.reference import read_upload  # noqa: E402
 
 
 def _number(value) -> str:
@@ -38,6 +46,42 @@ class ReferenceAdmin(_ReadOnly):
     search_fields = ("model__name", "filename")
     fields = ("model", "source", "filename", "rows", "created_at", "updated_at", "features_table", "skipped")
     readonly_fields = fields
+
+    def has_add_permission(self, request) -> bool:
+        # Uploading one is the API's PUT .../reference: the same permission.
+        return request.user.has_perm("registry.change_mlmodel")
+
+    def add_view(self, request, form_url="", extra_context=None):
+        """Upload (or replace) a version's reference file, through the service the API calls."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = ReferenceUploadForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data["file"]
+            path, is_copy = read_upload(upload)
+            try:
+                reference = services.reference_set_from_file(
+                    model=form.cleaned_data["model"],
+                    path=path,
+                    filename=upload.name or "",
+                    input_format=form.cleaned_data["format"] or None,
+                )
+            except DomainError as exc:
+                form.add_error("file", f"{exc.detail} ({exc.code})")
+            else:
+                messages.success(request, f"Reference of {reference.model} summarised: {reference.rows} rows.")
+                return redirect("admin:monitoring_reference_change", reference.pk)
+            finally:
+                upload.close()
+                if is_copy:
+                    path.unlink(missing_ok=True)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Upload a reference",
+            "form": form,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/monitoring/reference/upload.html", context)
 
     @admin.display(description="features")
     def feature_count(self, reference: Reference) -> int:

@@ -293,4 +293,18 @@ def test_the_admin_shows_the_reference_and_the_latest_drift_read_only(iris, mana
     page = client.get(f"/admin/monitoring/driftresult/{result.pk}/change/").content.decode()
     assert "X[0]" in page and "red" in page
     assert client.get("/admin/monitoring/driftresult/").status_code == 200
-    assert client.get("/admin/monitoring/reference/add/").status_code == 403
+
+
+def test_the_admin_uploads_a_reference_and_names_a_column_that_does_not_fit(iris, ops_user, client):
+    client.force_login(ops_user)
+    bad = SimpleUploadedFile("ref.csv", as_csv(np.zeros((5, 5), dtype=np.float32), header=(*COLUMNS, "species")))
+    page = client.post("/admin/monitoring/reference/add/", {"model": iris.pk, "file": bad})
+    assert page.status_code == 200
+    assert "species" in page.content.decode() and "reference_columns" in page.content.decode()
+    assert not Reference.objects.filter(model=iris).exists()
+
+    good = SimpleUploadedFile("ref.csv", as_csv(iris_rows(200, seed=1)))
+    response = client.post("/admin/monitoring/reference/add/", {"model": iris.pk, "file": good})
+    reference = Reference.objects.get(model=iris)
+    assert response.status_code == 302 and response["Location"].endswith(f"/reference/{reference.pk}/change/")
+    assert (reference.source, reference.rows, reference.filename) == ("file", 200, "ref.csv")
