@@ -308,3 +308,15 @@ def test_the_admin_uploads_a_reference_and_names_a_column_that_does_not_fit(iris
     reference = Reference.objects.get(model=iris)
     assert response.status_code == 302 and response["Location"].endswith(f"/reference/{reference.pk}/change/")
     assert (reference.source, reference.rows, reference.filename) == ("file", 200, "ref.csv")
+
+
+def test_the_periodic_run_is_scheduled_with_a_broker_and_without_one(settings, iris, manage_client):
+    from core.embedded_runner import runner
+    from monitoring import tasks
+
+    assert settings.CELERY_BEAT_SCHEDULE["drift"]["task"] == tasks.drift.name == "monitoring.drift"
+    assert settings.CELERY_BEAT_SCHEDULE["drift"]["schedule"] == settings.DRIFT_INTERVAL_SECONDS
+    assert (services.drift_run, settings.DRIFT_INTERVAL_SECONDS) in runner._periodic
+    assert upload_reference(manage_client, iris.pk, as_csv(iris_rows(300, seed=1))).status_code == 200
+    assert tasks.drift.apply().get() == {"references": 0, "versions": 1, "failed": 0}
+    assert DriftResult.objects.filter(model=iris, window="1h").exists()
