@@ -10,8 +10,8 @@ from jobs.batch_io import FORMATS
 
 class ReferenceUploadSerializer(StrictInputSerializer):
     file = serializers.FileField(help_text="The reference samples: JSON Lines, CSV or .npy, as a batch job's input.")
-    format = serializers.ChoiceField(
-        choices=FORMATS, required=False, help_text="The file's format (default: from its name's extension)."
+    input_format = serializers.ChoiceField(
+        choices=FORMATS, required=False, help_text="The file's format, as a job's; by default from its extension."
     )
 
 

@@ -127,7 +127,10 @@ class ReferenceView(APIView):
         path, is_copy = read_upload(upload)
         try:
             reference = services.reference_set_from_file(
-                model=model, path=path, filename=upload.name or "", input_format=serializer.validated_data.get("format")
+                model=model,
+                path=path,
+                filename=upload.name or "",
+                input_format=serializer.validated_data.get("input_format"),
             )
         finally:
             upload.close()

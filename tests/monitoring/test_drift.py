@@ -320,3 +320,12 @@ def test_the_periodic_run_is_scheduled_with_a_broker_and_without_one(settings, i
     assert upload_reference(manage_client, iris.pk, as_csv(iris_rows(300, seed=1))).status_code == 200
     assert tasks.drift.apply().get() == {"references": 0, "versions": 1, "failed": 0}
     assert DriftResult.objects.filter(model=iris, window="1h").exists()
+
+
+def test_a_reference_file_s_format_is_declared_or_taken_from_its_name(iris, manage_client):
+    content = as_csv(iris_rows(120, seed=2))
+    response = upload_reference(manage_client, iris.pk, content, filename="samples.txt")
+    assert response.status_code == 400 and response.json()["code"] == "unsupported_format"
+    response = upload_reference(manage_client, iris.pk, content, filename="samples.txt", input_format="csv")
+    assert response.status_code == 200, response.json()
+    assert (response.json()["rows"], response.json()["filename"]) == (120, "samples.txt")
