@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
 
-from django.db.models.functions import Random
+import orjson
+from django.db.models import TextField
+from django.db.models.functions import Cast, Random
 
 from inference.models import Prediction
 
@@ -37,10 +39,21 @@ class Window:
     chunks: Iterator[Documents]
 
 
-def _chunks(rows) -> Iterator[Documents]:
-    rows = iter(rows)
+def _loads(texts: list[str | None]) -> list:
+    """Many JSON documents in one orjson call (one array), None for SQL NULL."""
+    return orjson.loads("[" + ",".join("null" if text is None else text for text in texts) + "]")
+
+
+def _chunks(queryset) -> Iterator[Documents]:
+    # The JSON columns as text, parsed by orjson: the JSONField's own decoding (json.loads per
+    # value) was half of a window's time.
+    rows = (
+        queryset.annotate(input_text=Cast("input_data", TextField()), output_text=Cast("output_data", TextField()))
+        .values_list("input_text", "output_text")
+        .iterator(chunk_size=CHUNK)
+    )
     while block := list(islice(rows, CHUNK)):
-        yield Documents([row[0] for row in block], [row[1] for row in block])
+        yield Documents(_loads([row[0] for row in block]), _loads([row[1] for row in block]))
 
 
 def window(*, model_id, start: datetime, end: datetime, sample_rows: int) -> Window:
@@ -50,14 +63,13 @@ def window(*, model_id, start: datetime, end: datetime, sample_rows: int) -> Win
     sampled = bool(sample_rows) and count > sample_rows
     if sampled:
         queryset = queryset.alias(draw=Random()).filter(draw__lt=sample_rows / count)
-    rows = queryset.values_list("input_data", "output_data").iterator(chunk_size=CHUNK)
-    return Window(predictions=count, sampled=sampled, chunks=_chunks(rows))
+    return Window(predictions=count, sampled=sampled, chunks=_chunks(queryset))
 
 
 def first(*, model_id, count: int) -> Iterator[Documents]:
     """The first ``count`` predictions recorded for a version."""
     queryset = Prediction.objects.filter(model_id=model_id).order_by("created_at")[:count]
-    return _chunks(queryset.values_list("input_data", "output_data").iterator(chunk_size=CHUNK))
+    return _chunks(queryset)
 
 
 def has_at_least(*, model_id, count: int) -> bool:
