@@ -87,6 +87,14 @@ SESSION_PERMISSIONS: dict[tuple[str, str], Required] = {
     ("job-cancel", "POST"): ("jobs.change_job",),  # the admin's cancel needs `change`
     ("job-result", "GET"): ("jobs.view_job",),
     ("health-celery", "GET"): ("jobs.view_job",),  # queues and unfinished jobs
+    # Drift (monitoring): read with the models; a reference changes how a version is watched
+    # (the admin shows it read-only); thresholds are the monitoring app's rows.
+    ("model-drift", "GET"): (MODELS_VIEW,),
+    ("model-reference", "GET"): (MODELS_VIEW,),
+    ("model-reference", "PUT"): ("registry.change_mlmodel",),
+    ("model-reference", "DELETE"): ("registry.change_mlmodel",),
+    ("model-drift-thresholds", "GET"): ("monitoring.view_thresholds",),
+    ("model-drift-thresholds", "PATCH"): ("monitoring.change_thresholds",),
     # Prometheus: model names, their traffic and latency, jobs by status.
     ("metrics", "GET"): (METRICS_VIEW,),
     # Webhooks (the admin's actions: send test event and redeliver are `change`)

@@ -4,7 +4,7 @@ It holds the inference instruments (inference.metrics) of this process, or with
 PROMETHEUS_MULTIPROC_DIR set the sum over every process writing to that directory (the
 workers of `make serve`), and what is read at scrape time: jobs by status and the age of the
 oldest queued job per queue (the database), the Celery queue lengths and the workers alive (the
-broker) and this process's session pool. The text format, or
+broker), this process's session pool, and each version's drift (monitoring.metrics). The text format, or
 OpenMetrics when the scraper asks for it (prometheus_client chooses, from Accept).
 """
 
@@ -23,6 +23,7 @@ from rest_framework.views import APIView
 
 from access.models import Scope
 from inference import metrics
+from monitoring.metrics import DriftCollector
 
 
 class _ScrapeTimeCollector:
@@ -83,6 +84,7 @@ def exposition(accept: str | None) -> tuple[bytes, str]:
     else:
         registry.register(_Registry())
     registry.register(_ScrapeTimeCollector())
+    registry.register(DriftCollector())
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type
 

@@ -389,6 +389,34 @@ if (
     raise ImproperlyConfigured(
         "WEBHOOK_MAX_ATTEMPTS and WEBHOOK_RETENTION_DAYS must be positive, the retry delays not negative."
     )
+# Drift (monitoring.drift): each version's recorded inputs and outputs over these windows
+# (durations such as 30m, 1h, 1d), against its reference: a reference file, else its first
+# DRIFT_REFERENCE_PREDICTIONS recorded predictions. Computed every DRIFT_INTERVAL_SECONDS; a
+# window holding more than DRIFT_SAMPLE_ROWS predictions is read as a random sample of about that
+# many (0: read every one). At most DRIFT_MAX_FEATURES features per version (outputs first).
+# A feature is amber (red) when its PSI reaches DRIFT_PSI_AMBER (DRIFT_PSI_RED) and its
+# two-sample test's p-value is below DRIFT_P_VALUE; windows of fewer than DRIFT_MIN_ROWS
+# samples are not judged. monitoring.Thresholds overrides the last four per model name.
+DRIFT_WINDOWS = env.list("DRIFT_WINDOWS", default=["1h", "1d"])
+DRIFT_REFERENCE_PREDICTIONS = env.int("DRIFT_REFERENCE_PREDICTIONS", default=1000)
+DRIFT_INTERVAL_SECONDS = env.int("DRIFT_INTERVAL_SECONDS", default=300)
+DRIFT_SAMPLE_ROWS = env.int("DRIFT_SAMPLE_ROWS", default=100_000)
+DRIFT_MAX_FEATURES = env.int("DRIFT_MAX_FEATURES", default=20)
+DRIFT_PSI_AMBER = env.float("DRIFT_PSI_AMBER", default=0.1)
+DRIFT_PSI_RED = env.float("DRIFT_PSI_RED", default=0.25)
+DRIFT_P_VALUE = env.float("DRIFT_P_VALUE", default=0.01)
+DRIFT_MIN_ROWS = env.int("DRIFT_MIN_ROWS", default=100)
+for _name in ("DRIFT_REFERENCE_PREDICTIONS", "DRIFT_INTERVAL_SECONDS", "DRIFT_MAX_FEATURES", "DRIFT_MIN_ROWS"):
+    if globals()[_name] <= 0:
+        raise ImproperlyConfigured(f"{_name} must be a positive number.")
+if not DRIFT_WINDOWS or not all(re.fullmatch(r"[1-9][0-9]*[mhd]", window) for window in DRIFT_WINDOWS):
+    raise ImproperlyConfigured("DRIFT_WINDOWS must list durations such as 30m, 1h, 1d (comma-separated).")
+if DRIFT_SAMPLE_ROWS < 0:
+    raise ImproperlyConfigured("DRIFT_SAMPLE_ROWS must be 0 (read every row) or a positive number.")
+if not 0 < DRIFT_PSI_AMBER <= DRIFT_PSI_RED:
+    raise ImproperlyConfigured("DRIFT_PSI_AMBER must be positive and at most DRIFT_PSI_RED.")
+if not 0 < DRIFT_P_VALUE < 1:
+    raise ImproperlyConfigured("DRIFT_P_VALUE must be between 0 and 1.")
 
 HISTORY_SAMPLE_RATE = env.float("HISTORY_SAMPLE_RATE", default=1.0)
 if not 0 <= HISTORY_SAMPLE_RATE <= 1:
@@ -469,6 +497,7 @@ CELERY_TASK_ROUTES = {
     "registry.sweep_validations": {"queue": "high"},
     "jobs.cleanup": {"queue": "low"},
     "inference.cleanup_history": {"queue": "low"},
+    "monitoring.drift": {"queue": "low"},
 }
 CELERY_BROKER_TRANSPORT_OPTIONS.update(
     visibility_timeout=JOB_VISIBILITY_TIMEOUT_SECONDS,
@@ -506,6 +535,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "monitoring.threshold_watch",
         "schedule": float(MONITOR_THRESHOLD_INTERVAL_SECONDS),
         "options": {"expires": MONITOR_THRESHOLD_INTERVAL_SECONDS},
+    },
+    "drift": {
+        "task": "monitoring.drift",
+        "schedule": float(DRIFT_INTERVAL_SECONDS),
+        "options": {"expires": DRIFT_INTERVAL_SECONDS},
     },
 }
 

@@ -9,6 +9,7 @@ from inference import views as inference_views
 from jobs.views import CeleryHealthView, JobViewSet
 from modelforge_site import health
 from modelforge_site.metrics import MetricsView
+from monitoring import views as monitoring_views
 from registry.views import ModelNameViewSet, ModelViewSet
 from webhooks.views import WebhookDeliveryViewSet, WebhookViewSet
 
@@ -34,6 +35,14 @@ api_v1 = [
     path(
         "models/<uuid:model_id>/predictions", inference_views.ModelPredictionsView.as_view(), name="model-predictions"
     ),
+    # Drift (monitoring): a version's drift, its name's drift thresholds, its reference.
+    path("models/<uuid:model_id>/drift", monitoring_views.DriftView.as_view(), name="model-drift"),
+    path(
+        "models/<uuid:model_id>/drift/thresholds",
+        monitoring_views.DriftThresholdsView.as_view(),
+        name="model-drift-thresholds",
+    ),
+    path("models/<uuid:model_id>/reference", monitoring_views.ReferenceView.as_view(), name="model-reference"),
     path("predictions/<uuid:prediction_id>", inference_views.PredictionDetailView.as_view(), name="prediction-detail"),
     path("cache/metrics", inference_views.CacheMetricsView.as_view(), name="cache-metrics"),
     path("cache/metrics/reset", inference_views.CacheMetricsResetView.as_view(), name="cache-metrics-reset"),

@@ -12,8 +12,9 @@ class MonitoringConfig(AppConfig):
         from django.conf import settings
 
         from core.embedded_runner import runner
-        from monitoring import threshold_watch
+        from monitoring import services, threshold_watch
 
-        # Without a broker, the embedded runner's maintenance thread runs the watch (Celery
-        # beat's monitoring.threshold_watch otherwise).
+        # Without a broker, the embedded runner's maintenance thread runs what Celery beat runs
+        # otherwise (settings.CELERY_BEAT_SCHEDULE["threshold-watch"] and ["drift"]).
         runner.every(threshold_watch.threshold_watch, seconds=settings.MONITOR_THRESHOLD_INTERVAL_SECONDS)
+        runner.every(services.drift_run, seconds=settings.DRIFT_INTERVAL_SECONDS)

@@ -22,6 +22,7 @@ from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 from django.test import Client
+from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from access.permissions import SESSION_PERMISSIONS
@@ -29,6 +30,8 @@ from inference.cache import prediction_cache
 from inference.history import history
 from inference.models import Prediction
 from jobs.models import Job
+from monitoring import services as monitoring_services
+from monitoring.models import Reference, Thresholds
 from registry import services
 from registry.models import MLModel, ModelAlias
 from tests.registry.onnx_factories import make_iris_model
@@ -37,12 +40,12 @@ from tests.security.battery import IRIS_ROW, model_snapshot
 
 pytestmark = pytest.mark.django_db
 
-APPS = ("registry", "inference", "jobs", "access")
+APPS = ("registry", "inference", "jobs", "access", "monitoring")
 THEIR_INPUT = [[6.3, 2.9, 5.6, 1.8]]  # what the other key sent: must never reach a refused session
 
 
 @pytest.fixture
-def world(client_for):
+def world(client_for, tmp_path):
     """Two versions of iris (1.0.0 carries production), a version with a file not yet
     validated, a registered one without a file; another key's predictions (a cache miss and a
     hit), its finished job and its queued one."""
@@ -55,6 +58,9 @@ def world(client_for):
     )
     blank = services.model_create(name="blank", version="1.0.0")
     shelved = services.model_archive(model=ready_version(make_iris_model(zipmap=False), name="iris", version="0.9.0"))
+    reference = tmp_path / "reference.csv"
+    reference.write_text("\n".join(",".join(map(str, row)) for row in THEIR_INPUT * 5))
+    monitoring_services.reference_set_from_file(model=iris, path=reference, filename="reference.csv", input_format=None)
 
     theirs = client_for("predict", name="theirs")
     body = orjson.dumps({"input_data": {"X": THEIR_INPUT}})
@@ -92,6 +98,8 @@ def state() -> dict:
         "jobs": sorted(Job.objects.values_list("id", "status")),
         "predictions": Prediction.objects.count(),
         "cache": prediction_cache.metrics(),
+        "references": sorted(Reference.objects.values_list("model_id", "rows")),
+        "thresholds": sorted(Thresholds.objects.values_list("name", "drift_psi_red")),
     }
 
 
@@ -114,6 +122,8 @@ class Route:
 
     def send(self, client: Client, world: SimpleNamespace):
         url = self.url(world)
+        if self.files is not None and self.method == "PUT":
+            return client.put(url, encode_multipart(BOUNDARY, self.files(world)), content_type=MULTIPART_CONTENT)
         if self.files is not None:
             return client.post(url, self.files(world))
         if self.json is not None:
@@ -209,6 +219,22 @@ def _job_cancelled(world, response):
 
 def _their_result(world, response):
     assert response.json()["output_data"] == {"label": [2]}
+
+
+def _reference_replaced(world, response):
+    assert Reference.objects.get(model=world.iris).rows == 3
+
+
+def _reference_deleted(world, response):
+    assert not Reference.objects.filter(model=world.iris).exists()
+
+
+def _sees_the_reference(world, response):
+    assert response.json()["rows"] == 5
+
+
+def _thresholds_set(world, response):
+    assert Thresholds.objects.get(name="iris").drift_psi_red == 0.5
 
 
 def _exposition(world, response):
@@ -392,6 +418,45 @@ ROUTES = [
         effect=_their_result,
     ),  # fmt: skip
     Route("health-celery", "GET", lambda w: "/api/v1/health/celery", _needs("jobs.view_job"), ok=(200, 503)),
+    # drift (monitoring)
+    Route("model-drift", "GET", lambda w: f"/api/v1/models/{w.iris.pk}/drift", _needs(VIEW_MODEL)),
+    Route(
+        "model-reference",
+        "GET",
+        lambda w: f"/api/v1/models/{w.iris.pk}/reference",
+        _needs(VIEW_MODEL),
+        effect=_sees_the_reference,
+    ),  # fmt: skip
+    Route(
+        "model-reference",
+        "PUT",
+        lambda w: f"/api/v1/models/{w.iris.pk}/reference",
+        _needs("registry.change_mlmodel"),
+        files=lambda w: {"file": SimpleUploadedFile("r.csv", b"5.1,3.5,1.4,0.2\n6.3,2.9,5.6,1.8\n5.9,3.0,5.1,1.8\n")},
+        effect=_reference_replaced,
+    ),  # fmt: skip
+    Route(
+        "model-reference",
+        "DELETE",
+        lambda w: f"/api/v1/models/{w.iris.pk}/reference",
+        _needs("registry.change_mlmodel"),
+        ok=(204,),
+        effect=_reference_deleted,
+    ),  # fmt: skip
+    Route(
+        "model-drift-thresholds",
+        "GET",
+        lambda w: f"/api/v1/models/{w.iris.pk}/drift/thresholds",
+        _needs("monitoring.view_thresholds"),
+    ),  # fmt: skip
+    Route(
+        "model-drift-thresholds",
+        "PATCH",
+        lambda w: f"/api/v1/models/{w.iris.pk}/drift/thresholds",
+        _needs("monitoring.change_thresholds"),
+        json=lambda w: {"psi_red": 0.5},
+        effect=_thresholds_set,
+    ),  # fmt: skip
     # Prometheus
     Route("metrics", "GET", lambda w: "/metrics", _needs(VIEW_MODEL), effect=_exposition),
 ]
@@ -582,10 +647,10 @@ def test_admin_dashboard_needs_the_metrics_permission(world, django_user_model):
     without that permission is refused it and not offered the link; a viewer sees it."""
     refused = staff_client(django_user_model, set(), username="nobody")
     assert refused.get("/admin/dashboard/").status_code == 403
-    assert "mf-dashboard-link" not in refused.get("/admin/").content.decode()
+    assert 'href="/admin/dashboard/"' not in refused.get("/admin/").content.decode()
     viewer = staff_client(django_user_model, {"registry.view_mlmodel"}, username="viewer")
     assert viewer.get("/admin/dashboard/").status_code == 200
-    assert "mf-dashboard-link" in viewer.get("/admin/").content.decode()
+    assert 'href="/admin/dashboard/"' in viewer.get("/admin/").content.decode()
 
 
 def test_options_describes_a_route_without_its_data(world, django_user_model):
