@@ -26,7 +26,7 @@ from datetime import timedelta
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef, Subquery, UUIDField
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import re_path, reverse
@@ -224,7 +224,8 @@ class NamePageMixin:
             .get_queryset(request)
             .annotate(
                 production_version=Subquery(production.values("model__version")[:1]),
-                production_id=Subquery(production.values("model_id")[:1]),
+                # A UUIDField, so SQLite's text comes back as the UUID the row's pk is.
+                production_id=Subquery(production.values("model_id")[:1], output_field=UUIDField()),
             )
         )
 
