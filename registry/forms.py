@@ -18,14 +18,13 @@ from registry.models import (
     EXECUTION_MODES,
     GRAPH_OPTIMIZATION_LEVELS,
     LINEAGE_FIELDS,
+    METRICS_RULE,
     WARMUP_DATA,
     MLModel,
     ModelAlias,
     tag_validator,
 )
 from registry.services import SERVING_OPTIONS, file_check
-
-METRICS_RULE = 'Enter a JSON object of metric name -> number, e.g. {"accuracy": 0.97}.'
 
 MAX_TAGS = 50  # the API's limit too (registry.serializers.TagListField)
 

@@ -157,14 +157,15 @@ def execution_providers(configured: list[str]) -> list[str]:
 LINEAGE_FIELDS = ("source_url", "code_commit", "dataset", "metrics")
 MAX_METRICS = 50
 MAX_METRIC_NAME_LENGTH = 100
+METRICS_RULE = 'Enter a JSON object of metric name -> number, e.g. {"accuracy": 0.97}.'
 source_url_validator = URLValidator(
     schemes=["http", "https"],
-    message="source_url must be an http(s) URL, e.g. https://mlflow.example.com/#/experiments/1/runs/7f3a.",
+    message="Enter an http(s) URL, e.g. https://mlflow.example.com/#/experiments/1/runs/7f3a.",
     code="invalid_source_url",
 )
 code_commit_validator = RegexValidator(
     r"^[0-9a-fA-F]{7,64}$",
-    "code_commit must be a commit hash: 7-64 hexadecimal characters, e.g. 4f2c9e1 or a full 40-character sha.",
+    "Enter a commit hash: 7-64 hexadecimal characters, e.g. 4f2c9e1 or a full 40-character sha.",
     code="invalid_code_commit",
 )
 
@@ -175,18 +176,18 @@ def validate_metrics(value) -> None:
     from django.core.exceptions import ValidationError
 
     def refuse(message: str):
-        return ValidationError(f"metrics {message}", code="invalid_metrics")
+        return ValidationError(message, code="invalid_metrics")
 
     if not isinstance(value, dict):
-        raise refuse('must be a JSON object of name -> number, e.g. {"accuracy": 0.97}.')
+        raise refuse(METRICS_RULE)
     if len(value) > MAX_METRICS:
-        raise refuse(f"may hold at most {MAX_METRICS} entries; received {len(value)}.")
+        raise refuse(f"At most {MAX_METRICS} metrics; received {len(value)}.")
     for name, number in value.items():
         if not isinstance(name, str) or not 1 <= len(name.strip()) <= MAX_METRIC_NAME_LENGTH:
-            raise refuse(f"names are 1-{MAX_METRIC_NAME_LENGTH} characters.")
+            raise refuse(f"Metric names are 1-{MAX_METRIC_NAME_LENGTH} characters.")
         # bool is an int in Python, never a metric; NaN and infinity cannot be compared.
         if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
-            raise refuse(f"values are finite numbers; {name!r} is {json.dumps(number)}.")
+            raise refuse(f"Metric values are finite numbers; {name!r} is {json.dumps(number)}.")
 
 
 class Tag(models.Model):

@@ -11,6 +11,7 @@ from registry.models import (
     EXECUTION_MODES,
     GRAPH_OPTIMIZATION_LEVELS,
     MAX_METRICS,
+    METRICS_RULE,
     NAME_PATTERN,
     NAME_RULE,
     WARMUP_DATA,
@@ -88,9 +89,6 @@ def _version(value: str) -> str:
     except ValidationError as exc:
         raise serializers.ValidationError(exc.messages[0], code="invalid_version") from exc
     return value
-
-
-METRICS_RULE = 'metrics must be a JSON object of name -> number, e.g. {"accuracy": 0.97}.'
 
 
 @extend_schema_field(
