@@ -184,7 +184,7 @@ def test_promote_to_a_new_alias_creates_it_after_the_confirmation(admin_client, 
 def test_roll_back_moves_the_alias_to_the_version_it_pointed_at_before(admin_client, iris, ops_user):
     services.alias_set(name="iris", alias="production", version="1.1.0", actor=ops_user)
     page = admin_client.get(name_url()).content.decode()
-    assert ">Roll back to 1.0.0</button>" in page
+    assert 'class="button">Roll back to 1.0.0</button>' in page  # enabled
 
     asked = admin_client.post(rollback_url(), {"alias": "production"})
     assert asked.status_code == 200
@@ -239,4 +239,15 @@ def test_viewers_see_the_page_but_only_alias_managers_promote_or_roll_back(djang
     assert "mf-promote-form" in mover.get(name_url()).content.decode()
     assert mover.post(promote_url(), {"version": "1.1.0", "alias": "staging", "post": "yes"}).status_code == 403
     mover.post(promote_url(), {"version": "1.1.0", "alias": "production", "post": "yes"})
+    assert ModelAlias.objects.get(name="iris", alias="production").model_id == iris["candidate"].pk
+
+
+def test_roll_back_to_a_version_archived_since_is_offered_disabled_and_refused(admin_client, iris, ops_user):
+    services.alias_set(name="iris", alias="production", version="1.1.0", actor=ops_user)
+    services.model_archive(model=iris["current"])  # 1.0.0, production's previous version
+    page = admin_client.get(name_url()).content.decode()
+    assert 'class="button" disabled>Roll back to 1.0.0</button>' in page and "1.0.0 is archived" in page
+
+    refused = admin_client.post(rollback_url(), {"alias": "production", "post": "yes"}, follow=True)
+    assert "Roll back refused (model_not_ready)" in refused.content.decode()
     assert ModelAlias.objects.get(name="iris", alias="production").model_id == iris["candidate"].pk
