@@ -38,7 +38,7 @@ from console.model_page import may_point_alias, next_version
 from core.exceptions import DomainError
 from inference.stats import serving_summary
 from registry import selectors, services
-from registry.admin import EMPTY, metrics_table, source_link, status_badge
+from registry.admin import EMPTY, source_link, status_badge
 from registry.errors import ModelNotFound
 from registry.models import DEFAULT_ALIAS, NAME_PATTERN, AliasEvent, MLModel, ModelAlias
 
@@ -144,7 +144,6 @@ def name_page_context(name: str) -> dict:
                 "day": _stat_cells(figures[model.pk]["day"] if model.pk in figures else None),
                 "source": source_link(model),
                 "metric_values": [metrics.get(metric, EMPTY) for metric in metric_columns],
-                "metrics_table": metrics_table(metrics),
                 "has_lineage": bool(model.source_url or model.code_commit or model.dataset or metrics),
             }
         )
