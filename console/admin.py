@@ -2,9 +2,10 @@
 and alias admins (console comes after registry in INSTALLED_APPS, so this runs second).
 
 Subclasses of registry.admin's classes, which stay clients of the registry's services; what
-is added here reads or drives the inference app too: the model page (console.model_page) and
-the confirmation pages (console.confirm) that show, before an archive, a delete or an alias
-move is applied, what it touches and the traffic it carries.
+is added here reads or drives the inference app too: the page of each model name
+(console.name_page), the model page (console.model_page) and the confirmation pages
+(console.confirm) that show, before an archive, a delete or an alias move is applied, what it
+touches and the traffic it carries.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from django.urls import reverse
 
 from console import confirm
 from console.model_page import ModelPageMixin
+from console.name_page import NamePageMixin
 from registry import admin as registry_admin
 from registry.models import DEFAULT_ALIAS, MLModel, ModelAlias
 
 
-class MLModelConsoleAdmin(ModelPageMixin, registry_admin.MLModelAdmin):
+class MLModelConsoleAdmin(NamePageMixin, ModelPageMixin, registry_admin.MLModelAdmin):
     # --- deleting: Django's confirmation pages, with what the delete takes away ---------------
 
     def get_deleted_objects(self, objs, request):

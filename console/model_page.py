@@ -214,6 +214,24 @@ def try_predict(*, model: MLModel, input_text: str, skip_cache: bool, user) -> d
     }
 
 
+def siblings(model: MLModel) -> list[dict]:
+    """The versions of the model's name, newest first, each with its aliases: [{"model", "aliases"}]."""
+    aliases: dict = {}
+    for model_id, alias in ModelAlias.objects.named(model.name).order_by("alias").values_list("model_id", "alias"):
+        aliases.setdefault(model_id, []).append(alias)
+    versions = MLModel.objects.named(model.name).newest_first().only("id", "name", "version", "status")
+    return [{"model": version, "aliases": aliases.get(version.pk, [])} for version in versions]
+
+
+def may_point_alias(admin_site, request, *, name: str, alias: str) -> bool:
+    """The alias admin's permission to point `name`@`alias` at a version: change to move an
+    alias, add to create one (as the alias admin's forms and the API's session door ask)."""
+    alias_admin = admin_site._registry[ModelAlias]
+    if ModelAlias.objects.filter(name=name, alias=alias).exists():
+        return alias_admin.has_change_permission(request)
+    return alias_admin.has_add_permission(request)
+
+
 def session_loaded(model: MLModel) -> bool:
     return bool(model.file_sha256) and model.file_sha256 in get_pool().loaded()
 
@@ -250,9 +268,11 @@ class ModelPageMixin:
 
     def model_page_context(self, request, model: MLModel) -> dict:
         can_change = self.has_change_permission(request, model)
+        alias_admin = self.admin_site._registry[ModelAlias]
         return {
             "mf_model": model,
             "mf_can_change": can_change,
+            "mf_can_point_alias": alias_admin.has_change_permission(request) or alias_admin.has_add_permission(request),
             "mf_can_add": self.has_add_permission(request),
             "mf_try_url": reverse("admin:registry_mlmodel_try", args=[model.pk]),
             "mf_example_input": example_input_text(model),
@@ -269,8 +289,12 @@ class ModelPageMixin:
                 if name != ("archive" if model.status == Status.ARCHIVED else "unarchive")
             ],
             "mf_add_url": reverse("admin:registry_mlmodel_add"),
+            "mf_name": model.name,
+            "mf_description": model.description,
             "mf_next_version": next_version(model),
             "mf_tags": ", ".join(tag.name for tag in model.tags.all()),
+            "mf_siblings": siblings(model),
+            "mf_name_url": reverse("admin:registry_mlmodel_name", args=[model.name]),
             "mf_timeline": timeline_html(model),
             "mf_alias_url": reverse("admin:registry_mlmodel_alias", args=[model.pk]),
             "mf_aliases": list(selectors.alias_list(name=model.name)),
@@ -317,9 +341,9 @@ class ModelPageMixin:
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         model = self._model_or_404(request, object_id)
-        if not self.has_change_permission(request, model):
-            raise PermissionDenied
         alias = request.POST.get("alias", "").strip() or DEFAULT_ALIAS
+        if not may_point_alias(self.admin_site, request, name=model.name, alias=alias):
+            raise PermissionDenied
         if not confirm.confirmed(request) and self._alias_takes_traffic(model, alias):
             return confirm.alias_page(
                 self,

@@ -29,7 +29,7 @@ from django.utils.safestring import SafeString
 from core.exceptions import DomainError
 from registry import services
 from registry.forms import MLModelAddForm, MLModelChangeForm, ModelAliasAddForm, ModelAliasChangeForm
-from registry.models import AliasEvent, MLModel, ModelAlias, SettingsEvent, Tag
+from registry.models import LINEAGE_FIELDS, AliasEvent, MLModel, ModelAlias, SettingsEvent, Tag
 
 Status = MLModel.Status
 
@@ -180,6 +180,25 @@ def schema_table(schema: Any) -> SafeString:
     )
 
 
+def source_link(model: MLModel) -> SafeString:
+    """The source run URL as a link (validated http(s) on the way in), or a dash."""
+    if not model.source_url:
+        return format_html("{}", EMPTY)
+    return format_html('<a href="{}" rel="noopener noreferrer nofollow">{}</a>', model.source_url, model.source_url)
+
+
+def metrics_table(metrics: Any) -> SafeString:
+    """Metric name -> number as a two-column table, in name order, or a dash."""
+    if not isinstance(metrics, dict) or not metrics:
+        return format_html("{}", EMPTY)
+    rows = format_html_join(
+        "",
+        '<tr><th scope="row">{}</th><td class="mf-num">{}</td></tr>',
+        sorted(metrics.items()),
+    )
+    return format_html('<table class="mf-table mf-metrics"><tbody>{}</tbody></table>', rows)
+
+
 def _model_label(model: MLModel) -> str:
     return f"{model.name} {model.version}"
 
@@ -259,6 +278,10 @@ class MLModelAdmin(RefusedDeleteMixin, admin.ModelAdmin):
         "updated_at",
         "uploaded_at",
         "validated_at",
+        "source_link",
+        "code_commit",
+        "dataset",
+        "metrics_table",
     )
 
     # --- lists and pages -----------------------------------------------------------------------
@@ -271,7 +294,14 @@ class MLModelAdmin(RefusedDeleteMixin, admin.ModelAdmin):
 
     def get_fieldsets(self, request, obj=None):
         if obj is None:
-            return ((None, {"fields": ("name", "version", "description", "tags", "file")}),)
+            return (
+                (None, {"fields": ("name", "version", "description", "tags", "file")}),
+                (
+                    "Lineage (optional)",
+                    {"fields": LINEAGE_FIELDS, "description": "Where this version came from: the training run, code, "
+                     "data and its metrics. Shown on the name's page and in the API."},
+                ),
+            )  # fmt: skip
         fieldsets = [
             (None, {"fields": ("name", "version", "status_display", "description", "tags")}),
             ("File", {"fields": ("file_sha256", "size_display", "uploaded_at", "validated_at", "file")}),
@@ -307,6 +337,13 @@ class MLModelAdmin(RefusedDeleteMixin, admin.ModelAdmin):
                 },
             ),
         ]
+        fieldsets.insert(
+            1,
+            (
+                "Lineage",
+                {"fields": ("source_link", "code_commit", "dataset", "metrics_table"), "classes": ("collapse",)},
+            ),
+        )
         if obj.error_code or obj.error_message or obj.validation_warnings:
             fieldsets.append(("Validation", {"fields": ("error_code", "error_message", "warnings_list")}))
         fieldsets += [
@@ -353,6 +390,14 @@ class MLModelAdmin(RefusedDeleteMixin, admin.ModelAdmin):
     def metadata_table(self, obj: MLModel) -> SafeString:
         return metadata_table(obj.model_metadata)
 
+    @admin.display(description="source run")
+    def source_link(self, obj: MLModel) -> SafeString:
+        return source_link(obj)
+
+    @admin.display(description="metrics")
+    def metrics_table(self, obj: MLModel) -> SafeString:
+        return metrics_table(obj.metrics)
+
     @admin.display(description="validation warnings")
     def warnings_list(self, obj: MLModel) -> SafeString:
         if not obj.validation_warnings:
@@ -394,6 +439,7 @@ class MLModelAdmin(RefusedDeleteMixin, admin.ModelAdmin):
                 tags=data.get("tags", []),
                 staged=staged,
                 actor=request.user,
+                **{field: data[field] for field in LINEAGE_FIELDS if field in data},
             )
         except DomainError:
             services.staged_cleanup(staged)  # a no-op once the file was put in place

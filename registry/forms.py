@@ -17,6 +17,8 @@ from registry.models import (
     ALIAS_RULE,
     EXECUTION_MODES,
     GRAPH_OPTIMIZATION_LEVELS,
+    LINEAGE_FIELDS,
+    METRICS_RULE,
     WARMUP_DATA,
     MLModel,
     ModelAlias,
@@ -112,7 +114,8 @@ class MLModelAddForm(forms.ModelForm):
 
     class Meta:
         model = MLModel
-        fields = ("name", "version", "description")
+        fields = ("name", "version", "description", *LINEAGE_FIELDS)
+        widgets = {"metrics": forms.Textarea(attrs={"rows": 3, "cols": 60, "placeholder": '{"accuracy": 0.97}'})}
         help_texts = {
             "name": "1-100 characters: letters, digits, '-', '_' and '.'.",
             "version": "A semantic version, e.g. 1.2.0 or 2.0.0-rc.1. Each name + version is registered once.",
@@ -127,6 +130,10 @@ class MLModelAddForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["file"].help_text = _file_help()
+        self.fields["metrics"].error_messages["invalid"] = METRICS_RULE  # text that is not JSON
+
+    def clean_metrics(self):
+        return self.cleaned_data.get("metrics") or {}  # empty: no metrics
 
     def clean(self):
         cleaned = super().clean()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
 import uuid
 
 from django.conf import settings
-from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator, URLValidator
 from django.db import models
 from django.db.models import Q
 from django.utils.deconstruct import deconstructible
@@ -147,6 +149,45 @@ def validate_execution_providers(value) -> None:
 def execution_providers(configured: list[str]) -> list[str]:
     """The providers a session is created with, in order: CPU always present, last if not given."""
     return list(configured) if CPU_PROVIDER in configured else [*configured, CPU_PROVIDER]
+
+
+# --- lineage: where a version came from, as MLflow records a run ---------------------------------
+# Optional on upload (the API's create, the admin's add form), shown on the name page and in the
+# API. Each rule has its own 400 code, for the API's serializer and the admin's form alike.
+LINEAGE_FIELDS = ("source_url", "code_commit", "dataset", "metrics")
+MAX_METRICS = 50
+MAX_METRIC_NAME_LENGTH = 100
+METRICS_RULE = 'Enter a JSON object of metric name -> number, e.g. {"accuracy": 0.97}.'
+source_url_validator = URLValidator(
+    schemes=["http", "https"],
+    message="Enter an http(s) URL, e.g. https://mlflow.example.com/#/experiments/1/runs/7f3a.",
+    code="invalid_source_url",
+)
+code_commit_validator = RegexValidator(
+    r"^[0-9a-fA-F]{7,64}$",
+    "Enter a commit hash: 7-64 hexadecimal characters, e.g. 4f2c9e1 or a full 40-character sha.",
+    code="invalid_code_commit",
+)
+
+
+def validate_metrics(value) -> None:
+    """An object of metric name -> finite number ({"accuracy": 0.97, "f1": 0.95}), at most
+    MAX_METRICS of them; 400 `invalid_metrics` saying which entry is wrong."""
+    from django.core.exceptions import ValidationError
+
+    def refuse(message: str):
+        return ValidationError(message, code="invalid_metrics")
+
+    if not isinstance(value, dict):
+        raise refuse(METRICS_RULE)
+    if len(value) > MAX_METRICS:
+        raise refuse(f"At most {MAX_METRICS} metrics; received {len(value)}.")
+    for name, number in value.items():
+        if not isinstance(name, str) or not 1 <= len(name.strip()) <= MAX_METRIC_NAME_LENGTH:
+            raise refuse(f"Metric names are 1-{MAX_METRIC_NAME_LENGTH} characters.")
+        # bool is an int in Python, never a metric; NaN and infinity cannot be compared.
+        if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
+            raise refuse(f"Metric values are finite numbers; {name!r} is {json.dumps(number)}.")
 
 
 class Tag(models.Model):
@@ -297,6 +338,31 @@ class MLModel(models.Model):
         null=True,
         blank=True,
         help_text='The warm-up input for "sample", as predict\'s input_data ({"X": [[...]]}).',
+    )
+
+    # Lineage (optional, given on upload): the training run, code and data this version came from.
+    # Not a URLField: its own validator (and form field) would accept ftp, or add a scheme.
+    source_url = models.CharField(
+        max_length=500,
+        blank=True,
+        validators=[source_url_validator],
+        verbose_name="source run URL",
+        help_text="The training run or job that produced the file, e.g. an MLflow run's URL (http or https).",
+    )
+    code_commit = models.CharField(
+        max_length=64,
+        blank=True,
+        validators=[code_commit_validator],
+        help_text="The commit of the training code: 7-64 hexadecimal characters.",
+    )
+    dataset = models.CharField(
+        max_length=500, blank=True, help_text="The training data: a name, version or URI, as your team writes it."
+    )
+    metrics = models.JSONField(
+        default=dict,
+        blank=True,
+        validators=[validate_metrics],
+        help_text='Evaluation metrics of the training run, name -> number, e.g. {"accuracy": 0.97}.',
     )
 
     file_sha256 = models.CharField(max_length=64, blank=True, editable=False, db_index=True)

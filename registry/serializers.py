@@ -10,6 +10,8 @@ from registry.models import (
     BATCHING_BOUNDS,
     EXECUTION_MODES,
     GRAPH_OPTIMIZATION_LEVELS,
+    MAX_METRICS,
+    METRICS_RULE,
     NAME_PATTERN,
     NAME_RULE,
     WARMUP_DATA,
@@ -17,10 +19,13 @@ from registry.models import (
     MLModel,
     ModelAlias,
     RuntimeRange,
+    code_commit_validator,
+    source_url_validator,
     tag_validator,
     validate_execution_mode,
     validate_execution_providers,
     validate_graph_optimization_level,
+    validate_metrics,
     validate_version,
     validate_warmup_data,
 )
@@ -86,7 +91,57 @@ def _version(value: str) -> str:
     return value
 
 
-class ModelCreateSerializer(StrictInputSerializer):
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": {"type": "number"},
+        "maxProperties": MAX_METRICS,
+        "description": 'Evaluation metrics, name -> number, e.g. {"accuracy": 0.97, "f1": 0.95}; in a multipart '
+        "body, the object as JSON text. 400 `invalid_metrics` otherwise.",
+    }
+)
+class MetricsField(serializers.JSONField):
+    """A JSON object of metric name -> number; JSON text in a multipart form. Every refusal,
+    unparsable text included, is 400 `invalid_metrics`."""
+
+    default_error_messages = {"invalid": METRICS_RULE.replace("{", "{{").replace("}", "}}")}  # str.format()ted
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.validators.append(validate_metrics)
+
+    def to_internal_value(self, data):
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            raise serializers.ValidationError(METRICS_RULE, code="invalid_metrics") from exc
+
+
+class LineageSerializer(serializers.Serializer):
+    """Where a version came from (given on upload): the training run, code, data and metrics."""
+
+    source_url = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=500,
+        validators=[source_url_validator],
+        help_text="The training run or job that produced the file (http or https), e.g. an MLflow run's URL. "
+        "400 `invalid_source_url` otherwise.",
+    )
+    code_commit = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=64,
+        validators=[code_commit_validator],
+        help_text="The commit of the training code: 7-64 hexadecimal characters. 400 `invalid_code_commit` otherwise.",
+    )
+    dataset = serializers.CharField(
+        required=False, allow_blank=True, max_length=500, help_text="The training data: a name, version or URI."
+    )
+    metrics = MetricsField(required=False)
+
+
+class ModelCreateSerializer(LineageSerializer, StrictInputSerializer):
     name = serializers.RegexField(
         NAME_PATTERN,
         max_length=100,
@@ -228,6 +283,7 @@ class ModelSerializer(serializers.ModelSerializer):
     output_schema = TensorSpecSerializer(many=True, read_only=True)
     model_metadata = serializers.DictField(read_only=True)
     validation_warnings = serializers.ListField(child=serializers.CharField(), read_only=True)
+    metrics = MetricsField(read_only=True, help_text="Evaluation metrics given on upload, name -> number.")
 
     class Meta:
         model = MLModel
@@ -252,6 +308,10 @@ class ModelSerializer(serializers.ModelSerializer):
             "updated_at",
             "uploaded_at",
             "validated_at",
+            "source_url",
+            "code_commit",
+            "dataset",
+            "metrics",
             "preload",
             "allow_non_finite",
             "batching",

@@ -103,12 +103,33 @@ def _actor_fields(actor) -> dict:
     return {}
 
 
-def model_create(*, name: str, version: str, description: str = "", tags: Iterable[str] = (), actor=None) -> MLModel:
-    """Register a name + version with no file yet (status pending).
+def model_create(
+    *,
+    name: str,
+    version: str,
+    description: str = "",
+    tags: Iterable[str] = (),
+    source_url: str = "",
+    code_commit: str = "",
+    dataset: str = "",
+    metrics: dict | None = None,
+    actor=None,
+) -> MLModel:
+    """Register a name + version with no file yet (status pending), with its lineage if given
+    (the run, code commit, dataset and metrics it came from; each checked by its validator).
 
     The unique constraint decides races: of concurrent creates, one wins, the rest get 409.
     """
-    model = MLModel(name=name, version=version, description=description, **_actor_fields(actor))
+    model = MLModel(
+        name=name,
+        version=version,
+        description=description,
+        source_url=source_url,
+        code_commit=code_commit,
+        dataset=dataset,
+        metrics=metrics or {},
+        **_actor_fields(actor),
+    )
     model.full_clean(validate_unique=False, validate_constraints=False)
     try:
         with transaction.atomic():
@@ -537,17 +558,18 @@ def model_register(
     tags: Iterable[str] = (),
     actor=None,
     inline: bool = False,
+    **lineage,
 ) -> MLModel:
     """Create, upload and ask for validation in one step (multipart create, the admin,
     import_models): the model comes back `validating`, or with the outcome if `inline` (see
-    `model_validate`).
+    `model_validate`). `lineage`: model_create's source_url, code_commit, dataset, metrics.
 
     The file goes to the storage before any row is written: if the storage is down, the call
     fails with 503 storage_unavailable and there is no model to clean up.
     """
     _store(staged)
     try:
-        model = model_create(name=name, version=version, description=description, tags=tags, actor=actor)
+        model = model_create(name=name, version=version, description=description, tags=tags, actor=actor, **lineage)
     except BaseException:
         _discard_if_unreferenced(staged.sha256)
         raise
