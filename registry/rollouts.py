@@ -271,7 +271,9 @@ def rollout_set(
                 )
             )
         invalidation.notify("models")
-    logger.info("rollout set", extra={"alias": str(locked), **_payload(locked, rollout)})
+    logger.info(
+        "rollout set", extra={"alias": str(locked), "candidate": _text(rollout.candidate), "weight": rollout.weight}
+    )
     return RolloutChange(rollout, audit)
 
 
