@@ -26,7 +26,7 @@ def test_weight_10_sends_10_percent_of_10000_requests_to_the_candidate(versions,
 def test_without_a_routing_key_the_api_key_keeps_a_caller_on_one_version(versions, start, send, make_key):
     start(candidate_version="1.1.0", weight=50)
     seen = {}
-    for index in range(40):
+    for _ in range(40):
         _key, raw = make_key("predict")
         answers = {send(key=raw)[1] for _ in range(3)}
         assert len(answers) == 1  # the same key, the same version
