@@ -116,7 +116,11 @@ def answer(credential: Credential, ref: ModelRef, incoming: Incoming, protocol: 
     try:
         return serve(credential, ref, incoming, protocol)
     except Exception as exc:
-        return protocol.error(exc)
+        reply = protocol.error(exc)
+        version = getattr(exc, "model_version", None)
+        if version is not None:  # the version was chosen, then refused the request: say which
+            reply.headers[routing.VERSION_HEADER] = version
+        return reply
 
 
 def serve(credential: Credential, ref: ModelRef, incoming: Incoming, protocol: Protocol) -> Reply:
@@ -129,6 +133,14 @@ def serve(credential: Credential, ref: ModelRef, incoming: Incoming, protocol: P
     if plan is not None:
         model = routing.choose(plan, routing.routing_key(incoming.headers, principal.key))
     request_log.bind_model(model)
+    try:
+        return _predict(model, plan, principal, incoming, protocol)
+    except Exception as exc:
+        exc.model_version = model.version  # for answer's error reply
+        raise
+
+
+def _predict(model: MLModel, plan, principal: Principal, incoming: Incoming, protocol: Protocol) -> Reply:
     check_body_size(incoming.length)
     body = incoming.read()
 

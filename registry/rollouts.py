@@ -287,7 +287,12 @@ def _text(value: Any) -> str:
 
 def _locked_rollout(name: str, alias: str) -> tuple[ModelAlias, Rollout]:
     locked = _locked_alias(name, alias)
-    rollout = Rollout.objects.select_for_update().select_related("candidate", "shadow").filter(alias=locked).first()
+    rollout = (
+        Rollout.objects.select_for_update(of=("self",))
+        .select_related("candidate", "shadow")
+        .filter(alias=locked)
+        .first()
+    )
     if rollout is None:
         raise RolloutNotFound(
             f"{locked} has no rollout. Start one with PUT /api/v1/models/by-name/{name}/aliases/{alias}/rollout."

@@ -88,3 +88,20 @@ def send(make_key):
         return reply.status, reply.headers.get(routing.VERSION_HEADER), orjson.loads(reply.content)
 
     return _send
+
+
+@pytest.fixture
+def http_send(make_key):
+    """http_send(routing_key) -> the response of POST /api/v1/models/by-name/scaler/predict
+    through Django (counted in the serving statistics, as a server counts it)."""
+    from django.test import Client
+
+    _api_key, raw = make_key("predict", name="http-sender")
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {raw}")
+
+    def _send(routing_key: str, *, body: bytes = BODY):
+        return client.post(
+            f"{MODELS}/by-name/{NAME}/predict", body, content_type="application/json", HTTP_X_ROUTING_KEY=routing_key
+        )
+
+    return _send
