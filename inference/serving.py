@@ -89,7 +89,7 @@ def _load_named(name: str, version: str | None, alias: str | None) -> MLModel:
     instance only: the cache hands it out for this reference alone) carries the rollout's
     `routing.Plan` as ``routing_plan``, which the exchange reads to pick the version."""
     model = selectors.model_resolve(name=name, version=version, alias=alias, fields=SERVING_FIELDS)
-    rollout = selectors.rollout_of_reference(name=name, version=version, alias=alias, fields=SERVING_FIELDS)
+    rollout = selectors.rollout_of_reference(name=name, version=version, alias=alias)
     if rollout is not None and rollout.alias.model_id == model.pk:
         model.routing_plan = Plan.of(rollout, model)
     return model

@@ -261,7 +261,7 @@ class ShadowRunner:
             rendered, _warnings = encode_outputs(names, values, shadow.output_schema)
             found = compare(copy.outcome.output_data, rendered)
         except Exception as exc:
-            logger.info("shadow version failed", extra={"shadow": str(shadow), "error": str(exc)[:300]})
+            logger.info("shadow version failed: %s", str(exc)[:300], extra={"shadow": str(shadow)})
             self._count(copy, "error", copies=1, errors=1)
             return
         finally:

@@ -134,18 +134,12 @@ def alias_of_reference(*, name: str, version: str | None = None, alias: str | No
     return DEFAULT_ALIAS
 
 
-def rollout_of_reference(
-    *, name: str, version: str | None = None, alias: str | None = None, fields: tuple[str, ...] = ()
-) -> Rollout | None:
-    """The rollout of the alias a reference goes through, with its candidate and shadow (only
-    `fields` of them when given); None when it goes through no alias or the alias has none."""
+def rollout_of_reference(*, name: str, version: str | None = None, alias: str | None = None) -> Rollout | None:
+    """The rollout of the alias a reference goes through, with its candidate and shadow (whole
+    rows: a shadow version is loaded on another thread, which must not go back to the
+    database); None when the reference goes through no alias or the alias has no rollout."""
     which = alias_of_reference(name=name, version=version, alias=alias)
     if which is None:
         return None
     rollouts = Rollout.objects.select_related("alias", "candidate", "shadow")
-    if fields:
-        related = [f"{relation}__{field}" for relation in ("candidate", "shadow") for field in fields]
-        rollouts = rollouts.only(
-            "id", "weight", "shadow_percent", "alias__id", "alias__name", "alias__alias", "alias__model_id", *related
-        )
     return rollouts.filter(alias__name=name, alias__alias=which).first()
