@@ -15,6 +15,7 @@ from django.urls import reverse
 
 from console import confirm
 from console.model_page import ModelPageMixin
+from console.rollout_panel import RolloutPanelMixin
 from registry import admin as registry_admin
 from registry.models import DEFAULT_ALIAS, MLModel, ModelAlias
 
@@ -50,7 +51,7 @@ class MLModelConsoleAdmin(ModelPageMixin, registry_admin.MLModelAdmin):
         return super().archive_selected(request, queryset)
 
 
-class ModelAliasConsoleAdmin(registry_admin.ModelAliasAdmin):
+class ModelAliasConsoleAdmin(RolloutPanelMixin, registry_admin.ModelAliasAdmin):
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         if request.method == "POST" and not confirm.confirmed(request):
             page = self._confirmation(request, object_id)

@@ -37,7 +37,12 @@ def test_a_candidate_with_server_errors_trips_the_guard_and_stops_getting_reques
 
     assert len(tripped) == 1
     event = AliasEvent.objects.get(name=NAME, action="guard_tripped")
-    assert (event.from_version, event.to_version, event.to_weight, event.actor_label) == ("1.1.0", "1.0.0", 0.0, "guard")
+    assert (event.from_version, event.to_version, event.to_weight, event.actor_label) == (
+        "1.1.0",
+        "1.0.0",
+        0.0,
+        "guard",
+    )
     assert event.from_weight == 50.0 and "error rate" in event.detail
     rollout = Rollout.objects.get(alias__name=NAME)
     assert rollout.weight == 0.0 and rollout.guard_tripped_at is not None
