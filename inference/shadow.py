@@ -170,11 +170,16 @@ def _upsert(rows: dict[tuple[Any, Any, int], list[float]]) -> int:
     ]
     if not params:
         return 0
+    greatest = "GREATEST"
+    if connection.vendor == "sqlite":  # what Django's SQLite backend stores (as serving_stats does)
+        greatest = "MAX"
+        for row in params:
+            row[0], row[1], row[2] = row[0].hex, row[1].hex, str(row[2].replace(tzinfo=None))
     quote = connection.ops.quote_name
     table = quote(ShadowMinute._meta.db_table)
     columns = ["primary_id", "shadow_id", "minute", *_COLUMNS]
     updates = ", ".join(
-        f"{quote(c)} = GREATEST({table}.{quote(c)}, EXCLUDED.{quote(c)})"
+        f"{quote(c)} = {greatest}({table}.{quote(c)}, EXCLUDED.{quote(c)})"
         if c in _MAXED
         else f"{quote(c)} = {table}.{quote(c)} + EXCLUDED.{quote(c)}"
         for c in _COLUMNS
