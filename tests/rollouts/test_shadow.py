@@ -176,3 +176,19 @@ class _Busy:
 )
 def test_outputs_are_compared_as_labels_or_tensors(primary, shadow, agree):
     assert compare(primary, shadow).agree is agree
+
+
+def test_old_shadow_minutes_are_deleted_with_the_serving_statistics(versions, start, v2, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from inference.serving_stats import serving_stats_cleanup
+
+    start(shadow_version="1.2.0", shadow_percent=100)
+    v2(ROWS[0])
+    shadow_minutes(versions["1.2.0"]["id"])
+    assert ShadowMinute.objects.count() == 1
+    later = timezone.now() + timedelta(days=settings.SERVING_STATS_RETENTION_DAYS, minutes=2)
+    assert serving_stats_cleanup(now=later) >= 1
+    assert ShadowMinute.objects.count() == 0
