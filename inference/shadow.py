@@ -39,6 +39,7 @@ from django.db import close_old_connections, connection, transaction
 from prometheus_client import Counter
 
 from inference import deadlines, services
+from inference.errors import ModelNotReady
 from inference.models import ShadowMinute
 from inference.routing import Plan, rng
 from inference.tensors import encode_outputs
@@ -258,7 +259,7 @@ class ShadowRunner:
         started = time.perf_counter()
         try:
             if shadow.status != MLModel.Status.READY:
-                raise services.ModelNotReady(f"{shadow} is {shadow.status}")
+                raise ModelNotReady(f"{shadow} is {shadow.status}")
             decoded = copy.protocol.decode(shadow, copy.body, copy.incoming)
             with deadlines.caller_deadline(settings.SHADOW_TIMEOUT_SECONDS):
                 names, values, _queue_ms, _compute_ms = services.run_model(shadow, decoded.feeds)
