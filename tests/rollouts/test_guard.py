@@ -82,3 +82,18 @@ def test_without_the_guard_nothing_trips(versions, start, http_send):
         http_send(f"user-{index}")
     serving_stats.flush()
     assert rollouts_guard() == []
+
+
+def test_the_guard_is_scheduled_on_celery_beat_and_the_embedded_runner(versions, start, http_send, settings):
+    from core.embedded_runner import runner
+    from inference.tasks import rollout_guard
+
+    assert settings.CELERY_BEAT_SCHEDULE["rollout-guard"]["task"] == rollout_guard.name
+    assert rollouts_guard in [work for work, _seconds in runner._periodic]
+    start(candidate_version="1.1.0", weight=50, guard=GUARD)
+    lose_file(versions["1.1.0"])
+    for index in range(60):
+        http_send(f"user-{index}")
+    serving_stats.flush()
+    assert rollout_guard() == 1  # what beat's task does: one trip
+    assert Rollout.objects.get(alias__name=NAME).weight == 0.0
