@@ -271,7 +271,9 @@ class ShadowRunner:
             self._count(copy, "error", copies=1, errors=1)
             return
         finally:
-            close_old_connections()
+            # The session pool's stale sweep may have queried from this thread, rarely: a copy
+            # leaves no connection open behind it.
+            connection.close()
         self._count(
             copy,
             "agreed" if found.agree else "disagreed",
