@@ -106,12 +106,6 @@ class RolloutStateSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
 
-class RolloutEventSerializer(AliasEventSerializer):
-    class Meta(AliasEventSerializer.Meta):
-        fields = (*AliasEventSerializer.Meta.fields, "from_weight", "to_weight", "detail")
-        read_only_fields = fields
-
-
 class RolloutReportSerializer(serializers.Serializer):
     name = serializers.CharField()
     alias = serializers.CharField()
@@ -121,7 +115,7 @@ class RolloutReportSerializer(serializers.Serializer):
     window_minutes = serializers.IntegerField()
     versions = VersionFiguresSerializer(many=True)
     shadow = ShadowFiguresSerializer(allow_null=True)
-    events = RolloutEventSerializer(many=True, help_text="The alias's audit trail, newest first.")
+    events = AliasEventSerializer(many=True, help_text="The alias's audit trail, newest first.")
 
 
 def _report(name: str, alias: str, request=None) -> Response:

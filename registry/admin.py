@@ -543,15 +543,15 @@ def alias_history_table(events: Iterable[AliasEvent]) -> SafeString:
             event.get_action_display(),
             event.from_version,
             event.to_version,
+            _event_actor(event),
             _weights(event),
             event.detail,
-            _event_actor(event),
         ]
         for event in events
     ]
     if not rows:
         return format_html("{}", EMPTY)
-    return _table(["When", "Action", "From", "To", "Candidate weight", "Detail", "By"], rows)
+    return _table(["When", "Action", "From", "To", "By", "Candidate weight", "Detail"], rows)
 
 
 def _weights(event: AliasEvent) -> str:
