@@ -71,6 +71,11 @@ SESSION_PERMISSIONS: dict[tuple[str, str], Required] = {
     ("model-by-name-aliases", "GET"): ("registry.view_modelalias",),
     ("model-by-name-alias-set", "PUT"): _asked_of_the_view,  # add to create, change to move
     ("model-by-name-alias-set", "DELETE"): ("registry.delete_modelalias",),
+    # Rollouts: their own permissions (the alias admin's rollout panel asks the same)
+    ("alias-rollout", "GET"): ("registry.view_rollout",),
+    ("alias-rollout", "PUT"): ("registry.change_rollout",),
+    ("alias-rollout", "DELETE"): ("registry.change_rollout",),
+    ("alias-rollout-promote", "POST"): ("registry.change_rollout",),
     # Inference
     ("model-predict", "POST"): RUN_MODEL,
     ("model-by-name-predict", "POST"): RUN_MODEL,

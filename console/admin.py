@@ -17,6 +17,7 @@ from django.urls import reverse
 from console import confirm
 from console.model_page import ModelPageMixin
 from console.name_page import NamePageMixin
+from console.rollout_panel import RolloutPanelMixin
 from registry import admin as registry_admin
 from registry.models import DEFAULT_ALIAS, MLModel, ModelAlias
 
@@ -52,7 +53,7 @@ class MLModelConsoleAdmin(NamePageMixin, ModelPageMixin, registry_admin.MLModelA
         return super().archive_selected(request, queryset)
 
 
-class ModelAliasConsoleAdmin(registry_admin.ModelAliasAdmin):
+class ModelAliasConsoleAdmin(RolloutPanelMixin, registry_admin.ModelAliasAdmin):
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         if request.method == "POST" and not confirm.confirmed(request):
             page = self._confirmation(request, object_id)

@@ -15,8 +15,10 @@ and sends the `Reply` it gets back. Everything between is here, once, in this or
 
 No body is read before the caller is authorized, within budget, and the model is known and
 servable (a gRPC message names its model: its protocol parses it in `resolve`, once the caller
-is authorized and within budget; grpc itself bounded its size). A failure anywhere becomes the
-protocol's error reply (its error table: /api/v1 ``{"code", "detail"}``, /v2 ``{"error",
+is authorized and within budget; grpc itself bounded its size). An alias with a rollout picks
+its primary or candidate here (inference.routing) and offers a copy to its shadow once the
+answer is made (inference.shadow); every reply says which version answered (X-Model-Version).
+A failure anywhere becomes the protocol's error reply (its error table: /api/v1 ``{"code", "detail"}``, /v2 ``{"error",
 "code"}``, gRPC a status, all read from core.exceptions.problem), with its Retry-After. A
 protocol (inference.protocols, inference.v2.protocol, inference.grpc.protocol) is how one wire
 format decodes a request and encodes an answer; a new door is a new transport adapter over an
@@ -38,7 +40,7 @@ from access.permissions import RUN_MODEL
 from access.principals import Credential, Principal, authorize
 from core import request_log
 from core.exceptions import PayloadTooLarge
-from inference import services
+from inference import routing, services, shadow
 from inference.cache import body_memo, cache_tenant
 from registry.models import MLModel
 
@@ -114,7 +116,11 @@ def answer(credential: Credential, ref: ModelRef, incoming: Incoming, protocol: 
     try:
         return serve(credential, ref, incoming, protocol)
     except Exception as exc:
-        return protocol.error(exc)
+        reply = protocol.error(exc)
+        version = getattr(exc, "model_version", None)
+        if version is not None:  # the version was chosen, then refused the request: say which
+            reply.headers[routing.VERSION_HEADER] = version
+        return reply
 
 
 def serve(credential: Credential, ref: ModelRef, incoming: Incoming, protocol: Protocol) -> Reply:
@@ -123,11 +129,22 @@ def serve(credential: Credential, ref: ModelRef, incoming: Incoming, protocol: P
     principal = authorize(credential, scope=Scope.PREDICT, permissions=RUN_MODEL)
     throttling.check("predict", principal.ident)
     model = protocol.resolve(ref)  # servable, or raises: nothing below checks again
+    plan = getattr(model, "routing_plan", None)  # an alias with a rollout (inference.serving)
+    if plan is not None:
+        model = routing.choose(plan, routing.routing_key(incoming.headers, principal.key))
     request_log.bind_model(model)
+    try:
+        return _predict(model, plan, principal, incoming, protocol)
+    except Exception as exc:
+        exc.model_version = model.version  # for answer's error reply
+        raise
+
+
+def _predict(model: MLModel, plan, principal: Principal, incoming: Incoming, protocol: Protocol) -> Reply:
     check_body_size(incoming.length)
     body = incoming.read()
 
-    started = time.perf_counter()
+    started = served = time.perf_counter()
     timings = services.Timings()
     caller = caller_of(principal)
     outcome = None
@@ -170,6 +187,10 @@ def serve(credential: Credential, ref: ModelRef, incoming: Incoming, protocol: P
     timings.serialize = _ms_since(started)
     headers["X-Cache"] = "HIT" if outcome.cached else "MISS"
     headers["Server-Timing"] = timings.header()
+    headers[routing.VERSION_HEADER] = model.version
+    if plan is not None and plan.shadow is not None:
+        # After the client's answer is made, and off its thread: see inference.shadow.
+        shadow.offer(plan, protocol, body, incoming, outcome, served_ms=_ms_since(served))
     return Reply(200, content, headers)
 
 

@@ -132,3 +132,36 @@ class ServingMinute(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_id} at {self.minute:%Y-%m-%d %H:%M}"
+
+
+class ShadowMinute(models.Model):
+    """One minute of a shadow version's copies of an alias's traffic (inference.shadow): how
+    many copies were made, dropped (the shadow queue was full) or failed, and per compared copy
+    whether the outputs agreed with the primary's (labels equal, tensors within tolerance), the
+    largest absolute and relative difference of tensor outputs, and both sides' latency."""
+
+    primary = models.ForeignKey("registry.MLModel", on_delete=models.CASCADE, related_name="+")
+    shadow = models.ForeignKey("registry.MLModel", on_delete=models.CASCADE, related_name="shadow_minutes")
+    minute = models.DateTimeField(help_text="The start of the minute (UTC).")
+    copies = models.PositiveBigIntegerField(default=0, help_text="Copies taken off the client's path.")
+    dropped = models.PositiveBigIntegerField(default=0, help_text="Copies dropped: the shadow queue was full.")
+    errors = models.PositiveBigIntegerField(
+        default=0, help_text="Copies the shadow failed on (raised, timed out, not ready)."
+    )
+    compared = models.PositiveBigIntegerField(default=0)
+    agreements = models.PositiveBigIntegerField(default=0)
+    max_abs_diff = models.FloatField(default=0.0)
+    max_rel_diff = models.FloatField(default=0.0)
+    primary_latency_sum_ms = models.FloatField(default=0.0)
+    shadow_latency_sum_ms = models.FloatField(default=0.0)
+
+    objects = ServingMinuteQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=("primary", "shadow", "minute"), name="shadow_minute_unique"),
+        ]
+        indexes = [models.Index(fields=("minute",), name="shadow_minute_minute")]
+
+    def __str__(self) -> str:
+        return f"shadow {self.shadow_id} of {self.primary_id} at {self.minute:%Y-%m-%d %H:%M}"

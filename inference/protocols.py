@@ -17,6 +17,7 @@ from core.exceptions import error_body, problem
 from core.tensor_checks import InvalidInput
 from inference import services
 from inference.exchange import Decoded, Incoming, ModelRef, Protocol, Reply
+from inference.routing import ROUTING_HEADER
 from inference.serving import serving_cache
 from inference.tensors import parse_json_body
 from registry.models import MLModel
@@ -60,6 +61,7 @@ def parse_predict_body(body: bytes) -> tuple[object, bool]:
 
 class JsonPredict(Protocol):
     memo = True
+    headers = (ROUTING_HEADER,)
 
     def resolve(self, ref: ModelRef) -> MLModel:
         if ref.model_id is not None:

@@ -17,6 +17,7 @@ import uuid
 from django.conf import settings
 
 from core import invalidation
+from inference.routing import Plan
 from registry import selectors
 from registry.errors import ModelNotFound
 from registry.models import MLModel
@@ -80,10 +81,18 @@ class ServingCache:
     def by_name(self, name: str, version: str | None = None, alias: str | None = None) -> MLModel:
         """What "name [+ version or alias]" means (registry.selectors.model_resolve): a version,
         an alias's version, or by default the `production` alias's or the latest ready one."""
-        return self._get(
-            ("name", name, version, alias),
-            lambda: selectors.model_resolve(name=name, version=version, alias=alias, fields=SERVING_FIELDS),
-        )
+        return self._get(("name", name, version, alias), lambda: _load_named(name, version, alias))
+
+
+def _load_named(name: str, version: str | None, alias: str | None) -> MLModel:
+    """The row a named reference means; through an alias with a rollout, that row (this
+    instance only: the cache hands it out for this reference alone) carries the rollout's
+    `routing.Plan` as ``routing_plan``, which the exchange reads to pick the version."""
+    model = selectors.model_resolve(name=name, version=version, alias=alias, fields=SERVING_FIELDS)
+    rollout = selectors.rollout_of_reference(name=name, version=version, alias=alias)
+    if rollout is not None and rollout.alias.model_id == model.pk:
+        model.routing_plan = Plan.of(rollout, model)
+    return model
 
 
 serving_cache = ServingCache()

@@ -30,7 +30,7 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from inference.models import LATENCY_BOUNDS_MS, LATENCY_FIELDS, ServingMinute
+from inference.models import LATENCY_BOUNDS_MS, LATENCY_FIELDS, ServingMinute, ShadowMinute
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,9 @@ multiprocessing.util.Finalize(None, serving_stats.flush, exitpriority=100)
 
 
 def serving_stats_cleanup(*, now: datetime | None = None) -> int:
-    """Delete serving minutes older than SERVING_STATS_RETENTION_DAYS; returns the rows deleted."""
+    """Delete serving minutes (and shadow minutes, inference.shadow) older than
+    SERVING_STATS_RETENTION_DAYS; returns the rows deleted."""
     cutoff = (now or timezone.now()) - timedelta(days=settings.SERVING_STATS_RETENTION_DAYS)
     deleted, _ = ServingMinute.objects.older_than(cutoff).delete()
-    return deleted
+    shadowed, _ = ShadowMinute.objects.older_than(cutoff).delete()
+    return deleted + shadowed

@@ -11,3 +11,11 @@ def cleanup_history() -> int:
     day partitions, and making those of the week ahead) and serving statistics older than
     SERVING_STATS_RETENTION_DAYS; returns the rows removed."""
     return history_cleanup() + serving_stats_cleanup()
+
+
+@app.task(name="inference.rollout_guard", ignore_result=True)
+def rollout_guard() -> int:
+    """Stop the rollouts whose candidate does worse than its primary (inference.rollout_guard)."""
+    from inference.rollout_guard import rollouts_guard
+
+    return len(rollouts_guard())

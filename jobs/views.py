@@ -34,6 +34,7 @@ from core.embedded_runner import runner
 from core.exceptions import PayloadTooLarge, error_body
 from core.list_filters import StrictFilterBackend
 from core.strict_input import UNAUTHENTICATED, ErrorSerializer, error_responses
+from inference import routing
 from inference.tensors import parse_json_body
 from jobs import batch_io, monitoring, services
 from jobs.errors import InvalidParameter, JobNotFound
@@ -41,7 +42,6 @@ from jobs.filters import JobFilter
 from jobs.models import Job
 from jobs.serializers import CeleryHealthSerializer, JobCreateSerializer, JobResultSerializer, JobSerializer
 from jobs.storage import job_files
-from registry import selectors
 from registry.errors import ModelNotFound
 from registry.models import MLModel
 
@@ -95,14 +95,17 @@ class JobContentNegotiation(DefaultContentNegotiation):
     settings = _NoFormatOverride()
 
 
-def _model_for(data: dict) -> MLModel:
+def _model_for(data: dict, api_key) -> MLModel:
     if "model_id" in data:
         model = MLModel.objects.filter(pk=data["model_id"]).first()
         if model is None:
             raise ModelNotFound("No model with this id. List models with GET /api/v1/models.")
         return model
-    # The rule predict uses: a version, an alias, or by default the production alias's version.
-    return selectors.model_resolve(name=data["model_name"], version=data.get("version"), alias=data.get("alias"))
+    # The rule predict uses: a version, an alias, or by default the production alias's version;
+    # through an alias with a rollout, the version the job's key routes to (the job records it).
+    return routing.route_named(
+        name=data["model_name"], version=data.get("version"), alias=data.get("alias"), api_key=api_key
+    )
 
 
 def _int_parameter(request, name: str, *, maximum: int) -> int:
@@ -197,7 +200,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
         data = serializer.validated_data
         api_key = request.auth if isinstance(request.auth, APIKey) else None
         job = services.job_create(
-            model=_model_for(data),
+            model=_model_for(data, api_key),
             priority=data["priority"],
             input_data=data.get("input_data"),
             input_file=data.get("input_file"),

@@ -22,7 +22,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.views import APIView
 
 from access.models import Scope
-from inference import metrics
+from inference import metrics, rollout_guard
 from monitoring.metrics import DriftCollector
 
 
@@ -66,6 +66,7 @@ class _ScrapeTimeCollector:
                 f"Celery workers whose heartbeat reached the broker in the last {HEARTBEAT_ALIVE_SECONDS} s.",
                 value=workers,
             )
+        yield from rollout_guard.collect()
 
 
 class _Registry:

@@ -435,6 +435,20 @@ SERVING_STATS_RETENTION_DAYS = env.int("SERVING_STATS_RETENTION_DAYS", default=3
 if SERVING_STATS_RETENTION_DAYS <= 0:
     raise ImproperlyConfigured("SERVING_STATS_RETENTION_DAYS must be a positive number of days.")
 
+# --- Rollouts (registry.rollouts, inference.routing, inference.shadow, inference.rollout_guard) ---
+# Shadow copies: the threads per process that run them, the copies waiting at most (more are
+# dropped and counted: a shadow never slows a client) and the deadline of one shadow run.
+SHADOW_THREADS = env.int("SHADOW_THREADS", default=1)
+SHADOW_QUEUE_SIZE = env.int("SHADOW_QUEUE_SIZE", default=100)
+SHADOW_TIMEOUT_SECONDS = env.float("SHADOW_TIMEOUT_SECONDS", default=5.0)
+if SHADOW_THREADS < 1 or SHADOW_QUEUE_SIZE < 1 or SHADOW_TIMEOUT_SECONDS <= 0:
+    raise ImproperlyConfigured("SHADOW_THREADS, SHADOW_QUEUE_SIZE and SHADOW_TIMEOUT_SECONDS must be positive.")
+# How often the rollout guard compares candidates with their primaries (Celery beat, or the
+# embedded runner without a broker).
+ROLLOUT_GUARD_INTERVAL_SECONDS = env.int("ROLLOUT_GUARD_INTERVAL_SECONDS", default=30)
+if ROLLOUT_GUARD_INTERVAL_SECONDS <= 0:
+    raise ImproperlyConfigured("ROLLOUT_GUARD_INTERVAL_SECONDS must be a positive number of seconds.")
+
 # --- Jobs -----------------------------------------------------------------------------------
 # Asynchronous inference (jobs/): on Celery workers with a broker, else in background threads.
 JOB_STORAGE_PATH = env.path("JOB_STORAGE_PATH", default=VAR_DIR / "jobs")
@@ -540,6 +554,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "monitoring.drift",
         "schedule": float(DRIFT_INTERVAL_SECONDS),
         "options": {"expires": DRIFT_INTERVAL_SECONDS},
+    },
+    "rollout-guard": {
+        "task": "inference.rollout_guard",
+        "schedule": float(ROLLOUT_GUARD_INTERVAL_SECONDS),
+        "options": {"expires": ROLLOUT_GUARD_INTERVAL_SECONDS},
     },
 }
 

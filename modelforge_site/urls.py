@@ -4,7 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from rest_framework.routers import SimpleRouter
 
 from console.views import dashboard_view
-from inference import routes
+from inference import rollout_views, routes
 from inference import views as inference_views
 from jobs.views import CeleryHealthView, JobViewSet
 from modelforge_site import health
@@ -46,6 +46,16 @@ api_v1 = [
     path("predictions/<uuid:prediction_id>", inference_views.PredictionDetailView.as_view(), name="prediction-detail"),
     path("cache/metrics", inference_views.CacheMetricsView.as_view(), name="cache-metrics"),
     path("cache/metrics/reset", inference_views.CacheMetricsResetView.as_view(), name="cache-metrics-reset"),
+    path(
+        "models/by-name/<str:name>/aliases/<str:alias>/rollout",
+        rollout_views.RolloutView.as_view(),
+        name="alias-rollout",
+    ),
+    path(
+        "models/by-name/<str:name>/aliases/<str:alias>/rollout/promote",
+        rollout_views.RolloutPromoteView.as_view(),
+        name="alias-rollout-promote",
+    ),
     *router.urls,
 ]
 

@@ -590,12 +590,22 @@ def alias_history_table(events: Iterable[AliasEvent]) -> SafeString:
             event.from_version,
             event.to_version,
             _event_actor(event),
+            _weights(event),
+            event.detail,
         ]
         for event in events
     ]
     if not rows:
         return format_html("{}", EMPTY)
-    return _table(["When", "Action", "From", "To", "By"], rows)
+    return _table(["When", "Action", "From", "To", "By", "Candidate weight", "Detail"], rows)
+
+
+def _weights(event: AliasEvent) -> str:
+    """A rollout event's candidate weight from -> to ("" for plain alias moves)."""
+    if event.from_weight is None and event.to_weight is None:
+        return ""
+    before = EMPTY if event.from_weight is None else f"{event.from_weight:g} %"
+    return f"{before} → {event.to_weight:g} %"
 
 
 @admin.register(ModelAlias)

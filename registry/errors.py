@@ -80,3 +80,21 @@ class StoredFileInvalid(Conflict):
 
 class ConflictingParameters(DomainError):
     code = "conflicting_parameters"
+
+
+class InvalidRollout(DomainError):
+    """A rollout setting that cannot be: a weight outside 0-100 (`invalid_weight`), a candidate
+    or shadow of another name (`other_name`), the primary itself (`candidate_is_primary`,
+    `shadow_is_primary`), a weight without a candidate (`no_candidate`), ..."""
+
+    code = "invalid_rollout"
+
+
+class RolloutNotFound(NotFound):
+    code = "rollout_not_found"
+
+
+class RolloutInProgress(Conflict):
+    """An alias with a rollout is moved by promoting or aborting it, not by alias_set."""
+
+    code = "rollout_in_progress"

@@ -530,10 +530,17 @@ class AliasEvent(models.Model):
         CREATED = "created", "Created"
         MOVED = "moved", "Moved"
         DELETED = "deleted", "Deleted"
+        # A rollout (registry.rollouts): from/to versions and weights say what changed.
+        ROLLOUT_STARTED = "rollout_started", "Rollout started"
+        ROLLOUT_CHANGED = "rollout_changed", "Rollout changed"  # shadow or guard settings
+        WEIGHT_CHANGED = "weight_changed", "Weight changed"
+        PROMOTED = "promoted", "Promoted"
+        ABORTED = "aborted", "Aborted"
+        GUARD_TRIPPED = "guard_tripped", "Guard tripped"
 
     name = models.CharField(max_length=100, db_index=True)
     alias = models.CharField(max_length=50)
-    action = models.CharField(max_length=10, choices=Action.choices)
+    action = models.CharField(max_length=20, choices=Action.choices)
     from_model = models.ForeignKey(MLModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     from_version = models.CharField(max_length=MAX_VERSION_LENGTH, blank=True)
     to_model = models.ForeignKey(MLModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -544,6 +551,11 @@ class AliasEvent(models.Model):
     actor_key = models.ForeignKey("access.APIKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     # Who, as text at the time ("ops" or "key:deploy-bot"): still readable once the user or key is gone.
     actor_label = models.CharField(max_length=200, blank=True)
+    # A rollout's candidate weight (percent) before and after the change; null for plain moves.
+    from_weight = models.FloatField(null=True, blank=True)
+    to_weight = models.FloatField(null=True, blank=True)
+    # What else changed or why (a guard trip's reason, a shadow set), in words.
+    detail = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     objects = AliasEventQuerySet.as_manager()
@@ -555,6 +567,60 @@ class AliasEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}@{self.alias} {self.action} {self.from_version or '-'} -> {self.to_version or '-'}"
+
+
+percent_validators = [MinValueValidator(0.0), MaxValueValidator(100.0)]
+
+
+class RolloutQuerySet(models.QuerySet):
+    def with_versions(self):
+        return self.select_related("alias", "alias__model", "candidate", "shadow")
+
+
+class Rollout(models.Model):
+    """A gradual move of an alias: the alias keeps its version (the primary) and a candidate
+    version of the same name gets `weight` percent of the requests through the alias; a shadow
+    version gets a copy of `shadow_percent` percent of them, never answered to the client.
+    Changed only by registry.rollouts (each change an AliasEvent); gone once promoted or aborted.
+
+    The guard (inference.rollout_guard), when on, sets the weight to 0 once the candidate's
+    error rate exceeds the primary's by `guard_error_margin` percentage points, or its p95 the
+    primary's by `guard_latency_margin` percent, over `guard_window_minutes` minutes with at
+    least `guard_min_requests` candidate requests."""
+
+    alias = models.OneToOneField(ModelAlias, on_delete=models.CASCADE, related_name="rollout")
+    # PROTECT: a version that takes live traffic is not deleted from under the rollout.
+    candidate = models.ForeignKey(
+        MLModel, null=True, blank=True, on_delete=models.PROTECT, related_name="candidate_rollouts"
+    )
+    weight = models.FloatField(default=0.0, validators=percent_validators, help_text="Percent of requests, 0-100.")
+    # SET_NULL: a shadow answers no client; deleting it just ends the copies.
+    shadow = models.ForeignKey(MLModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    shadow_percent = models.FloatField(default=0.0, validators=percent_validators)
+    guard_enabled = models.BooleanField(default=False)
+    guard_error_margin = models.FloatField(default=5.0, validators=percent_validators)
+    guard_latency_margin = models.FloatField(default=50.0, validators=[MinValueValidator(0.0)])
+    guard_min_requests = models.PositiveIntegerField(default=100)
+    guard_window_minutes = models.PositiveIntegerField(
+        default=5, validators=[MinValueValidator(1), MaxValueValidator(60)]
+    )
+    guard_tripped_at = models.DateTimeField(null=True, blank=True)
+    guard_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = RolloutQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(weight__gte=0, weight__lte=100), name="registry_rollout_weight_range"),
+            models.CheckConstraint(
+                condition=Q(shadow_percent__gte=0, shadow_percent__lte=100), name="registry_rollout_shadow_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.alias} rollout"
 
 
 class SettingsEvent(models.Model):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db.models import QuerySet
 
 from registry.errors import AliasNotFound, ConflictingParameters, InvalidAlias, ModelNotFound
-from registry.models import DEFAULT_ALIAS, AliasEvent, MLModel, ModelAlias, alias_validator
+from registry.models import DEFAULT_ALIAS, AliasEvent, MLModel, ModelAlias, Rollout, alias_validator
 from registry.versioning import parse_version
 
 
@@ -121,3 +121,25 @@ def alias_list(*, name: str) -> QuerySet[ModelAlias]:
 def alias_events(*, name: str) -> QuerySet[AliasEvent]:
     """The audit trail of a name's aliases, newest first."""
     return AliasEvent.objects.named(name).select_related("actor_user", "actor_key").newest_first()
+
+
+def alias_of_reference(*, name: str, version: str | None = None, alias: str | None = None) -> str | None:
+    """The alias a "name [+ version or alias]" reference goes through (model_resolve's rule):
+    the alias named, the one a version that is an alias name means, `production` for neither
+    (when the name has it), None for a semantic version."""
+    if alias:
+        return alias
+    if version:
+        return version if is_alias_like(version) else None
+    return DEFAULT_ALIAS
+
+
+def rollout_of_reference(*, name: str, version: str | None = None, alias: str | None = None) -> Rollout | None:
+    """The rollout of the alias a reference goes through, with its candidate and shadow (whole
+    rows: a shadow version is loaded on another thread, which must not go back to the
+    database); None when the reference goes through no alias or the alias has no rollout."""
+    which = alias_of_reference(name=name, version=version, alias=alias)
+    if which is None:
+        return None
+    rollouts = Rollout.objects.select_related("alias", "candidate", "shadow")
+    return rollouts.filter(alias__name=name, alias__alias=which).first()

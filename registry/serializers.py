@@ -393,9 +393,17 @@ class AliasEventSerializer(serializers.ModelSerializer):
             "to_model_id",
             "actor",
             "actor_type",
+            "from_weight",
+            "to_weight",
+            "detail",
             "created_at",
         )
         read_only_fields = fields
+        extra_kwargs = {
+            "from_weight": {"help_text": "A rollout's candidate weight (percent) before the change; null otherwise."},
+            "to_weight": {"help_text": "A rollout's candidate weight (percent) after the change; null otherwise."},
+            "detail": {"help_text": "What else changed, or why (a guard trip's reason)."},
+        }
 
     def get_actor_type(self, obj: AliasEvent) -> str | None:
         return _actor_type(obj.actor_user_id, obj.actor_key_id)

@@ -40,11 +40,12 @@ from registry.errors import (
     ModelNotReady,
     ModelTooLarge,
     NoFile,
+    RolloutInProgress,
     StorageUnavailable,
     StoredFileInvalid,
     VersionImmutable,
 )
-from registry.models import ALIAS_RULE, AliasEvent, MLModel, ModelAlias, SettingsEvent, Tag, validate_alias
+from registry.models import ALIAS_RULE, AliasEvent, MLModel, ModelAlias, Rollout, SettingsEvent, Tag, validate_alias
 from registry.storage import FileTooLarge, ModelStore, StoredFileMismatch, sha256_of_file
 
 logger = logging.getLogger(__name__)
@@ -591,6 +592,14 @@ def _refuse_if_aliased(model: MLModel, act: str) -> None:
     on purpose, by whoever owns it. Call with the version's row locked (see alias_set).
     """
     aliases = sorted(ModelAlias.objects.filter(model_id=model.pk).values_list("alias", flat=True))
+    rollouts = sorted(Rollout.objects.filter(candidate_id=model.pk).values_list("alias__alias", flat=True))
+    if rollouts and not aliases:
+        names = ", ".join(f"{model.name}@{alias}" for alias in rollouts)
+        raise ModelAliased(
+            f"{model} cannot be {act}: it is the candidate of the rollout on {names}, which sends it live "
+            f"traffic. Promote or abort the rollout first (POST /api/v1/models/by-name/{model.name}/aliases/"
+            "<alias>/rollout/promote, or DELETE .../rollout)."
+        )
     if aliases:
         names = ", ".join(f"{model.name}@{alias}" for alias in aliases)
         them = "them" if len(aliases) > 1 else "it"
@@ -943,6 +952,12 @@ def alias_set(*, name: str, alias: str, version: str, actor=None) -> AliasChange
                 return AliasChange(current, event)
         if current.model_id == target.pk:
             return AliasChange(current, None)
+        if Rollout.objects.filter(alias_id=current.pk).exists():
+            raise RolloutInProgress(
+                f"{current} has a rollout in progress; promote it (its candidate becomes the alias's version) "
+                f"or abort it before moving the alias: POST /api/v1/models/by-name/{name}/aliases/{alias}/rollout/"
+                "promote, or DELETE .../rollout."
+            )
         previous = current.model
         current.model = target
         for field, value in _updated_by(actor).items():

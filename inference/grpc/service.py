@@ -38,6 +38,7 @@ from core import request_log
 from core.exceptions import DomainError
 from inference import deadlines, exchange
 from inference.grpc.protocol import CODE_METADATA, GrpcInfer, parameters_of, parse, problem_reply
+from inference.routing import ROUTING_METADATA, VERSION_HEADER, VERSION_METADATA
 from inference.sessions import model_ready
 from inference.v2 import metadata, repository
 from inference.v2.model_config import triton_config
@@ -167,6 +168,9 @@ class Door:
         )
         trailing = [(REQUEST_ID, request_id)]
         if reply.status == 200:
+            version = reply.headers.get(VERSION_HEADER)
+            if version is not None:  # which version answered (ModelInfer; an alias may route)
+                trailing.append((VERSION_METADATA, version))
             context.set_trailing_metadata(trailing)
             return reply.content
         await self._abort(context, reply, trailing)
@@ -184,18 +188,19 @@ class Door:
         credential = Credential.from_header(invocation.get("authorization"))
         try:
             with deadlines.caller_deadline(time_left):
-                reply = self._answer(name, request_type, body, credential)
+                reply = self._answer(name, request_type, body, credential, invocation)
         except Exception as exc:  # answered as the protocol's error; unexpected ones logged there
             reply = problem_reply(exc)
         finally:
             close_old_connections()  # as Django does at the end of each request
         return reply, request_log.finish(reply.status, retry_after="Retry-After" in reply.headers)
 
-    def _answer(self, name, request_type, body, credential) -> exchange.Reply:
+    def _answer(self, name, request_type, body, credential, invocation: dict) -> exchange.Reply:
         scope = SCOPES[name]
         if scope == EXCHANGE:
+            headers = {ROUTING_METADATA: invocation.get(ROUTING_METADATA)}
             return exchange.answer(
-                credential, exchange.ModelRef(), exchange.Incoming(len(body), lambda: body), GrpcInfer(body)
+                credential, exchange.ModelRef(), exchange.Incoming(len(body), lambda: body, headers), GrpcInfer(body)
             )
         if scope is not None:
             authorize(credential, scope=scope, permissions=None)

@@ -19,6 +19,7 @@ from core.exceptions import NotFound, Problem, problem
 from inference import services
 from inference.errors import ModelArchived, ModelNotReady
 from inference.exchange import Decoded, Incoming, ModelRef, Protocol, Reply
+from inference.routing import ROUTING_HEADER
 from inference.serving import serving_cache
 from inference.v2 import codec
 from registry.errors import ModelNotFound
@@ -84,7 +85,7 @@ def v2_resolve(name: str, version: str | None) -> MLModel:
 
 
 class V2Infer(Protocol):
-    headers = ("Content-Encoding", codec.HEADER_LENGTH)
+    headers = ("Content-Encoding", codec.HEADER_LENGTH, ROUTING_HEADER)
 
     def resolve(self, ref: ModelRef) -> MLModel:
         return v2_resolve(ref.name, ref.version)

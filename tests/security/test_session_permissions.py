@@ -244,6 +244,13 @@ def _exposition(world, response):
 VIEW_MODEL = "registry.view_mlmodel"
 PREDICT_BODY = {"input_data": IRIS_ROW, "skip_cache": True}
 
+
+def _rollout_started(world, response) -> None:
+    from registry.models import Rollout
+
+    assert Rollout.objects.get(alias__name="iris", alias__alias="production").candidate_id == world.spare.pk
+
+
 ROUTES = [
     # the schema and its pages: any staff session
     Route("schema", "GET", lambda w: "/api/v1/schema", _needs()),
@@ -343,6 +350,35 @@ ROUTES = [
         _needs("registry.delete_modelalias"),
         ok=(204,),
         effect=_production_deleted,
+    ),  # fmt: skip
+    # rollouts (the world has none: abort and promote answer 404 rollout_not_found once allowed)
+    Route(
+        "alias-rollout",
+        "GET",
+        lambda w: "/api/v1/models/by-name/iris/aliases/production/rollout",
+        _needs("registry.view_rollout"),
+    ),  # fmt: skip
+    Route(
+        "alias-rollout",
+        "PUT",
+        lambda w: "/api/v1/models/by-name/iris/aliases/production/rollout",
+        _needs("registry.change_rollout"),
+        json=lambda w: {"candidate_version": "1.1.0", "weight": 10},
+        effect=_rollout_started,
+    ),  # fmt: skip
+    Route(
+        "alias-rollout",
+        "DELETE",
+        lambda w: "/api/v1/models/by-name/iris/aliases/production/rollout",
+        _needs("registry.change_rollout"),
+        ok=(404,),
+    ),  # fmt: skip
+    Route(
+        "alias-rollout-promote",
+        "POST",
+        lambda w: "/api/v1/models/by-name/iris/aliases/production/rollout/promote",
+        _needs("registry.change_rollout"),
+        ok=(404,),
     ),  # fmt: skip
     # inference
     Route(
