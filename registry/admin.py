@@ -271,7 +271,10 @@ class MLModelAdmin(RefusedDeleteMixin, admin.ModelAdmin):
 
     def get_fieldsets(self, request, obj=None):
         if obj is None:
-            return ((None, {"fields": ("name", "version", "description", "tags", "file")}),)
+            return (
+                (None, {"fields": ("name", "version", "description", "tags", "file")}),
+                ("Drift reference (optional)", {"fields": ("reference", "reference_format")}),
+            )
         fieldsets = [
             (None, {"fields": ("name", "version", "status_display", "description", "tags")}),
             ("File", {"fields": ("file_sha256", "size_display", "uploaded_at", "validated_at", "file")}),
@@ -385,9 +388,13 @@ class MLModelAdmin(RefusedDeleteMixin, admin.ModelAdmin):
 
     def _register(self, request, obj: MLModel, form) -> None:
         data = form.cleaned_data
+        reference = None
+        if data.get("reference"):
+            reference = services.stage_reference(data["reference"], input_format=data.get("reference_format") or "")
         staged = services.stage_uploaded_file(data["file"])
         try:
             model = services.model_register(
+                reference=reference,
                 name=data["name"],
                 version=data["version"],
                 description=data.get("description", ""),

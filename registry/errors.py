@@ -80,3 +80,9 @@ class StoredFileInvalid(Conflict):
 
 class ConflictingParameters(DomainError):
     code = "conflicting_parameters"
+
+
+class ReferenceFormat(DomainError):
+    """A reference file given with an upload whose format cannot be told (400)."""
+
+    code = "unsupported_format"
