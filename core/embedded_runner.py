@@ -6,7 +6,9 @@ and model validations (registry.services.validation_enqueue). Work is any callab
 rank runs first (jobs use their priority's rank: 0 high, 1 normal, 2 low), then the oldest.
 A maintenance thread runs what the apps registered with `every` (their sweepers, which Celery
 beat runs otherwise) every JOB_SWEEP_INTERVAL_SECONDS; the apps register at start-up
-(AppConfig.ready), so this module knows none of them.
+(AppConfig.ready), so this module knows none of them. A server process starts the runner as
+it starts serving (`start_for_server`, from modelforge_site.wsgi and .asgi); a job request or
+a validation starts it too, in any other process.
 
 A thread that dies (anything escaping a run that is not an ``Exception``: a ``SystemExit`` from
 a library, an error in the runner's own bookkeeping) is replaced at once by a new one in the
@@ -225,3 +227,17 @@ class EmbeddedRunner:
 
 
 runner = EmbeddedRunner()
+
+
+def start_for_server() -> bool:
+    """Start the runner in a server process that serves without a broker, so that its
+    maintenance (drift, the threshold watch, the sweepers) runs from the start rather than from
+    the first job or validation. Called by the WSGI and ASGI application modules, which only
+    server processes import (not manage.py commands, nor the tests' clients). Returns whether it
+    started it."""
+    from core.celery_app import broker_configured
+
+    if broker_configured():
+        return False
+    runner.start()
+    return True

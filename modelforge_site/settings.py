@@ -610,6 +610,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # The schema and the docs pages are API routes too: a key with `read`, or a staff session.
     "SERVE_PERMISSIONS": ["access.permissions.HasScope"],
+    # A batch job's input formats: a job's and a reference's `input_format`, an upload's `reference_format`.
+    "ENUM_NAME_OVERRIDES": {"InputFormatEnum": "registry.reference_files.FORMATS"},
 }
 
 # --- Security (production) ------------------------------------------------------------------

@@ -113,11 +113,22 @@ class _ReadOnly(admin.ModelAdmin):
 
 @admin.register(Reference)
 class ReferenceAdmin(_ReadOnly):
-    list_display = ("model", "source", "filename", "rows", "feature_count", "updated_at")
+    list_display = ("model", "source", "filename", "rows", "feature_count", "status_display", "updated_at")
     list_select_related = ("model",)
     list_filter = ("source",)
     search_fields = ("model__name", "filename")
-    fields = ("model", "source", "filename", "rows", "created_at", "updated_at", "features_table", "skipped")
+    fields = (
+        "model",
+        "source",
+        "filename",
+        "rows",
+        "status_display",
+        "error",
+        "created_at",
+        "updated_at",
+        "features_table",
+        "skipped",
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request) -> bool:
@@ -155,6 +166,10 @@ class ReferenceAdmin(_ReadOnly):
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/monitoring/reference/upload.html", context)
+
+    @admin.display(description="status")
+    def status_display(self, reference: Reference) -> str:
+        return f"failed ({reference.error_code})" if reference.error_code else "ready"
 
     @admin.display(description="features")
     def feature_count(self, reference: Reference) -> int:

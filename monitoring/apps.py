@@ -11,6 +11,7 @@ class MonitoringConfig(AppConfig):
     def ready(self) -> None:
         from django.conf import settings
 
+        from core import events
         from core.embedded_runner import runner
         from monitoring import services, threshold_watch
 
@@ -18,3 +19,5 @@ class MonitoringConfig(AppConfig):
         # otherwise (settings.CELERY_BEAT_SCHEDULE["threshold-watch"] and ["drift"]).
         runner.every(threshold_watch.threshold_watch, seconds=settings.MONITOR_THRESHOLD_INTERVAL_SECONDS)
         runner.every(services.drift_run, seconds=settings.DRIFT_INTERVAL_SECONDS)
+        # A version validated: summarise the reference file given with its upload, if any.
+        events.raised.connect(services.on_event, dispatch_uid="monitoring.on_event")

@@ -150,6 +150,11 @@ class Reference(models.Model):
     filename = models.CharField(max_length=255, blank=True)
     rows = models.PositiveBigIntegerField(help_text="Samples summarised (rows of the file, or of the predictions).")
     summary = models.JSONField(help_text="Per feature: bins and counts, or class frequencies, and statistics.")
+    # A reference file given with the model's upload is summarised once the version is ready
+    # (monitoring.services.pending_reference_build); one that does not fit its inputs is kept
+    # as a failed reference (no features, no drift) saying why, until replaced or deleted.
+    error_code = models.CharField(max_length=50, blank=True, help_text="Why the reference file was refused.")
+    error = models.TextField(blank=True, help_text="What does not fit, naming the column, input or row.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -162,6 +167,10 @@ class Reference(models.Model):
     @property
     def features(self) -> list[dict]:
         return self.summary.get("features", [])
+
+    @property
+    def status(self) -> str:
+        return "failed" if self.error_code else "ready"
 
 
 class DriftLevel(models.TextChoices):

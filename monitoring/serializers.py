@@ -37,6 +37,12 @@ class ReferenceSerializer(serializers.Serializer):
     source = serializers.ChoiceField(choices=("file", "predictions"))
     filename = serializers.CharField(allow_blank=True)
     rows = serializers.IntegerField(help_text="Samples summarised.")
+    status = serializers.ChoiceField(
+        choices=("ready", "failed"),
+        help_text="`failed`: the reference file given with the upload did not fit the version's inputs (no drift).",
+    )
+    error_code = serializers.CharField(allow_blank=True, help_text="Why it failed, e.g. `reference_columns`.")
+    error = serializers.CharField(allow_blank=True, help_text="What does not fit, naming the column, input or row.")
     features = serializers.SerializerMethodField()
     skipped = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()

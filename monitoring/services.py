@@ -13,21 +13,27 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.events import emit
+from core.exceptions import DomainError
 from jobs.batch_io import detect_format
 from monitoring import drift, recorded, reference
-from monitoring.errors import InvalidThresholds, ModelNotReady
+from monitoring.errors import InvalidThresholds, ModelNotReady, ReferenceFileMissing
 from monitoring.models import DriftLevel, DriftResult, Reference, Thresholds
-from registry.models import MLModel
+from registry import reference_files
+from registry import services as registry_services
+from registry.models import MLModel, PendingReference
 
 logger = logging.getLogger(__name__)
 
 DRIFTED = frozenset({DriftLevel.AMBER, DriftLevel.RED})
 
 
-def _save_reference(*, model: MLModel, source: str, filename: str, summary: dict[str, Any]) -> Reference:
+def _save_reference(
+    *, model: MLModel, source: str, filename: str, summary: dict[str, Any], error: DomainError | None = None
+) -> Reference:
     with transaction.atomic():
         found = Reference.objects.select_for_update().filter(model=model).first() or Reference(model=model)
         found.source, found.filename, found.rows, found.summary = source, filename[:255], summary["rows"], summary
+        found.error_code, found.error = (error.code, error.detail) if error is not None else ("", "")
         found.full_clean()
         found.save()
         # Results against the old reference would be compared with the new one's bins: gone.
@@ -45,6 +51,59 @@ def reference_set_from_file(*, model: MLModel, path: Path, filename: str, input_
         )
     summary = reference.from_file(model, path, detect_format(input_format, filename))
     return _save_reference(model=model, source=Reference.Source.FILE, filename=filename, summary=summary)
+
+
+def pending_reference_build(*, model: MLModel) -> Reference | None:
+    """Summarise the reference file given with the version's upload (registry.PendingReference),
+    once the version is ready, as its reference (replacing any), then discard the file. None if
+    there is none or the version is not ready.
+
+    A file that does not fit the version's inputs (a column too many, a row that does not
+    parse...) does not fail the version, which is already validated: it becomes a failed
+    reference carrying the 400 the PUT would have answered (`error_code`, `error` naming the
+    column), shown by GET .../reference and the admin, and the version has no drift until a
+    reference is PUT or the failed one deleted. A storage that cannot be read (503) leaves the
+    file for the next drift run."""
+    pending = PendingReference.objects.filter(model=model).first()
+    if pending is None or model.status != MLModel.Status.READY:
+        return None
+    try:
+        input_format = detect_format(pending.input_format or None, pending.filename)
+        with reference_files.local_path(pending.sha256) as path:
+            summary = reference.from_file(model, path, input_format)
+    except FileNotFoundError:
+        failure = ReferenceFileMissing(
+            "The reference file given with the upload is no longer in the model storage: upload it again with "
+            "PUT /api/v1/models/{id}/reference."
+        )
+        found = _failed_reference(model=model, filename=pending.filename, error=failure)
+    except DomainError as exc:
+        if exc.status_code >= 500:
+            raise  # the storage, not the file: the next drift run tries again
+        found = _failed_reference(model=model, filename=pending.filename, error=exc)
+    else:
+        found = _save_reference(model=model, source=Reference.Source.FILE, filename=pending.filename, summary=summary)
+        logger.info("reference summarised from the upload's file", extra={"model": str(model), "rows": found.rows})
+    registry_services.pending_reference_discard(pending=pending)
+    return found
+
+
+def _failed_reference(*, model: MLModel, filename: str, error: DomainError) -> Reference:
+    logger.warning(
+        "reference file refused", extra={"model": str(model), "code": error.code, "detail": error.detail[:300]}
+    )
+    empty = {"rows": 0, "features": [], "skipped": []}
+    return _save_reference(model=model, source=Reference.Source.FILE, filename=filename, summary=empty, error=error)
+
+
+def on_event(sender=None, *, type: str, data: dict, **_: Any) -> None:  # noqa: A002 (the signal's name)
+    """The core.events receiver: a version just validated gets the reference file given with
+    its upload summarised (the drift run does it too, should this miss it)."""
+    if type != "model.validated":
+        return
+    model = MLModel.objects.filter(pk=data.get("model_id")).first()
+    if model is not None and PendingReference.objects.filter(model=model).exists():
+        pending_reference_build(model=model)
 
 
 def reference_build_from_predictions(*, model: MLModel) -> Reference | None:
@@ -116,8 +175,8 @@ def drift_compute(*, model: MLModel, now: datetime | None = None) -> list[DriftR
     """Every window's drift of one version that has a reference."""
     now = now or timezone.now()
     found = Reference.objects.filter(model=model).first()
-    if found is None:
-        return []
+    if found is None or found.error_code:
+        return []  # none yet, or a reference file that did not fit (it says why)
     thresholds = drift.thresholds_for(model.name)
     return [
         drift_record(
@@ -138,8 +197,11 @@ def drift_run(*, now: datetime | None = None) -> dict[str, int]:
     does not stop the others."""
     now = now or timezone.now()
     counts = {"references": 0, "versions": 0, "failed": 0}
+    pending = set(PendingReference.objects.values_list("model_id", flat=True))
     for model in MLModel.objects.filter(status=MLModel.Status.READY).order_by("name", "version_key"):
         try:
+            if model.pk in pending and pending_reference_build(model=model) is not None:
+                counts["references"] += 1
             if reference_build_from_predictions(model=model) is not None:
                 counts["references"] += 1
             if drift_compute(model=model, now=now):

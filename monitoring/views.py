@@ -20,7 +20,7 @@ from monitoring.serializers import (
     ReferenceUploadSerializer,
 )
 from registry.errors import ModelNotFound
-from registry.models import MLModel
+from registry.models import MLModel, PendingReference
 
 _ERRORS = {
     400: (
@@ -30,7 +30,10 @@ _ERRORS = {
     ),
     401: UNAUTHENTICATED,
     403: "`missing_scope` or `permission_denied`.",
-    404: "No such model (`model_not_found`), or no reference yet (`reference_not_found`).",
+    404: (
+        "No such model (`model_not_found`), or no reference yet (`reference_not_found`; `reference_pending`: the "
+        "file given with the upload waits for the version's validation)."
+    ),
     409: "`model_not_ready`: a reference needs a validated version.",
     413: "The file is over MAX_MODEL_SIZE_MB.",
 }
@@ -106,6 +109,12 @@ class ReferenceView(APIView):
     def get(self, request, model_id):
         model = _model(model_id)
         reference = Reference.objects.filter(model=model).first()
+        if reference is None and PendingReference.objects.filter(model=model).exists():
+            raise ModelNotFound(
+                "This version's reference file (given with its upload) is summarised once the version is "
+                f"validated; the version is {model.status}.",
+                code="reference_pending",
+            )
         if reference is None:
             raise ModelNotFound(
                 "This version has no reference yet: upload one with PUT, or it is built from its first "

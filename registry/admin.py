@@ -301,6 +301,7 @@ class MLModelAdmin(RefusedDeleteMixin, admin.ModelAdmin):
                     {"fields": LINEAGE_FIELDS, "description": "Where this version came from: the training run, code, "
                      "data and its metrics. Shown on the name's page and in the API."},
                 ),
+                ("Drift reference (optional)", {"fields": ("reference", "reference_format")}),
             )  # fmt: skip
         fieldsets = [
             (None, {"fields": ("name", "version", "status_display", "description", "tags")}),
@@ -430,9 +431,13 @@ class MLModelAdmin(RefusedDeleteMixin, admin.ModelAdmin):
 
     def _register(self, request, obj: MLModel, form) -> None:
         data = form.cleaned_data
+        reference = None
+        if data.get("reference"):
+            reference = services.stage_reference(data["reference"], input_format=data.get("reference_format") or "")
         staged = services.stage_uploaded_file(data["file"])
         try:
             model = services.model_register(
+                reference=reference,
                 name=data["name"],
                 version=data["version"],
                 description=data.get("description", ""),

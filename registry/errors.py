@@ -98,3 +98,9 @@ class RolloutInProgress(Conflict):
     """An alias with a rollout is moved by promoting or aborting it, not by alias_set."""
 
     code = "rollout_in_progress"
+
+
+class ReferenceFormat(DomainError):
+    """A reference file given with an upload whose format cannot be told (400)."""
+
+    code = "unsupported_format"

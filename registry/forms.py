@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.validators import FileExtensionValidator
 
 from core.exceptions import DomainError
-from registry import services
+from registry import reference_files, services
 from registry.models import (
     ALIAS_RULE,
     EXECUTION_MODES,
@@ -112,6 +113,22 @@ class MLModelAddForm(forms.ModelForm):
         widget=forms.FileInput(attrs={"accept": ".onnx"}),
     )
 
+    reference = forms.FileField(
+        label="Drift reference file",
+        required=False,
+        widget=forms.FileInput(attrs={"accept": ".jsonl,.ndjson,.csv,.npy"}),
+        help_text=(
+            "Optional: samples of the model's inputs (JSON Lines, CSV or .npy, as a batch job's input file), "
+            "summarised as the version's drift reference once it is validated. A file that does not fit the "
+            "inputs is reported under Monitoring › References, naming the column."
+        ),
+    )
+    reference_format = forms.ChoiceField(
+        label="Reference file format",
+        required=False,
+        choices=[("", "from the file name"), *((name, name) for name in reference_files.FORMATS)],
+    )
+
     class Meta:
         model = MLModel
         fields = ("name", "version", "description", *LINEAGE_FIELDS)
@@ -137,6 +154,13 @@ class MLModelAddForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        reference = cleaned.get("reference")
+        suffix = os.path.splitext(reference.name or "")[1].lower() if reference else ""
+        if reference and not cleaned.get("reference_format") and suffix not in reference_files.SUFFIXES:
+            self.add_error(
+                "reference",
+                "Cannot tell the file's format from its name: choose its format, or name it *.jsonl, *.csv or *.npy.",
+            )
         if cleaned.get("file") and not self.errors:  # the checks take a while: only for a valid form
             try:
                 refuse_failing_file(cleaned["file"])

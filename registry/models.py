@@ -663,3 +663,25 @@ class DeploymentIdentity(models.Model):
 
     def __str__(self) -> str:
         return f"deployment {self.token}"
+
+
+class PendingReference(models.Model):
+    """A drift reference file given with a version's upload, kept (as a server-named blob,
+    registry.reference_files) until the version is validated: monitoring then summarises it
+    against the version's inputs and deletes this row and the blob (monitoring.services
+    `pending_reference_build`). The registry only keeps it: it knows nothing of references."""
+
+    model = models.OneToOneField(MLModel, on_delete=models.CASCADE, related_name="pending_reference")
+    sha256 = models.CharField(max_length=64, help_text="The blob's name in the model storage (references/...).")
+    size = models.PositiveBigIntegerField()
+    filename = models.CharField(max_length=255, blank=True, help_text="The client's name for it: a label only.")
+    input_format = models.CharField(
+        max_length=10, blank=True, help_text="jsonl, csv or npy as given; empty: from the file name's extension."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "pending reference file"
+
+    def __str__(self) -> str:
+        return f"reference file {self.filename or self.sha256[:12]} of {self.model_id}"

@@ -6,6 +6,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.strict_input import StrictInputSerializer
+from registry import reference_files
 from registry.models import (
     BATCHING_BOUNDS,
     EXECUTION_MODES,
@@ -141,6 +142,38 @@ class LineageSerializer(serializers.Serializer):
     metrics = MetricsField(required=False)
 
 
+def _reference_field() -> serializers.FileField:
+    return serializers.FileField(
+        required=False,
+        help_text=(
+            "Optional drift reference file (multipart only): JSON Lines, CSV or .npy samples of the model's inputs, "
+            "as a batch job's input file. Kept until the version is validated, then summarised as its reference "
+            "(see GET /api/v1/models/{id}/reference: a file that does not fit the inputs is reported there)."
+        ),
+    )
+
+
+def _reference_format_field() -> serializers.ChoiceField:
+    return serializers.ChoiceField(
+        choices=reference_files.FORMATS,
+        required=False,
+        help_text="The reference file's format (jsonl, csv, npy); by default from its extension.",
+    )
+
+
+def _with_reference(data: dict, *, needs_file: bool) -> dict:
+    if "reference_format" in data and "reference" not in data:
+        raise serializers.ValidationError(
+            {"reference_format": "Give it with a `reference` file (or leave it out)."}, code="reference_missing"
+        )
+    if needs_file and "reference" in data and data.get("file") is None:
+        raise serializers.ValidationError(
+            {"reference": "A reference file comes with the model's `file`: register the model with both."},
+            code="file_missing",
+        )
+    return data
+
+
 class ModelCreateSerializer(LineageSerializer, StrictInputSerializer):
     name = serializers.RegexField(
         NAME_PATTERN,
@@ -155,6 +188,11 @@ class ModelCreateSerializer(LineageSerializer, StrictInputSerializer):
         allow_empty_file=True,
         help_text="The .onnx file (multipart only). With it, the model is uploaded and validated at once.",
     )
+    reference = _reference_field()
+    reference_format = _reference_format_field()
+
+    def validate(self, data):
+        return _with_reference(data, needs_file=True)
 
 
 def _bounded(field: str, **kwargs) -> serializers.IntegerField:
@@ -264,6 +302,11 @@ class ModelUpdateSerializer(StrictInputSerializer):
 
 class ModelUploadSerializer(StrictInputSerializer):
     file = serializers.FileField(allow_empty_file=True, help_text="The .onnx file.")
+    reference = _reference_field()
+    reference_format = _reference_format_field()
+
+    def validate(self, data):
+        return _with_reference(data, needs_file=False)
 
 
 class TensorSpecSerializer(serializers.Serializer):

@@ -29,7 +29,7 @@ from core import events, invalidation
 from core.celery_app import app as celery_app
 from core.celery_app import broker_configured
 from core.embedded_runner import runner
-from registry import sandbox, selectors, sentinel
+from registry import reference_files, sandbox, selectors, sentinel
 from registry.errors import (
     DuplicateVersion,
     InvalidAlias,
@@ -40,12 +40,23 @@ from registry.errors import (
     ModelNotReady,
     ModelTooLarge,
     NoFile,
+    ReferenceFormat,
     RolloutInProgress,
     StorageUnavailable,
     StoredFileInvalid,
     VersionImmutable,
 )
-from registry.models import ALIAS_RULE, AliasEvent, MLModel, ModelAlias, Rollout, SettingsEvent, Tag, validate_alias
+from registry.models import (
+    ALIAS_RULE,
+    AliasEvent,
+    MLModel,
+    ModelAlias,
+    PendingReference,
+    Rollout,
+    SettingsEvent,
+    Tag,
+    validate_alias,
+)
 from registry.storage import FileTooLarge, ModelStore, StoredFileMismatch, sha256_of_file
 
 logger = logging.getLogger(__name__)
@@ -84,6 +95,72 @@ def stage_stream(stream: BinaryIO) -> StagedFile:
     except FileTooLarge as exc:
         raise ModelTooLarge(settings.MAX_MODEL_SIZE_MB) from exc
     return StagedFile(path, sha256, size)
+
+
+@dataclass(frozen=True)
+class StagedReference:
+    """A drift reference file given with an upload: hashed in the store's temporary folder, its
+    format as given ("" : from the file name), its client's name kept as a label."""
+
+    staged: StagedFile
+    filename: str
+    input_format: str
+
+
+def stage_reference(upload, *, input_format: str = "") -> StagedReference:
+    """A StagedReference from an uploaded file. Its format must be given or told by its name
+    (400 `unsupported_format`); whether it fits the model is known only after validation."""
+    filename = os.path.basename(upload.name or "")[:255]
+    if input_format and input_format not in reference_files.FORMATS:
+        raise ReferenceFormat(
+            f"reference_format must be one of {', '.join(reference_files.FORMATS)}; got {input_format!r}."
+        )
+    if not input_format and os.path.splitext(filename)[1].lower() not in reference_files.SUFFIXES:
+        raise ReferenceFormat(
+            "Cannot tell the reference file's format from its name: name it *.jsonl, *.csv or *.npy, "
+            "or send reference_format (jsonl, csv or npy)."
+        )
+    return StagedReference(stage_uploaded_file(upload), filename, input_format)
+
+
+def _store_reference(reference: StagedReference | None) -> None:
+    if reference is not None:
+        reference_files.store(reference.staged.path, reference.staged.sha256)
+
+
+def _record_reference(*, model: MLModel, reference: StagedReference | None) -> None:
+    """Record a stored reference file on the version (replacing one given before), for
+    monitoring to summarise once the version is ready."""
+    if reference is None:
+        return
+    with transaction.atomic():
+        previous = PendingReference.objects.select_for_update().filter(model=model).first()
+        row = previous or PendingReference(model=model)
+        old_sha = previous.sha256 if previous is not None else ""
+        row.sha256, row.size = reference.staged.sha256, reference.staged.size
+        row.filename, row.input_format = reference.filename, reference.input_format
+        row.full_clean()
+        row.save()
+        if old_sha and old_sha != row.sha256:
+            transaction.on_commit(partial(_discard_reference_if_unreferenced, old_sha))
+    logger.info("reference file kept until validation", extra={"model": str(model), "sha256": row.sha256})
+
+
+def _discard_reference_if_unreferenced(sha256: str) -> None:
+    if sha256 and not PendingReference.objects.filter(sha256=sha256).exists():
+        try:
+            reference_files.delete(sha256)
+        except StorageUnavailable:
+            logger.warning("stored reference file left behind", extra={"sha256": sha256})
+
+
+def pending_reference_discard(*, pending: PendingReference) -> bool:
+    """Forget a reference file once monitoring has used it: the row (unless another file
+    replaced it meanwhile) and, after the commit, the blob unless another version has it."""
+    with transaction.atomic():
+        deleted, _ = PendingReference.objects.filter(pk=pending.pk, sha256=pending.sha256).delete()
+        transaction.on_commit(partial(_discard_reference_if_unreferenced, pending.sha256))
+    return bool(deleted)
 
 
 def _set_tags(model: MLModel, tags: Iterable[str]) -> None:
@@ -262,8 +339,9 @@ def _store(staged: StagedFile) -> None:
     ModelStore().put_file(staged.path, staged.sha256)
 
 
-def model_upload(*, model: MLModel, staged: StagedFile) -> MLModel:
-    """Put a staged file in place and point the model at it (status uploaded).
+def model_upload(*, model: MLModel, staged: StagedFile, reference: StagedReference | None = None) -> MLModel:
+    """Put a staged file in place and point the model at it (status uploaded), with the drift
+    reference file given beside it, if any (summarised by monitoring once the version is ready).
 
     A version that has been ready keeps its file for good (409 `version_immutable`): a new file
     is a new version. The row changes only if the file is stored; if the row cannot change
@@ -277,7 +355,19 @@ def model_upload(*, model: MLModel, staged: StagedFile) -> MLModel:
     if model.status not in UPLOADABLE:
         raise InvalidTransition(f"{model} is {model.status}; wait until validation ends, then upload again.")
     _store(staged)
-    return _point_at(model=model, staged=staged)
+    try:
+        _store_reference(reference)
+    except BaseException:
+        _discard_if_unreferenced(staged.sha256)
+        raise
+    try:
+        model = _point_at(model=model, staged=staged)
+    except BaseException:
+        if reference is not None:
+            _discard_reference_if_unreferenced(reference.staged.sha256)
+        raise
+    _record_reference(model=model, reference=reference)
+    return model
 
 
 def _immutable(model: MLModel) -> VersionImmutable:
@@ -559,27 +649,36 @@ def model_register(
     tags: Iterable[str] = (),
     actor=None,
     inline: bool = False,
+    reference: StagedReference | None = None,
     **lineage,
 ) -> MLModel:
     """Create, upload and ask for validation in one step (multipart create, the admin,
     import_models): the model comes back `validating`, or with the outcome if `inline` (see
-    `model_validate`). `lineage`: model_create's source_url, code_commit, dataset, metrics.
+    `model_validate`). `lineage`: model_create's source_url, code_commit, dataset, metrics. A
+    drift reference file given beside it is kept on the version until monitoring summarises
+    it, once the version is ready.
 
     The file goes to the storage before any row is written: if the storage is down, the call
     fails with 503 storage_unavailable and there is no model to clean up.
     """
     _store(staged)
     try:
+        _store_reference(reference)
         model = model_create(name=name, version=version, description=description, tags=tags, actor=actor, **lineage)
     except BaseException:
         _discard_if_unreferenced(staged.sha256)
+        if reference is not None:
+            _discard_reference_if_unreferenced(reference.staged.sha256)
         raise
     try:
         model = _point_at(model=model, staged=staged)
+        _record_reference(model=model, reference=reference)
     except BaseException:
         # The create and the upload are one user action: do not leave a half-registered row.
         MLModel.objects.filter(pk=model.pk).delete()
         _discard_if_unreferenced(staged.sha256)
+        if reference is not None:
+            _discard_reference_if_unreferenced(reference.staged.sha256)
         raise
     return model_validate(model=model, inline=inline)
 
@@ -702,8 +801,11 @@ def model_delete(*, model: MLModel) -> None:
     with transaction.atomic():
         MLModel.objects.select_for_update().filter(pk=model.pk).first()
         _refuse_if_aliased(model, "deleted")
+        reference_sha = PendingReference.objects.filter(model=model).values_list("sha256", flat=True).first()
         model.delete()
         transaction.on_commit(lambda: _discard_if_unreferenced(sha256))
+        if reference_sha:
+            transaction.on_commit(partial(_discard_reference_if_unreferenced, reference_sha))
         invalidation.notify("models")
 
 

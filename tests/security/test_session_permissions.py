@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -37,18 +38,21 @@ from registry.models import MLModel, ModelAlias
 from tests.registry.onnx_factories import make_iris_model
 from tests.registry.versions import ready_version
 from tests.security.battery import IRIS_ROW, model_snapshot
+from webhooks import services as webhook_services
+from webhooks.models import Delivery, Subscription
 
 pytestmark = pytest.mark.django_db
 
-APPS = ("registry", "inference", "jobs", "access", "monitoring")
+APPS = ("registry", "inference", "jobs", "access", "monitoring", "webhooks")
 THEIR_INPUT = [[6.3, 2.9, 5.6, 1.8]]  # what the other key sent: must never reach a refused session
 
 
 @pytest.fixture
-def world(client_for, tmp_path):
+def world(client_for, tmp_path, settings):
     """Two versions of iris (1.0.0 carries production), a version with a file not yet
     validated, a registered one without a file; another key's predictions (a cache miss and a
-    hit), its finished job and its queued one."""
+    hit), its finished job and its queued one; a webhook subscription to a loopback URL and a
+    delivered delivery of it."""
     iris = ready_version(make_iris_model(zipmap=False), name="iris", version="1.0.0")
     spare = ready_version(make_iris_model(zipmap=False), name="iris", version="1.1.0")
     services.alias_set(name="iris", alias="production", version="1.0.0")
@@ -77,6 +81,19 @@ def world(client_for, tmp_path):
     queued = Job.objects.create(**common, status=Job.Status.QUEUED, input_format="json", input_data={"X": THEIR_INPUT})
     metrics = prediction_cache.metrics()
     assert metrics["hits"] >= 1 and metrics["misses"] >= 1
+
+    settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = ["127.0.0.0/8"]  # the subscription's loopback receiver
+    subscription = webhook_services.subscription_create(
+        name="ops-bot", url="http://127.0.0.1:9/hook", event_types=["model.validated"]
+    )
+    delivery = Delivery.objects.create(
+        subscription=subscription,
+        event_id=uuid.uuid4(),
+        event_type="model.validated",
+        body='{"data":{}}',
+        status=Delivery.Status.DELIVERED,
+        tries=1,
+    )
     return SimpleNamespace(
         iris=iris,
         spare=spare,
@@ -86,6 +103,8 @@ def world(client_for, tmp_path):
         prediction=prediction,
         done=done,
         queued=queued,
+        subscription=subscription,
+        delivery=delivery,
     )
 
 
@@ -100,6 +119,12 @@ def state() -> dict:
         "cache": prediction_cache.metrics(),
         "references": sorted(Reference.objects.values_list("model_id", "rows")),
         "thresholds": sorted(Thresholds.objects.values_list("name", "drift_psi_red")),
+        "subscriptions": sorted(
+            Subscription.objects.values_list("id", "name", "url", "event_types", "active", "secret"), key=str
+        ),
+        "deliveries": sorted(
+            Delivery.objects.values_list("id", "subscription_id", "event_type", "status", "tries"), key=str
+        ),
     }
 
 
@@ -235,6 +260,46 @@ def _sees_the_reference(world, response):
 
 def _thresholds_set(world, response):
     assert Thresholds.objects.get(name="iris").drift_psi_red == 0.5
+
+
+def _sees_the_subscription(world, response):
+    assert str(world.subscription.pk) in _ids(response)
+    assert "secret" not in response.json()["results"][0]
+
+
+def _subscribed(world, response):
+    assert Subscription.objects.filter(name="new-hook", url="http://127.0.0.1:9/new").exists()
+    assert response.json()["secret"]  # shown once, to whoever created it
+
+
+def _reads_the_subscription(world, response):
+    assert response.json()["id"] == str(world.subscription.pk) and "secret" not in response.json()
+
+
+def _subscription_renamed(world, response):
+    assert Subscription.objects.get(pk=world.subscription.pk).name == "renamed by a session"
+
+
+def _unsubscribed(world, response):
+    assert not Subscription.objects.filter(pk=world.subscription.pk).exists()
+    assert not Delivery.objects.filter(pk=world.delivery.pk).exists()
+
+
+def _test_event_queued(world, response):
+    assert Delivery.objects.filter(subscription=world.subscription, event_type="webhook.test").exists()
+
+
+def _sees_the_delivery(world, response):
+    assert str(world.delivery.pk) in _ids(response)
+
+
+def _reads_the_delivery(world, response):
+    assert response.json()["id"] == str(world.delivery.pk)
+
+
+def _redelivered(world, response):
+    delivery = Delivery.objects.get(pk=world.delivery.pk)
+    assert (delivery.status, delivery.tries) == (Delivery.Status.PENDING, 0)
 
 
 def _exposition(world, response):
@@ -492,6 +557,76 @@ ROUTES = [
         _needs("monitoring.change_thresholds"),
         json=lambda w: {"psi_red": 0.5},
         effect=_thresholds_set,
+    ),  # fmt: skip
+    # webhooks
+    Route(
+        "webhook-list",
+        "GET",
+        lambda w: "/api/v1/webhooks",
+        _needs("webhooks.view_subscription"),
+        effect=_sees_the_subscription,
+    ),  # fmt: skip
+    Route(
+        "webhook-list",
+        "POST",
+        lambda w: "/api/v1/webhooks",
+        _needs("webhooks.add_subscription"),
+        json=lambda w: {"name": "new-hook", "url": "http://127.0.0.1:9/new", "event_types": ["alias.moved"]},
+        ok=(201,),
+        effect=_subscribed,
+    ),  # fmt: skip
+    Route(
+        "webhook-detail",
+        "GET",
+        lambda w: f"/api/v1/webhooks/{w.subscription.pk}",
+        _needs("webhooks.view_subscription"),
+        effect=_reads_the_subscription,
+    ),  # fmt: skip
+    Route(
+        "webhook-detail",
+        "PATCH",
+        lambda w: f"/api/v1/webhooks/{w.subscription.pk}",
+        _needs("webhooks.change_subscription"),
+        json=lambda w: {"name": "renamed by a session"},
+        effect=_subscription_renamed,
+    ),  # fmt: skip
+    Route(
+        "webhook-detail",
+        "DELETE",
+        lambda w: f"/api/v1/webhooks/{w.subscription.pk}",
+        _needs("webhooks.delete_subscription"),
+        ok=(204,),
+        effect=_unsubscribed,
+    ),  # fmt: skip
+    Route(
+        "webhook-test",
+        "POST",
+        lambda w: f"/api/v1/webhooks/{w.subscription.pk}/test",
+        _needs("webhooks.change_subscription"),
+        ok=(202,),
+        effect=_test_event_queued,
+    ),  # fmt: skip
+    Route(
+        "webhook-deliveries",
+        "GET",
+        lambda w: f"/api/v1/webhooks/{w.subscription.pk}/deliveries",
+        _needs("webhooks.view_delivery"),
+        effect=_sees_the_delivery,
+    ),  # fmt: skip
+    Route(
+        "webhook-delivery-detail",
+        "GET",
+        lambda w: f"/api/v1/webhook-deliveries/{w.delivery.pk}",
+        _needs("webhooks.view_delivery"),
+        effect=_reads_the_delivery,
+    ),  # fmt: skip
+    Route(
+        "webhook-delivery-redeliver",
+        "POST",
+        lambda w: f"/api/v1/webhook-deliveries/{w.delivery.pk}/redeliver",
+        _needs("webhooks.change_delivery"),
+        ok=(202,),
+        effect=_redelivered,
     ),  # fmt: skip
     # Prometheus
     Route("metrics", "GET", lambda w: "/metrics", _needs(VIEW_MODEL), effect=_exposition),
