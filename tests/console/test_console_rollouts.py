@@ -113,6 +113,9 @@ def test_the_dashboard_notices_a_guard_trip_and_lists_running_rollouts(admin_cli
     assert 'id="mf-guard-trips"' not in html  # nothing tripped yet
     running = words(html[html.index('id="mf-rollouts"') : html.index('id="mf-serving"')])
     assert "iris@production: 1.0.0 → 1.1.0 at 10 %; shadow 1.2.0 (25 % copied). Rollout panel" in running
+    assert (
+        f'<a href="{reverse("admin:registry_modelalias_rollout", args=[rollout.alias_id])}">Rollout panel</a>' in html
+    )
 
     rollouts.rollout_trip(rollout_id=rollout.pk, reason=REASON)
     html = admin_client.get(DASHBOARD).content.decode()
