@@ -493,3 +493,151 @@ def latency_chart(histogram: Sequence[dict]) -> SafeString:
     return bar_chart(
         bars, title="Latency histogram (ms)", description=f"{total:,} requests by time in the server, in milliseconds."
     )
+
+
+# --- drift: a feature's distribution in a window against its reference ------------------------
+
+DIST_WIDTH, DIST_HEIGHT = 360, 170
+DIST_LEFT, DIST_RIGHT, DIST_TOP, DIST_BOTTOM = 40, 8, 12, 44
+REFERENCE_COLOUR = "#6b7280"
+DRIFT_COLOURS = {"red": ERRORS_COLOUR, "amber": CLIENT_COLOUR, "green": BAR_COLOUR, "idle": "#4b5563"}
+
+
+def _edge(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def distribution_rows(feature: dict) -> list[dict]:
+    """A drift feature's bins (or classes) as rows: ``{"label", "reference", "window"}``, the two
+    shares as proportions of their own totals (0 where a total is 0).
+
+    Numeric features: bin ``i`` holds ``(edges[i], edges[i+1]]``, the first reaching to -inf and
+    the last to +inf (monitoring.distributions), so they read "≤ e1", "e1–e2", ..., "> e(n-1)"."""
+    reference, window = list(feature.get("reference_counts") or []), list(feature.get("window_counts") or [])
+    if "categories" in feature:
+        labels = [str(category) for category in feature["categories"]]
+    else:
+        edges = list(feature.get("bin_edges") or [])
+        count = len(reference)
+        if count <= 1 or len(edges) != count + 1:
+            labels = ["all values"] * count if count <= 1 else [f"bin {index + 1}" for index in range(count)]
+        else:
+            labels = [f"≤ {_edge(edges[1])}"]
+            labels += [f"{_edge(edges[index])}–{_edge(edges[index + 1])}" for index in range(1, count - 1)]
+            labels.append(f"> {_edge(edges[count - 1])}")
+    size = max(len(reference), len(window), len(labels))
+    reference += [0] * (size - len(reference))
+    window += [0] * (size - len(window))
+    labels += [f"bin {index + 1}" for index in range(len(labels), size)]
+    reference_total, window_total = sum(reference), sum(window)
+    return [
+        {
+            "label": labels[index],
+            "reference": reference[index] / reference_total if reference_total else 0.0,
+            "window": window[index] / window_total if window_total else 0.0,
+        }
+        for index in range(size)
+    ]
+
+
+def _share(value: float) -> str:
+    return f"{value:.0%}" if value >= 0.01 or value == 0 else "<1%"
+
+
+def distribution_chart(feature: dict, *, window: str = "") -> SafeString:
+    """One drift feature (a monitoring.drift.latest_for feature): per bin or class, the
+    reference's share (grey) beside the window's (in the feature's level colour), as
+    proportions. The description gives the level, PSI, the test's p-value and every share, so
+    the picture says nothing the words do not."""
+    rows = distribution_rows(feature)
+    level = str(feature.get("level") or "idle")
+    colour = DRIFT_COLOURS.get(level, DRIFT_COLOURS["idle"])
+    plot_width, plot_height = DIST_WIDTH - DIST_LEFT - DIST_RIGHT, DIST_HEIGHT - DIST_TOP - DIST_BOTTOM
+    top = max([row["reference"] for row in rows] + [row["window"] for row in rows] + [0.01])
+    top = min(1.0, _nice_max(top * 100) / 100)
+    slot = plot_width / max(len(rows), 1)
+    bar = max((slot - 2) / 2, 1)
+
+    def y(value: float) -> float:
+        return DIST_TOP + plot_height - plot_height * min(value, top) / top
+
+    shapes = []
+    # A label under every bin while they fit, else under every other one.
+    label_step = 1 if slot >= 30 else 2
+    for index, row in enumerate(rows):
+        x = DIST_LEFT + index * slot + 1
+        words = f"{row['label']}: reference {_share(row['reference'])}, window {_share(row['window'])}"
+        for offset, value, fill in ((0, row["reference"], REFERENCE_COLOUR), (bar, row["window"], colour)):
+            shapes.append(
+                format_html(
+                    '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{}</title></rect>',
+                    _px(x + offset),
+                    _px(y(value)),
+                    _px(bar),
+                    _px(DIST_TOP + plot_height - y(value)),
+                    fill,
+                    words,
+                )
+            )
+        if index % label_step == 0:
+            shapes.append(
+                format_html(
+                    '<text x="{}" y="{}" font-size="9" text-anchor="middle" fill="{}">{}</text>',
+                    _px(x + bar),
+                    DIST_TOP + plot_height + 12,
+                    AXIS_COLOUR,
+                    row["label"] if len(row["label"]) <= 10 else row["label"][:9] + "…",
+                )
+            )
+    frame = format_html(
+        '<line x1="{l}" y1="{b}" x2="{r}" y2="{b}" stroke="{c}"/>'
+        '<line x1="{l}" y1="{t}" x2="{l}" y2="{b}" stroke="{c}"/>'
+        '<text x="{lt}" y="{ty}" font-size="10" text-anchor="end" fill="{c}">{top}</text>'
+        '<text x="{lt}" y="{b}" font-size="10" text-anchor="end" fill="{c}">0%</text>'
+        '<rect x="{l}" y="{ky}" width="9" height="9" fill="{rc}"/>'
+        '<text x="{kx1}" y="{kt}" font-size="10" fill="{c}">reference</text>'
+        '<rect x="{kx2}" y="{ky}" width="9" height="9" fill="{wc}"/>'
+        '<text x="{kx3}" y="{kt}" font-size="10" fill="{c}">window{w}</text>',
+        l=DIST_LEFT,
+        r=DIST_WIDTH - DIST_RIGHT,
+        t=DIST_TOP,
+        b=DIST_TOP + plot_height,
+        c=AXIS_COLOUR,
+        lt=DIST_LEFT - 4,
+        ty=DIST_TOP + 8,
+        top=f"{top:.0%}",
+        ky=DIST_HEIGHT - 15,
+        kt=DIST_HEIGHT - 7,
+        rc=REFERENCE_COLOUR,
+        wc=colour,
+        kx1=DIST_LEFT + 13,
+        kx2=DIST_LEFT + 90,
+        kx3=DIST_LEFT + 103,
+        w=f" ({window})" if window else "",
+    )
+    psi, p_value = feature.get("psi"), feature.get("p_value")
+    test = {"ks": "KS", "chi2": "chi-square"}.get(str(feature.get("test") or ""), str(feature.get("test") or "test"))
+    numbers = ", ".join(
+        part
+        for part in (
+            f"PSI {psi:.3g}" if psi is not None else "PSI not computed",
+            f"{test} p-value {p_value:.2g}" if p_value is not None else "",
+            f"{feature.get('rows', 0):,} samples in the window",
+        )
+        if part
+    )
+    shares = "; ".join(
+        f"{row['label']}: reference {_share(row['reference'])}, window {_share(row['window'])}" for row in rows
+    )
+    name = str(feature.get("name") or "feature")
+    return format_html(
+        '<svg class="mf-chart mf-drift-chart" role="img" viewBox="0 0 {w} {h}" width="{w}" height="{h}" '
+        'xmlns="http://www.w3.org/2000/svg"><title>{}</title><desc>{}</desc>{}{}</svg>',
+        f"{name}: {level}, the window{f' ({window})' if window else ''} against the reference",
+        f"{name} is {level} ({numbers}). Share of samples per {'class' if 'categories' in feature else 'bin'}: "
+        f"{shares or 'none'}.",
+        frame,
+        format_html_join("", "{}", ((shape,) for shape in shapes)),
+        w=DIST_WIDTH,
+        h=DIST_HEIGHT,
+    )

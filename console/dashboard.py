@@ -3,6 +3,12 @@
 trail (registry AliasEvent: moves, rollouts) as markers on the time charts, the jobs table, and
 the Celery report of /api/v1/health/celery.
 
+Beside each version's serving health, its drift (monitoring.drift.latest_for): two separate
+words, "serving: green, drift: red (X[0])", a red drift putting the version at the top as a
+red serving level does; versions not served in the range are listed when their drift is amber
+or red. Rollouts (registry Rollout, AliasEvent): the guard trips of the range as notices at the
+top, and the rollouts running (alias, primary → candidate, weight).
+
 Everything is over one time range of ``RANGES`` (1 h to 7 d), in periods short enough to see a
 minute's spike in the short ranges: the health levels judge the range's totals, the same numbers
 as the table under them.
@@ -16,9 +22,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db.models import Count
+from django.urls import reverse
 from django.utils import timezone
 
 from console import charts
+from console.name_page import drift_anchor, name_url
+from monitoring.drift import latest_for
 from monitoring.health import Level, level, thresholds_for
 
 
@@ -48,6 +57,7 @@ DEFAULT_REFRESH = "off"
 MAX_MARKERS = 50
 # Worst first: what ops should look at is on top.
 LEVEL_ORDER = {Level.RED: 0, Level.AMBER: 1, Level.GREEN: 2, Level.IDLE: 3}
+DRIFTED = ("amber", "red")
 
 
 def health(summary: list[dict]) -> dict[str, Any]:
@@ -65,6 +75,83 @@ def health(summary: list[dict]) -> dict[str, Any]:
     ordered = sorted(summary, key=lambda row: LEVEL_ORDER[row["level"]])
     counts = {colour.value: sum(row["level"] == colour for row in summary) for colour in Level}
     return {"versions": ordered, "counts": counts}
+
+
+def drift(summary: list[dict]) -> list[dict]:
+    """Writes each summary row's latest drift (``row["drift"]``: level, window, the drifted
+    features' names, the link to its name page's drift section; None without results); returns
+    rows for the versions not served in the range whose drift is amber or red (serving idle)."""
+    from monitoring.models import DriftResult
+    from registry.models import MLModel
+
+    served = {row["model_id"] for row in summary}
+    drifted = set(DriftResult.objects.filter(level__in=DRIFTED).values_list("model_id", flat=True)) - served
+    latest = latest_for(served | drifted)
+    unserved = []
+    for model in MLModel.objects.filter(pk__in=[model_id for model_id in drifted if model_id in latest]):
+        unserved.append(
+            {
+                "model_id": model.pk,
+                "model_name": model.name,
+                "model_version": model.version,
+                "requests": 0,
+                "level": Level.IDLE,
+                "reason": "no requests in the range",
+                "not_served": True,
+            }
+        )
+    for row in summary + unserved:
+        found = latest.get(row["model_id"])
+        row["drift"] = None
+        if found is not None:
+            row["drift"] = {
+                "level": found["level"],
+                "window": found["window"],
+                "features": [feature["name"] for feature in found["features"] if feature["level"] in DRIFTED],
+                "url": f"{name_url(row['model_name'])}#{drift_anchor(row['model_version'])}",
+            }
+    return unserved
+
+
+def status_order(row: dict) -> tuple:
+    """Worst first: the worse of the serving and the drift level, then the serving level."""
+    serving = LEVEL_ORDER[row["level"]]
+    drifted = LEVEL_ORDER[Level(row["drift"]["level"])] if row.get("drift") else LEVEL_ORDER[Level.IDLE]
+    return (min(serving, drifted), serving)
+
+
+def rollouts(*, since: datetime) -> dict[str, Any]:
+    """The guard trips of the range (newest first: alias, candidate, reason, when) and the
+    rollouts running now (alias, primary → candidate, weight, shadow, guard)."""
+    from registry.models import AliasEvent, Rollout
+
+    trips = AliasEvent.objects.filter(created_at__gte=since, action=AliasEvent.Action.GUARD_TRIPPED).newest_first()
+    running = Rollout.objects.with_versions().order_by("alias__name", "alias__alias")
+    return {
+        "trips": [
+            {
+                "alias": f"{event.name}@{event.alias}",
+                "candidate": event.from_version,
+                "reason": event.detail,
+                "at": event.created_at,
+                "name_url": name_url(event.name) + "#mf-aliases",
+            }
+            for event in trips[:MAX_MARKERS]
+        ],
+        "running": [
+            {
+                "alias": str(rollout.alias),
+                "primary": rollout.alias.model.version,
+                "candidate": rollout.candidate.version if rollout.candidate else None,
+                "weight": rollout.weight,
+                "shadow": rollout.shadow.version if rollout.shadow else None,
+                "shadow_percent": rollout.shadow_percent,
+                "tripped": rollout.guard_tripped_at is not None,
+                "url": reverse("admin:registry_modelalias_rollout", args=[rollout.alias_id]),
+            }
+            for rollout in running
+        ],
+    }
 
 
 def markers(*, since: datetime, name: str | None = None) -> list[dict]:
@@ -109,6 +196,7 @@ def serving(*, since: datetime, span: Range, model_id: uuid.UUID | None = None) 
         row["error_rate"] = row["errors"] / row["requests"] if row["requests"] else None
         row["server_error_rate"] = row["server_errors"] / row["requests"] if row["requests"] else None
     judged = health(summary)
+    judged["versions"] = sorted(summary + drift(summary), key=status_order)
     selected = next((row for row in summary if row["model_id"] == model_id), None)
     events = markers(since=since, name=selected["model_name"] if selected else None)
     previous = None
@@ -181,5 +269,6 @@ def dashboard(*, range_key: str = DEFAULT_RANGE, model_id: uuid.UUID | None = No
         "serving": serving(since=since, span=span, model_id=model_id),
         "jobs": jobs(since=since),
         "workers": workers(),
+        "rollouts": rollouts(since=since),
         "model_id": model_id,
     }

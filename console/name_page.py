@@ -11,6 +11,13 @@ through the confirmation page that shows from -> to and the traffic carried (con
 and then `registry.services.alias_set` (audited); upload the next version (the add form);
 open a version's page.
 
+Drift (monitoring.drift.latest_for): per version its level in words and colour and the window
+judged, and for its drifted features (amber or red; else its few highest PSI) a chart of the
+window's distribution against the reference (console.charts.distribution_chart) with the same
+shares in a table. Rollouts (registry.models.Rollout): per alias its candidate and weight, its
+shadow and the share copied, the guard (tripped, when and why) and a link to the alias's
+rollout panel (console.rollout_panel); the versions table marks candidates and shadows.
+
 Who may do what is the admin's own permissions: the page needs the model admin's view
 permission; promoting and rolling back need the alias admin's change permission (add, for an
 alias that does not exist yet), as the alias admin and the API's session doors ask.
@@ -33,20 +40,25 @@ from django.urls import re_path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from console import confirm
+from console import charts, confirm
 from console.model_page import may_point_alias, next_version
+from console.rollout_panel import VIEW as VIEW_ROLLOUT
 from core.exceptions import DomainError
 from inference.stats import serving_summary
+from monitoring.drift import latest_for
 from registry import selectors, services
 from registry.admin import EMPTY, source_link, status_badge
 from registry.errors import ModelNotFound
-from registry.models import DEFAULT_ALIAS, NAME_PATTERN, AliasEvent, MLModel, ModelAlias
+from registry.models import DEFAULT_ALIAS, NAME_PATTERN, AliasEvent, MLModel, ModelAlias, Rollout
 
 Status = MLModel.Status
 # Metric names shown as columns of the lineage table (the most common first); the rest are on
 # each version's page.
 MAX_METRIC_COLUMNS = 6
 ALIAS_EVENTS = 10
+# Charts per version when none of its features drifted (the highest PSI first).
+TOP_FEATURES = 3
+DRIFTED = ("amber", "red")
 
 
 def name_url(name: str) -> str:
@@ -81,6 +93,50 @@ def rollback_target(alias: ModelAlias) -> MLModel | None:
         .first()
     )
     return event.from_model if event is not None else None
+
+
+def drift_anchor(version: str) -> str:
+    """The id of a version's block in the drift section (the dashboard links to it)."""
+    return "mf-drift-" + "".join(char if char.isalnum() or char in "-_" else "-" for char in version)
+
+
+def _number(value, digits: str) -> str:
+    return EMPTY if value is None else format(value, digits)
+
+
+def drift_by_version(model_ids) -> dict:
+    """{model_id: what the page shows of its latest drift}: the level and window judged, every
+    window's level, and the features charted: the drifted ones (amber, red; worst and highest
+    PSI first), else the TOP_FEATURES highest PSI. Versions without results are absent."""
+    shown = {}
+    for model_id, latest in latest_for(model_ids).items():
+        features = sorted(
+            latest["features"],
+            key=lambda feature: (feature["level"] != "red", -(feature.get("psi") or 0.0), feature["name"]),
+        )
+        drifted = [feature for feature in features if feature["level"] in DRIFTED]
+        charted = drifted or [feature for feature in features if feature.get("psi") is not None][:TOP_FEATURES]
+        shown[model_id] = {
+            "level": latest["level"],
+            "window": latest["window"],
+            "windows": list(latest["windows"].items()),
+            "computed_at": latest["computed_at"],
+            "drifted": [feature["name"] for feature in drifted],
+            "any_drifted": bool(drifted),
+            "features": [
+                {
+                    "name": feature["name"],
+                    "level": feature["level"],
+                    "psi": _number(feature.get("psi"), ".3g"),
+                    "p_value": _number(feature.get("p_value"), ".2g"),
+                    "rows": feature.get("rows", 0),
+                    "chart": charts.distribution_chart(feature, window=latest["window"]),
+                    "shares": charts.distribution_rows(feature),
+                }
+                for feature in charted
+            ],
+        }
+    return shown
 
 
 def _stat_cells(row: dict | None) -> list[dict]:
@@ -126,6 +182,14 @@ def name_page_context(name: str) -> dict:
         default = None
     production = next((alias.model for alias in aliases if alias.alias == DEFAULT_ALIAS), None)
     figures = serving_by_version(name)
+    drift = drift_by_version([model.pk for model in versions])
+    rollouts = {rollout.alias_id: rollout for rollout in Rollout.objects.with_versions().filter(alias__name=name)}
+    roles: dict = defaultdict(list)  # model_id: ["candidate of @production (10 %)", ...]
+    for rollout in rollouts.values():
+        if rollout.candidate_id:
+            roles[rollout.candidate_id].append(f"candidate of @{rollout.alias.alias} ({rollout.weight:g} %)")
+        if rollout.shadow_id:
+            roles[rollout.shadow_id].append(f"shadow of @{rollout.alias.alias} ({rollout.shadow_percent:g} % copied)")
     metric_columns = _metric_columns(versions)
     rows = []
     for model in versions:
@@ -145,6 +209,9 @@ def name_page_context(name: str) -> dict:
                 "source": source_link(model),
                 "metric_values": [metrics.get(metric, EMPTY) for metric in metric_columns],
                 "has_lineage": bool(model.source_url or model.code_commit or model.dataset or metrics),
+                "drift": drift.get(model.pk),
+                "drift_anchor": drift_anchor(model.version),
+                "roles": roles[model.pk],
             }
         )
     alias_rows = []
@@ -157,6 +224,8 @@ def name_page_context(name: str) -> dict:
                 "version_url": reverse("admin:registry_mlmodel_change", args=[alias.model_id]),
                 "previous": previous,
                 "previous_ready": previous is not None and previous.status == Status.READY,
+                "rollout": rollouts.get(alias.pk),
+                "rollout_url": reverse("admin:registry_modelalias_rollout", args=[alias.pk]),
             }
         )
     return {
@@ -169,6 +238,7 @@ def name_page_context(name: str) -> dict:
         "mf_ready_versions": [model for model in versions if model.status == Status.READY],
         "mf_metric_columns": metric_columns,
         "mf_any_lineage": any(row["has_lineage"] for row in rows),
+        "mf_any_drift": bool(drift),
         "mf_newest": versions[0],
         "mf_events": list(selectors.alias_events(name=name)[:ALIAS_EVENTS]),
     }
@@ -264,6 +334,7 @@ class NamePageMixin:
                 "mf_can_move": alias_admin.has_change_permission(request),
                 "mf_can_create_alias": alias_admin.has_add_permission(request),
                 "mf_can_add": self.has_add_permission(request),
+                "mf_can_view_rollout": request.user.has_perm(VIEW_ROLLOUT),
                 "mf_add_url": reverse("admin:registry_mlmodel_add"),
                 "mf_next_version": next_version(newest),
                 "mf_description": newest.description,

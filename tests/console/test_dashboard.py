@@ -111,13 +111,15 @@ def test_status_by_threshold_in_words_and_colour_at_the_top(admin_client):
     html = admin_client.get(DASHBOARD).content.decode()
     health = section(html, "mf-health")
     assert html.index('id="mf-health"') < html.index('id="mf-serving-table"')  # at the top
-    levels = re.findall(r'<span class="mf-status mf-(\w+)">(\w+)</span>\s*<strong>([\w-]+) 1.0.0</strong>', health)
+    levels = re.findall(
+        r'<strong>([\w-]+) 1.0.0</strong>\s*serving: <span class="mf-status mf-(\w+)">(\w+)</span>', health
+    )
     # Worst first, the level as a word and as a colour class.
     assert levels == [
-        ("red", "Red", "red-model"),
-        ("amber", "Amber", "amber-model"),
-        ("green", "Green", "green-model"),
-        ("idle", "Idle", "idle"),
+        ("red-model", "red", "Red"),
+        ("amber-model", "amber", "Amber"),
+        ("green-model", "green", "Green"),
+        ("idle", "idle", "Idle"),
     ]
     assert "server-error rate 10.0% ≥ 5.0%" in health
     assert "3 requests, fewer than 20 to judge" in health
@@ -131,8 +133,12 @@ def test_status_by_threshold_in_words_and_colour_at_the_top(admin_client):
     Thresholds.objects.create(name="green-model", p95_amber_ms=0.5, p95_red_ms=0.9)
     html = admin_client.get(DASHBOARD).content.decode()
     health = section(html, "mf-health")
-    assert re.search(r'mf-green">Green</span>\s*<strong>amber-model', health)
-    assert re.search(r'mf-red">Red</span>\s*<strong>green-model 1.0.0</strong>\s*<span class="mf-reason">p95', health)
+    assert re.search(r'<strong>amber-model 1.0.0</strong>\s*serving: <span class="mf-status mf-green">Green', health)
+    assert re.search(
+        r'<strong>green-model 1.0.0</strong>\s*serving: <span class="mf-status mf-red">Red</span>\s*'
+        r'<span class="mf-reason">p95',
+        health,
+    )
     assert f'href="{reverse("admin:monitoring_thresholds_change", args=[own.pk])}"' in html
     assert 'id="mf-edit-thresholds">Edit thresholds</a>' in health
     assert f'href="{reverse("admin:monitoring_thresholds_changelist")}"' in health

@@ -20,6 +20,7 @@ import pytest
 from registry.demo import build_iris_onnx
 from tests import granian_server
 from tests.e2e.test_console import ADMIN_PASSWORD, ADMIN_USER, ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+from tests.e2e.test_name_page import DRIFT_AND_TRIP
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +66,7 @@ def server(tmp_path_factory):
     key = granian_server.manage(env, "create_api_key", "--name", "dash-e2e", "--scopes", "read,predict,manage")
     process = granian_server.start(env, workdir / "server.log", port=port, ready_path="/api/v1/live")
     try:
-        yield {"base": f"http://127.0.0.1:{port}", "key": key.stdout.strip()}
+        yield {"base": f"http://127.0.0.1:{port}", "key": key.stdout.strip(), "env": env}
     finally:
         granian_server.stop(process, timeout=30)
 
@@ -219,6 +220,31 @@ def test_status_errors_ranges_refresh_and_markers(page, server, traffic):
     flaky.get_by_role("link", name="thresholds").click()
     expect(page.get_by_label("Name")).to_have_value("flaky-iris")
     shot(page, "dashboard-04-thresholds-form")
+
+
+def test_drift_and_a_guard_trip_at_the_top(page, server, traffic):
+    """Production's version drifted (red, X[0]) and the guard of its rollout tripped: the trip is
+    a notice above the status; the status says serving and drift apart; drift links to the name
+    page's chart. (Before the 390 px check below, which then runs with both shown.)"""
+    from playwright.sync_api import expect
+
+    primary, candidate = granian_server.manage(
+        server["env"], "shell", "--no-imports", "-c", DRIFT_AND_TRIP
+    ).stdout.split()[-2:]
+    page.goto("/admin/dashboard/")
+    notice = page.locator("#mf-guard-trips li")
+    expect(notice).to_have_count(1)
+    expect(notice).to_contain_text(f"Rollout guard tripped on iris@production: candidate {candidate} set to 0 % at")
+    expect(notice).to_contain_text("candidate p95 80.0 ms exceeds the primary's 20.0 ms")
+    status = page.locator("#mf-health li", has_text=f"iris {primary} ")
+    # Production's version took no request (the traffic went to 1.0.0 by number): serving idle.
+    expect(status).to_contain_text("serving: Idle no requests in the range")
+    expect(status).to_contain_text("drift: Red (X[0])")
+    expect(page.locator("#mf-rollouts")).to_contain_text(f"iris@production: {primary} → {candidate} at 0 %")
+    shot(page, "dashboard-06-drift-and-guard-trip")
+    status.get_by_role("link", name="Red").click()
+    page.wait_for_url(f"**/admin/registry/mlmodel/name/iris/#mf-drift-{primary.replace('.', '-')}")
+    expect(page.get_by_role("img", name="X[0]: red, the window (1h) against the reference")).to_be_visible()
 
 
 def no_sideways_scroll(page) -> tuple[int, int]:

@@ -169,7 +169,7 @@ def test_promote_and_roll_back_with_the_confirmation(browser, server):
         page.locator("#mf-aliases details summary").click()
         expect(page.locator("#mf-alias-history tbody tr").first).to_contain_text("1.1.1 → 1.1.0")
         expect(page.locator("#mf-alias-history tbody tr").first).to_contain_text(ADMIN_USER)
-        expect(alias_row.get_by_role("link", name="@production")).to_be_visible()
+        expect(alias_row.get_by_role("link", name="@production", exact=True)).to_be_visible()
         shot(page, "26-rolled-back")
 
         # The models list shows each name's production version.
@@ -238,3 +238,73 @@ def test_try_it_is_the_first_field_of_the_model_page(browser, server):
         assert page.evaluate("document.activeElement.textContent.trim()") == "Skip to main content"
         page.keyboard.press("Enter")
         tab_presses_to(page, "mf-try-input", bound=1)
+
+
+# A red drift on production's version (X[0]; X[1] green) and a rollout on iris@production whose
+# guard tripped, written as the monitoring run and registry.rollouts write them. Prints the
+# production version and the candidate.
+DRIFT_AND_TRIP = """
+from datetime import timedelta
+from django.utils import timezone
+from monitoring.models import DriftResult
+from registry import rollouts, services
+from registry.models import MLModel, ModelAlias
+if not ModelAlias.objects.filter(name="iris", alias="production").exists():
+    newest = MLModel.objects.named("iris").ready().newest_first().first()
+    services.alias_set(name="iris", alias="production", version=newest.version)
+alias = ModelAlias.objects.select_related("model").get(name="iris", alias="production")
+candidate = MLModel.objects.named("iris").ready().exclude(pk=alias.model_id).newest_first().first()
+now = timezone.now()
+red = dict(name="X[0]", source="input", kind="numeric", level="red", psi=0.62, p_value=1e-12, test="ks", rows=400,
+           bin_edges=[4.3, 4.8, 5.0, 5.4, 5.8, 6.3, 7.9], reference_counts=[170, 160, 170, 170, 160, 170],
+           window_counts=[2, 5, 10, 40, 120, 223])
+green = dict(red, name="X[1]", level="green", psi=0.01, p_value=0.6, window_counts=[68, 64, 68, 68, 64, 68])
+DriftResult.objects.update_or_create(model=alias.model, window="1h", defaults=dict(
+    window_start=now - timedelta(hours=1), window_end=now, predictions=40, rows=400, level="red", state="red",
+    features=[red, green], computed_at=now))
+change = rollouts.rollout_set(name="iris", alias="production", candidate=candidate.version, weight=20,
+                              guard={"guard_enabled": True})
+reason = "candidate p95 80.0 ms exceeds the primary's 20.0 ms by more than 50%"
+rollouts.rollout_trip(rollout_id=change.rollout.pk, reason=reason)
+print(alias.model.version, candidate.version)
+"""
+
+
+def test_drift_and_a_tripped_rollout_on_the_name_page(browser, server):
+    from playwright.sync_api import expect
+
+    primary, candidate = server.manage("shell", "--no-imports", "-c", DRIFT_AND_TRIP).split()[-2:]
+    anchor = "mf-drift-" + primary.replace(".", "-")
+    for width in (1366, 390):
+        with signed_in(browser, server, width=width, height=900) as page:
+            page.goto(NAME_PAGE)
+            # The versions table: production's version drifted (red, X[0]); the candidate is marked.
+            row = page.locator(f'#mf-version-table tr[data-version="{primary}"]')
+            expect(row.get_by_role("link", name="red", exact=True)).to_be_visible()
+            expect(page.locator(f'#mf-version-table tr[data-version="{candidate}"]')).to_contain_text(
+                "candidate of @production (0 %)"
+            )
+            # The alias: its rollout, the guard's trip and why.
+            alias_row = page.locator('#mf-alias-table tr[data-alias="production"]')
+            expect(alias_row).to_contain_text(f"{primary} → {candidate} at 0 %")
+            expect(alias_row).to_contain_text("guard tripped")
+            expect(alias_row).to_contain_text("p95 80.0 ms exceeds the primary's 20.0 ms")
+            # The drift section: the red feature's chart, described in words.
+            row.get_by_role("link", name="red", exact=True).click()
+            section = page.locator(f"#{anchor}")
+            expect(section).to_contain_text("drift red")
+            chart = section.get_by_role("img", name="X[0]: red, the window (1h) against the reference")
+            expect(chart).to_be_visible()
+            assert "X[0] is red (PSI 0.62" in chart.locator("desc").text_content()
+            expect(section.locator("svg.mf-drift-chart")).to_have_count(1)  # X[1] is green: not charted
+            # (A visually hidden column label once escaped its scroller: the page scrolled sideways.)
+            assert page.evaluate(NO_SIDEWAYS_SCROLL), page.evaluate(
+                "[document.scrollingElement.scrollWidth, innerWidth]"
+            )
+            shot(page, f"29-name-page-drift-{width}px")
+            page.goto(NAME_PAGE + "#mf-aliases")
+            shot(page, f"30-name-page-rollout-{width}px")
+            # "Rollout…" opens the alias's rollout panel.
+            alias_row.get_by_role("link", name="Rollout of @production").click()
+            page.wait_for_url("**/admin/registry/modelalias/*/rollout/")
+            expect(page.locator("h1")).to_contain_text("Rollout of iris@production")
