@@ -21,7 +21,10 @@ from drf_spectacular.generators import SchemaGenerator
 from inference.history import history
 from inference.models import Prediction
 from jobs.models import Job
+from monitoring import services as monitoring_services
 from registry import services
+from registry.models import MLModel
+from webhooks import services as webhook_services
 from tests.registry.onnx_factories import make_iris_model
 
 pytestmark = pytest.mark.django_db
@@ -138,7 +141,7 @@ def schema_paths() -> dict[str, list[str]]:
     return {path: sorted(ops) for path, ops in document["paths"].items()}
 
 
-def test_every_route_the_api_lists_opens_in_the_browsable_api(browser, iris, manage_client):
+def test_every_route_the_api_lists_opens_in_the_browsable_api(browser, iris, manage_client, settings, tmp_path):
     services.alias_set(name="Iris", alias="production", version="1.0.0")
     token = csrf_token(browser, "/api/v1/models")
     predicted = browser.post(
@@ -156,6 +159,17 @@ def test_every_route_the_api_lists_opens_in_the_browsable_api(browser, iris, man
         HTTP_X_CSRFTOKEN=token,
     )
     assert job.status_code == 202, job.content
+    # Rows for the routes that read one: iris's drift reference, a webhook and its delivery.
+    reference = tmp_path / "reference.csv"
+    reference.write_text("\n".join(",".join(map(str, ROW)) for _ in range(5)))
+    monitoring_services.reference_set_from_file(
+        model=MLModel.objects.get(pk=iris["id"]), path=reference, filename="reference.csv", input_format=None
+    )
+    settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = ["127.0.0.0/8"]
+    subscription = webhook_services.subscription_create(
+        name="browsable", url="http://127.0.0.1:9/hook", event_types=["alias.moved"]
+    )
+    delivery = webhook_services.subscription_test(subscription=subscription)
     values = {
         "id": iris["id"],
         "model_id": iris["id"],
@@ -168,6 +182,10 @@ def test_every_route_the_api_lists_opens_in_the_browsable_api(browser, iris, man
         url = re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
         if path.startswith("/api/v1/jobs/{id}"):
             url = url.replace(iris["id"], str(Job.objects.get().pk))
+        elif path.startswith("/api/v1/webhooks/{id}"):
+            url = url.replace(iris["id"], str(subscription.pk))
+        elif path.startswith("/api/v1/webhook-deliveries/{id}"):
+            url = url.replace(iris["id"], str(delivery.pk))
         response = browser.get(url, HTTP_ACCEPT=BROWSER_ACCEPT)
         page = response.content.decode()
         assert response["Content-Type"].startswith("text/html"), (url, response["Content-Type"])
