@@ -113,6 +113,7 @@ class Protocol:
 
 def answer(credential: Credential, ref: ModelRef, incoming: Incoming, protocol: Protocol) -> Reply:
     """One prediction from the credential to the reply; every failure is the protocol's error."""
+    shadow.client_started()  # shadow copies wait while a client is answered (inference.shadow)
     try:
         return serve(credential, ref, incoming, protocol)
     except Exception as exc:
@@ -121,6 +122,8 @@ def answer(credential: Credential, ref: ModelRef, incoming: Incoming, protocol: 
         if version is not None:  # the version was chosen, then refused the request: say which
             reply.headers[routing.VERSION_HEADER] = version
         return reply
+    finally:
+        shadow.client_finished()
 
 
 def serve(credential: Credential, ref: ModelRef, incoming: Incoming, protocol: Protocol) -> Reply:

@@ -5,7 +5,16 @@ taken for `plan.shadow_fraction` of the requests and put on a bounded queue; whe
 full the copy is dropped and counted, so the client never waits for a shadow. SHADOW_THREADS
 threads of the process take copies off the queue, decode the body for the shadow version (its
 own schema), run it through the same session pool under SHADOW_TIMEOUT_SECONDS, and compare
-its outputs with the primary's. Nothing a shadow does reaches the client: its errors (it
+its outputs with the primary's.
+
+A shadow runs on the process's idle time only: a copy starts when no client request is being
+answered in this process and none started in the last SHADOW_IDLE_MS (the exchange marks each
+request's start and end: `client_started`, `client_finished`). Threads of one process share
+its interpreter lock and its cores, so a shadow run beside a client's would slow the client;
+waiting for a gap keeps the client's latency its own. A copy that finds no gap within
+SHADOW_MAX_WAIT_SECONDS is dropped and counted (with every queued copy as old, in one go): a
+busy process compares a sample of its traffic, an idle one all of it, and the dropped count
+says which (GET .../rollout, /metrics). Nothing a shadow does reaches the client: its errors (it
 raises, it times out, it was archived) are counted, never raised; it writes no history and no
 serving statistics of requests (its session runs count as executions, which they are).
 
@@ -28,8 +37,9 @@ import math
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,7 +62,8 @@ AGREE_RTOL = 1e-5
 SHADOW_COPIES = Counter(
     "modelforge_shadow_copies",
     "Copies of an alias's requests run by its shadow version, by outcome: agreed or disagreed with the "
-    "primary, error (the shadow failed), dropped (the shadow queue was full).",
+    "primary, error (the shadow failed), dropped (no idle time for it within SHADOW_MAX_WAIT_SECONDS, or the "
+    "shadow queue was full).",
     ["model", "version", "outcome"],
 )
 
@@ -204,6 +215,41 @@ class _Copy:
     incoming: Any
     outcome: Any
     served_ms: float
+    taken_at: float = field(default_factory=time.monotonic)
+
+
+# The client requests this process is answering now (one item each: deque's append and pop are
+# atomic, so every door's threads may mark theirs without a lock), and when the latest started.
+_answering: deque = deque()
+_latest_start = [0.0]
+
+# How often a waiting copy looks again while clients are answered. Each look takes the
+# interpreter lock from a client's thread for a moment: rarely, so that it costs them nothing.
+_BUSY_POLL_SECONDS = 0.01
+
+
+def client_started() -> None:
+    _answering.append(None)
+    _latest_start[0] = time.monotonic()
+
+
+def client_finished() -> None:
+    _answering.pop()
+
+
+def _wait_for_idle(copy: _Copy) -> bool:
+    """Wait until no client is being answered and none started for SHADOW_IDLE_MS; False when
+    SHADOW_MAX_WAIT_SECONDS passed first (the copy is then dropped)."""
+    idle = settings.SHADOW_IDLE_MS / 1000
+    deadline = copy.taken_at + settings.SHADOW_MAX_WAIT_SECONDS
+    while True:
+        now = time.monotonic()
+        quiet_for = now - _latest_start[0]
+        if not _answering and quiet_for >= idle:
+            return True
+        if now >= deadline:
+            return False
+        time.sleep(max(idle - quiet_for, 0.0) if not _answering else _BUSY_POLL_SECONDS)
 
 
 class ShadowRunner:
@@ -220,6 +266,11 @@ class ShadowRunner:
                 return
             copy = _Copy(plan, outcome.model, protocol, body, incoming, outcome, served_ms)
             self._ensure_threads()
+            if len(self._queue.queue) >= self._queue.maxsize:
+                # Full (a busy process: copies wait for its idle time): dropped without taking the
+                # queue's lock or raising, which the clients' threads would pay for.
+                self._count(copy, "dropped", copies=1, dropped=1)
+                return
             try:
                 self._queue.put_nowait(copy)
             except queue.Full:
@@ -245,14 +296,33 @@ class ShadowRunner:
                 self._threads.append(thread)
 
     def _run(self) -> None:
+        waiting: _Copy | None = None  # taken off the queue by the previous round
         while True:
-            copy = self._queue.get()
+            copy, waiting = waiting or self._queue.get(), None
             try:
-                self._shadow(copy)
+                if _wait_for_idle(copy):
+                    self._shadow(copy)
+                else:
+                    self._count(copy, "dropped", copies=1, dropped=1)
+                    waiting = self._drop_stale()
             except Exception:  # never let a shadow thread die
                 logger.exception("shadow run failed")
             finally:
                 self._queue.task_done()
+
+    def _drop_stale(self) -> _Copy | None:
+        """Drop, in one go, the queued copies that waited as long as the one just dropped (a
+        busy process: the queue is oldest first); returns the first that may still wait."""
+        max_wait = settings.SHADOW_MAX_WAIT_SECONDS
+        while True:
+            try:
+                copy = self._queue.get_nowait()
+            except queue.Empty:
+                return None
+            if time.monotonic() - copy.taken_at < max_wait:
+                return copy
+            self._count(copy, "dropped", copies=1, dropped=1)
+            self._queue.task_done()
 
     def _shadow(self, copy: _Copy) -> None:
         shadow = copy.plan.shadow

@@ -441,6 +441,13 @@ if SERVING_STATS_RETENTION_DAYS <= 0:
 SHADOW_THREADS = env.int("SHADOW_THREADS", default=1)
 SHADOW_QUEUE_SIZE = env.int("SHADOW_QUEUE_SIZE", default=100)
 SHADOW_TIMEOUT_SECONDS = env.float("SHADOW_TIMEOUT_SECONDS", default=5.0)
+# Shadow copies run on idle time only: when no client request is answered in the process and
+# none started for SHADOW_IDLE_MS; a copy that finds no such gap in SHADOW_MAX_WAIT_SECONDS is
+# dropped (counted), so a shadow never slows a client (inference.shadow).
+SHADOW_IDLE_MS = env.float("SHADOW_IDLE_MS", default=1.0)
+SHADOW_MAX_WAIT_SECONDS = env.float("SHADOW_MAX_WAIT_SECONDS", default=2.0)
+if SHADOW_IDLE_MS < 0 or SHADOW_MAX_WAIT_SECONDS <= 0:
+    raise ImproperlyConfigured("SHADOW_IDLE_MS must not be negative and SHADOW_MAX_WAIT_SECONDS must be positive.")
 if SHADOW_THREADS < 1 or SHADOW_QUEUE_SIZE < 1 or SHADOW_TIMEOUT_SECONDS <= 0:
     raise ImproperlyConfigured("SHADOW_THREADS, SHADOW_QUEUE_SIZE and SHADOW_TIMEOUT_SECONDS must be positive.")
 # How often the rollout guard compares candidates with their primaries (Celery beat, or the

@@ -24,8 +24,8 @@ from jobs.models import Job
 from monitoring import services as monitoring_services
 from registry import services
 from registry.models import MLModel
-from webhooks import services as webhook_services
 from tests.registry.onnx_factories import make_iris_model
+from webhooks import services as webhook_services
 
 pytestmark = pytest.mark.django_db
 

@@ -25,8 +25,11 @@ def rollout_url(name: str = NAME, alias: str = "production") -> str:
 
 
 @pytest.fixture(autouse=True)
-def _routing_state():
+def _routing_state(settings):
     routing.rng.seed(1234)
+    # A shadow copy waits for the process to be idle (inference.shadow): the test client's
+    # requests come back to back, so copies wait for the test's pause (a join) whatever the load.
+    settings.SHADOW_MAX_WAIT_SECONDS = 600
     shadow_stats.discard()
     yield
     shadow_runner.join()

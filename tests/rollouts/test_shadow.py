@@ -115,10 +115,10 @@ def test_a_shadow_that_times_out_changes_nothing_for_clients(upload, manage_clie
 
 def test_a_fraction_copies_about_that_share(versions, start, v2):
     start(shadow_version="1.2.0", shadow_percent=25)
-    for index in range(400):
+    for index in range(200):  # about 50 copies: within the queue (SHADOW_QUEUE_SIZE) while they wait
         v2([float(index), 1.0, 2.0])
     counted = shadow_minutes(versions["1.2.0"]["id"])
-    assert 60 <= counted["copies"] <= 140
+    assert 30 <= counted["copies"] <= 70
     assert counted["agreements"] == counted["compared"] == counted["copies"]
 
 
@@ -192,3 +192,25 @@ def test_old_shadow_minutes_are_deleted_with_the_serving_statistics(versions, st
     later = timezone.now() + timedelta(days=settings.SERVING_STATS_RETENTION_DAYS, minutes=2)
     assert serving_stats_cleanup(now=later) >= 1
     assert ShadowMinute.objects.count() == 0
+
+
+def test_a_copy_waits_for_the_process_to_be_idle_and_is_dropped_when_it_never_is(versions, start, v2, settings):
+    """A shadow never runs beside a client's request: while one is being answered the copy
+    waits, and one that finds no idle moment within SHADOW_MAX_WAIT_SECONDS is dropped."""
+    from inference import shadow
+
+    start(shadow_version="1.2.0", shadow_percent=100)
+    settings.SHADOW_MAX_WAIT_SECONDS = 0.05
+    shadow.client_started()  # a client being answered for as long as the copy may wait
+    try:
+        assert v2([1.0, 2.0, 3.0])[0] == 200
+        shadow_runner.join()  # the copy gave up waiting
+    finally:
+        shadow.client_finished()
+    counted = shadow_minutes(versions["1.2.0"]["id"])
+    assert (counted["copies"], counted["dropped"], counted["compared"]) == (1, 1, 0)
+
+    settings.SHADOW_MAX_WAIT_SECONDS = 600
+    assert v2([1.0, 2.0, 3.0])[0] == 200  # nobody else is answered: the copy runs
+    counted = shadow_minutes(versions["1.2.0"]["id"])
+    assert (counted["copies"], counted["dropped"], counted["compared"]) == (2, 1, 1)
