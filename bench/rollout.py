@@ -144,7 +144,8 @@ def main() -> None:
         print(
             f"shadow copies (last hour, every shadow round): {shadow_report['copies']:,} taken, "
             f"{shadow_report['compared']:,} run and compared (agreement {shadow_report['agreement']}), "
-            f"{shadow_report['dropped']:,} dropped (no idle moment in time, or the queue full), {shadow_report['errors']:,} failed"
+            f"{shadow_report['dropped']:,} dropped (no idle moment in time, or the queue full), "
+            f"{shadow_report['errors']:,} failed"
         )
 
 
