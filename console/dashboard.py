@@ -104,11 +104,16 @@ def drift(summary: list[dict]) -> list[dict]:
         found = latest.get(row["model_id"])
         row["drift"] = None
         if found is not None:
+            drifted_features = [feature for feature in found["features"] if feature["level"] in DRIFTED]
+            # The most drifted feature's distribution against the reference, small, beside its
+            # words (the name page charts every drifted feature).
+            worst = max(drifted_features, key=lambda feature: feature.get("psi") or 0.0, default=None)
             row["drift"] = {
                 "level": found["level"],
                 "window": found["window"],
-                "features": [feature["name"] for feature in found["features"] if feature["level"] in DRIFTED],
+                "features": [feature["name"] for feature in drifted_features],
                 "url": f"{name_url(row['model_name'])}#{drift_anchor(row['model_version'])}",
+                "chart": charts.distribution_chart(worst, window=found["window"]) if worst else None,
             }
     return unserved
 

@@ -166,6 +166,10 @@ def test_the_dashboard_puts_red_drift_at_the_top_beside_serving_health(admin_cli
     assert "X[0]" not in words
     anchor = f"{name_url()}#mf-drift-1-0-0"
     assert f'href="{anchor}"' in first
+    # Beside the words, a small chart of the most drifted feature against the reference.
+    chart = first[first.index('<div class="mf-drift-mini">') :]
+    assert 'class="mf-chart mf-drift-chart" role="img"' in chart and "X[2]" in chart[: chart.index("</title>")]
+    assert section(html, "mf-health").count('<div class="mf-drift-mini">') == 1  # 1.1.0 has no drift
     # The serving table has the drift column too; the version without results says "—".
     row = html[html.index(f'<tr data-model-id="{drifted.pk}"') :]
     assert f'<td data-label="Drift"><a class="mf-status mf-red" href="{anchor}"' in row[: row.index("</tr>")]
