@@ -14,16 +14,26 @@ dashboard reads (inference.serving_stats). Nothing else counts these events.
 Under a server with several worker processes (granian, `make serve`), set
 PROMETHEUS_MULTIPROC_DIR to an empty directory before start: prometheus_client then keeps
 each process's values in files there, and a scrape of any process adds them up.
+
+Requests add to plain in-process sums (`_Pending`: one lock, a few additions), which are added
+to the instruments at most FLUSH_SECONDS later by a thread of the process, before any
+collection of the default registry (a scrape, `REGISTRY.get_sample_value`), at a scrape of this
+process and at its exit. Incrementing the instruments themselves costs ten value updates per
+request, each a lock and a write to a memory-mapped file in multiprocess mode: more than the
+rest of the request's bookkeeping (docs/performance.md, issue 18). A scrape of another process
+may so lag this one by up to FLUSH_SECONDS.
 """
 
 from __future__ import annotations
 
 import atexit
+import bisect
 import multiprocessing.util
 import os
 import threading
+import time
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from inference.models import LATENCY_BOUNDS_MS
 from inference.serving_stats import serving_stats
@@ -34,6 +44,23 @@ LABELS = ("model", "version")
 OUTCOMES = ("ok", "cached", "client_error", "server_error", "rejected")
 # The buckets of the per-minute statistics, in seconds: one set of bounds everywhere.
 _SECONDS = tuple(bound / 1000 for bound in LATENCY_BOUNDS_MS if bound is not None)
+# How long counts may wait in the process before they reach the instruments.
+FLUSH_SECONDS = 0.5
+
+
+class _FlushFirst:
+    """Registered in the default registry before the instruments: a collection of it (a scrape,
+    `REGISTRY.get_sample_value`) adds what is pending first."""
+
+    def describe(self):
+        return ()  # no metrics of its own (and registering it must not collect it)
+
+    def collect(self):
+        pending.flush()
+        return ()
+
+
+REGISTRY.register(_FlushFirst())
 
 REQUESTS = Counter(
     "modelforge_requests",
@@ -101,12 +128,113 @@ def outcome_of(status: int, *, cached: bool | None, retry_after: bool) -> str:
     return "cached" if cached else "ok"
 
 
+# The slots of a label's pending sums: the outcomes' counts, then the counters, then each
+# histogram's sum and buckets (as prometheus_client keeps them: a count per bucket, the last
+# one unbounded, made cumulative when collected).
+_BUCKETS = len(_SECONDS) + 1
+_HITS, _MISSES, _INFERENCES, _EXECUTIONS, _ROWS = range(len(OUTCOMES), len(OUTCOMES) + 5)
+_REQUEST = len(OUTCOMES) + 5
+_QUEUE = _REQUEST + 1 + _BUCKETS
+_COMPUTE = _QUEUE + 1 + _BUCKETS
+_SLOTS = _COMPUTE + 1 + _BUCKETS
+_OUTCOME_SLOT = {outcome: slot for slot, outcome in enumerate(OUTCOMES)}
+
+
+class _Pending:
+    """This process's counts and observations since the last flush, per (model, version)."""
+
+    def __init__(self) -> None:
+        self._sums: dict[tuple[str, str], list[float]] = {}
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def request(self, label, outcome: str, cached: bool | None, seconds: float, queue, compute) -> None:
+        with self._lock:
+            sums = self._sums.get(label)
+            if sums is None:
+                sums = self._sums[label] = [0] * _SLOTS
+            sums[_OUTCOME_SLOT[outcome]] += 1
+            if cached is True:
+                sums[_HITS] += 1
+            elif cached is False:
+                sums[_MISSES] += 1
+            _observe(sums, _REQUEST, seconds)
+            if compute is not None:
+                _observe(sums, _QUEUE, queue)
+                _observe(sums, _COMPUTE, compute)
+        self._wake_writer()
+
+    def executed(self, label, requests: int, rows: int) -> None:
+        with self._lock:
+            sums = self._sums.get(label)
+            if sums is None:
+                sums = self._sums[label] = [0] * _SLOTS
+            sums[_INFERENCES] += requests
+            sums[_EXECUTIONS] += 1
+            sums[_ROWS] += rows
+        self._wake_writer()
+
+    def flush(self) -> None:
+        """Add everything pending to the instruments now."""
+        with self._flush_lock:
+            with self._lock:
+                taken, self._sums = self._sums, {}
+            for label, sums in taken.items():
+                found = instruments(label)
+                for outcome, slot in _OUTCOME_SLOT.items():
+                    if sums[slot]:
+                        found.outcomes[outcome].inc(sums[slot])
+                for slot, counter in (
+                    (_HITS, found.hits),
+                    (_MISSES, found.misses),
+                    (_INFERENCES, found.inferences),
+                    (_EXECUTIONS, found.executions),
+                    (_ROWS, found.rows),
+                ):
+                    if sums[slot]:
+                        counter.inc(sums[slot])
+                for first, histogram in ((_REQUEST, found.request), (_QUEUE, found.queue), (_COMPUTE, found.compute)):
+                    counts = sums[first + 1 : first + 1 + _BUCKETS]
+                    if any(counts):
+                        # prometheus_client's own per-bucket values: `observe` adds one at a
+                        # time, and there is no public way to add many (tests/inference/test_metrics.py).
+                        histogram._sum.inc(sums[first])
+                        for bucket, count in zip(histogram._buckets, counts, strict=True):
+                            if count:
+                                bucket.inc(count)
+
+    def _wake_writer(self) -> None:
+        if not self._wake.is_set():
+            self._wake.set()
+        if self._thread is None or not self._thread.is_alive():
+            with self._lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(FLUSH_SECONDS)
+            self._wake.clear()
+            self.flush()
+
+
+def _observe(sums: list[float], first: int, seconds: float) -> None:
+    sums[first] += seconds
+    sums[first + 1 + bisect.bisect_left(_SECONDS, seconds)] += 1
+
+
+pending = _Pending()
+atexit.register(pending.flush)
+multiprocessing.util.Finalize(None, pending.flush, exitpriority=60)
+
+
 def executed(label: tuple[str, str], *, requests: int, rows: int) -> None:
     """One session run of this (model name, version) that answered ``requests`` requests."""
-    found = instruments(label)
-    found.inferences.inc(requests)
-    found.executions.inc()
-    found.rows.inc(rows)
+    pending.executed(label, requests, rows)
     serving_stats.executed(label, requests=requests)
 
 
@@ -127,17 +255,16 @@ def request_finished(context, status: int, *, duration_ms: float, retry_after: b
     """
     model = context.model
     label = (model.name, model.version) if model is not None else ("", "")
-    found = instruments(label)
     outcome = outcome_of(status, cached=context.cached, retry_after=retry_after)
-    found.outcomes[outcome].inc()
-    found.request.observe(duration_ms / 1000)
-    if context.cached is True:
-        found.hits.inc()
-    elif context.cached is False:
-        found.misses.inc()
-    if context.compute_ms is not None:
-        found.queue.observe(context.queue_ms / 1000)
-        found.compute.observe(context.compute_ms / 1000)
+    compute = context.compute_ms
+    pending.request(
+        label,
+        outcome,
+        context.cached,
+        duration_ms / 1000,
+        None if compute is None else context.queue_ms / 1000,
+        None if compute is None else compute / 1000,
+    )
     if model is not None:
         serving_stats.request(label, status=status, cached=context.cached, duration_ms=duration_ms)
 

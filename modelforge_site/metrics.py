@@ -79,6 +79,7 @@ class _Registry:
 def exposition(accept: str | None) -> tuple[bytes, str]:
     """(body, content type) of one scrape."""
     metrics.refresh_pool()
+    metrics.pending.flush()  # this process's latest counts (the others' within metrics.FLUSH_SECONDS)
     registry = CollectorRegistry(auto_describe=False)
     if metrics.MULTIPROCESS:
         MultiProcessCollector(registry)  # every process's files, this one's included

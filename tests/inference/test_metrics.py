@@ -260,3 +260,39 @@ def test_multiprocess_mode_sums_the_processes(tmp_path):
     assert value(samples, "modelforge_session_pool_sessions") == 0
     # What the processes wrote to the database at exit adds up too.
     assert orjson.loads(run("minutes")) == {"requests": 7, "inferences": 7}
+
+
+def test_latencies_land_in_their_buckets_and_counts_flush_on_their_own(read_client):
+    """Requests add to the process's pending sums; a scrape adds them to the instruments first,
+    and so does the process's own flush thread, without a scrape, within FLUSH_SECONDS."""
+
+    from inference import metrics
+
+    label = {"model": "bucketed", "version": "1.0.0"}
+    for seconds in (0.0003, 0.004, 20.0):
+        metrics.pending.request(("bucketed", "1.0.0"), "ok", None, seconds, None, None)
+    samples = scrape(read_client)
+
+    def sample(name: str, **extra: str) -> float:
+        return samples.get((name, tuple(sorted({**label, **extra}.items()))), 0.0)
+
+    assert sample("modelforge_request_duration_seconds_bucket", le="0.00025") == 0
+    assert sample("modelforge_request_duration_seconds_bucket", le="0.0005") == 1
+    assert sample("modelforge_request_duration_seconds_bucket", le="0.005") == 2
+    assert sample("modelforge_request_duration_seconds_bucket", le="10.0") == 2
+    assert sample("modelforge_request_duration_seconds_bucket", le="+Inf") == 3
+    assert sample("modelforge_request_duration_seconds_count") == 3
+    assert sample("modelforge_request_duration_seconds_sum") == pytest.approx(20.0043)
+    assert sample("modelforge_requests_total", outcome="ok") == 3
+
+    def counted(counter) -> float:  # the instrument alone: collecting it does not flush
+        (family,) = counter.collect()
+        return sum(s.value for s in family.samples if s.name.endswith("_total") and s.labels == label)
+
+    metrics.pending.executed(("bucketed", "1.0.0"), 4, 7)  # no scrape: the flush thread adds it
+    deadline = timezone.now() + timedelta(seconds=30)
+    while counted(metrics.INFERENCES) < 4:
+        assert timezone.now() < deadline, "the pending counts never reached the instruments"
+        metrics.pending._wake.wait(0.05)
+    assert counted(metrics.ROWS) == 7
+    assert counted(metrics.EXECUTIONS) == 1
