@@ -43,7 +43,10 @@ class Timings:
     serialize: float = 0.0
 
     def header(self) -> str:
-        return ", ".join(f"{name};dur={getattr(self, name):.3f}" for name in ("parse", "queue", "compute", "serialize"))
+        return (
+            f"parse;dur={self.parse:.3f}, queue;dur={self.queue:.3f}, "
+            f"compute;dur={self.compute:.3f}, serialize;dur={self.serialize:.3f}"
+        )
 
 
 @dataclass

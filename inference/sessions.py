@@ -212,11 +212,12 @@ class LoadedSession:
 
 def _bfloat16_as_ortvalues(feeds: dict[str, np.ndarray]) -> dict[str, Any]:
     # ONNX Runtime's numpy bridge has no bfloat16: hand it the raw 16-bit words, typed.
-    if not any(array.dtype.name == "bfloat16" for array in feeds.values()):
+    # Compared by kind first: a dtype's `name` is computed in Python, on every run.
+    if not any(array.dtype.kind == "V" and array.dtype.name == "bfloat16" for array in feeds.values()):
         return feeds
     return {
         name: ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array.view(np.uint16), _BFLOAT16)
-        if array.dtype.name == "bfloat16"
+        if array.dtype.kind == "V" and array.dtype.name == "bfloat16"
         else array
         for name, array in feeds.items()
     }
