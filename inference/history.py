@@ -91,7 +91,8 @@ class HistoryBuffer:
         if overflow > 0:
             logger.error("history buffer full, oldest records dropped", extra={"dropped": overflow})
         self._ensure_thread()
-        if size >= settings.HISTORY_BATCH_SIZE:
+        # Once: setting the event again costs every request a lock until the writer has woken.
+        if size >= settings.HISTORY_BATCH_SIZE and not self._wake.is_set():
             self._wake.set()
 
     def discard(self) -> int:
@@ -126,7 +127,8 @@ class HistoryBuffer:
     def _ensure_thread(self) -> None:
         # Started again if it is gone (its loop survives any Exception of a flush; this covers
         # the rest), as the batching scheduler is.
-        if (self._thread is not None and self._thread.is_alive()) or settings.HISTORY_FLUSH_INTERVAL_SECONDS <= 0:
+        thread = self._thread
+        if (thread is not None and thread.is_alive()) or settings.HISTORY_FLUSH_INTERVAL_SECONDS <= 0:
             return
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
@@ -209,6 +211,8 @@ def _json(value: Any) -> str:
     (a tab in a string is written as the two characters \\t), so only its backslashes need doubling."""
     if value is None:
         return _NULL
+    if value == []:  # the warnings of almost every prediction
+        return "[]"
     data = orjson.dumps(value)
     if b"\\" in data:
         data = data.replace(b"\\", b"\\\\")
