@@ -208,15 +208,31 @@ def _text(value: str) -> str:
 
 def _json(value: Any) -> str:
     """A JSON column's value in COPY's text format. orjson escapes every control character
-    (a tab in a string is written as the two characters \\t), so only its backslashes need doubling."""
+    (a tab in a string is written as the two characters \\t), so only its backslashes need doubling.
+
+    PostgreSQL's jsonb cannot hold the character U+0000 (a string input may carry it): it is
+    recorded as U+FFFD, the replacement character, rather than fail the write of the whole batch.
+    """
     if value is None:
         return _NULL
     if value == []:  # the warnings of almost every prediction
         return "[]"
     data = orjson.dumps(value)
     if b"\\" in data:
+        if b"\\u0000" in data:
+            data = orjson.dumps(_without_nul(value))
         data = data.replace(b"\\", b"\\\\")
     return data.decode()
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
 
 
 def copy_text(batch: list[HistoryRecord]) -> bytes:

@@ -204,3 +204,19 @@ def test_the_history_keeps_one_index_per_lookup():
         "btree (model_id, created_at DESC)",
         "btree (user_id) WHERE (user_id IS NOT NULL)",
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_nul_character_is_recorded_as_the_replacement_character_and_blocks_nothing(ready_model, predict_client):
+    """PostgreSQL's jsonb refuses U+0000: before, one such input failed its batch and every retry."""
+    model = ready_model(make_string_model(), name="strings")
+    nul = predict_ok(predict_client, model["id"], {"text": ["a\x00b", "\\u0000 is not a NUL"]})
+    plain = predict_ok(predict_client, model["id"], {"text": ["setosa"]})
+
+    assert history.flush() == 2
+
+    rows = {row["id"]: row for row in predict_client.get(predictions_url(model["id"])).json()["results"]}
+    assert rows[nul["id"]]["input_data"] == {"text": ["a\ufffdb", "\\u0000 is not a NUL"]}
+    assert rows[nul["id"]]["output_data"]["echo"] == ["a\ufffdb", "\\u0000 is not a NUL"]
+    assert rows[plain["id"]]["input_data"] == {"text": ["setosa"]}
+    assert history.pending() == 0
