@@ -155,10 +155,11 @@ def _remove(*, now: str) -> dict:
     return result
 
 
-def _records(count: int, payload: str, model_id: str, key: str) -> list[dict]:
+def _records(count: int, payload: str, model_id: str, key: str) -> list:
     from django.utils import timezone
 
     from core import ids
+    from inference.history import HistoryRecord
 
     rows = []
     for index in range(count):
@@ -167,22 +168,22 @@ def _records(count: int, payload: str, model_id: str, key: str) -> list[dict]:
         else:
             features = [[((index * 7 + j) % 997) / 997 for j in range(256)]]
         rows.append(
-            {
-                "id": ids.uuid4(),
-                "model_id": model_id,
-                "model_name": payload,
-                "model_version": "1.0.0",
-                "api_key_id": key,
-                "user_id": None,
-                "input_data": {"X": features},
-                "input_truncated": False,
-                "output_data": {"label": [index % 3], "probabilities": [[0.91, 0.06, 0.03]]},
-                "warnings": [],
-                "cached": index % 5 == 0,
-                "inference_time_ms": 0.02,
-                "total_time_ms": 0.15,
-                "created_at": timezone.now(),
-            }
+            HistoryRecord(
+                id=ids.uuid7(),
+                model_id=model_id,
+                model_name=payload,
+                model_version="1.0.0",
+                api_key_id=key,
+                user_id=None,
+                input_data={"X": features},
+                input_truncated=False,
+                output_data={"label": [index % 3], "probabilities": [[0.91, 0.06, 0.03]]},
+                warnings=[],
+                cached=index % 5 == 0,
+                inference_time_ms=0.02,
+                total_time_ms=0.15,
+                created_at=timezone.now(),
+            )
         )
     return rows
 
@@ -202,19 +203,16 @@ def _record(*, rows: int, payload: str, model: str, key: str, copy_only: bool) -
     from django.db import connection, transaction
 
     from inference import history as recorder
+    from inference.models import Prediction
 
     records = _records(rows, payload, uuid.UUID(model), key)
     if copy_only:
         # The COPY text made as the writer makes it (inference.history._write), before the clock.
-        columns, keys, converters = recorder._column_writers()
-        column_list = ", ".join(connection.ops.quote_name(column) for column in columns)
-        payloads = []
-        for offset in range(0, rows, 1000):
-            lines = (
-                "\t".join(recorder._copy_text(convert(r.get(k))) for convert, k in zip(converters, keys, strict=True))
-                for r in records[offset : offset + 1000]
-            )
-            payloads.append(("\n".join(lines) + "\n").encode())
+        column_list = ", ".join(
+            connection.ops.quote_name(Prediction._meta.get_field(name).column)
+            for name in recorder.HistoryRecord._fields
+        )
+        payloads = [recorder.copy_text(records[offset : offset + 1000]) for offset in range(0, rows, 1000)]
         _wait_for_the_start()
         began, cpu = time.time(), time.process_time()
         for data in payloads:
@@ -226,8 +224,8 @@ def _record(*, rows: int, payload: str, model: str, key: str, copy_only: bool) -
                 copy.write(data)
         written = rows
     else:
-        for fields in records:
-            recorder.history.record(fields)
+        for record in records:
+            recorder.history.record(record)
         _wait_for_the_start()
         began, cpu = time.time(), time.process_time()
         written = recorder.history.flush()

@@ -1,22 +1,35 @@
 """Prediction history, recorded without a database write on the request path.
 
-Requests append a record to an in-process buffer; a background thread writes the buffer with
-bulk inserts every HISTORY_FLUSH_INTERVAL_SECONDS (or sooner when HISTORY_BATCH_SIZE records
-wait). The buffer is flushed at interpreter exit (gunicorn's graceful worker shutdown, Ctrl-C
-on runserver), so a clean shutdown loses nothing. A failed write keeps the records for the
-next attempt, up to HISTORY_BUFFER_MAX; only past that are the oldest dropped, and logged.
+Requests append a record (a `HistoryRecord`: a tuple of the row's values) to an in-process
+buffer; a background thread writes the buffer every HISTORY_FLUSH_INTERVAL_SECONDS (or sooner
+when HISTORY_BATCH_SIZE records wait): on PostgreSQL one COPY per 1,000 rows, whose text is made
+in one loop written for the Prediction columns (`copy_text`), elsewhere (SQLite in development)
+a bulk INSERT. Recording is cheap on purpose: the request builds one tuple, and the writer's
+formatting, which holds the GIL the request threads wait for, costs a few microseconds a row.
+
+The buffer is flushed at interpreter exit (granian's and gunicorn's graceful worker shutdown,
+Ctrl-C on runserver), so a clean shutdown loses nothing. A crash (a killed process, a lost
+machine) loses what is buffered: at most HISTORY_BUFFER_MAX rows, normally about
+HISTORY_FLUSH_INTERVAL_SECONDS of traffic. A failed write keeps the records for the next
+attempt, up to HISTORY_BUFFER_MAX; only past that are the oldest dropped, and logged. Records of
+models deleted before their write are dropped, and keys or users deleted since are detached
+(`_without_orphans`), so that one such record cannot fail every write after it.
 """
 
 from __future__ import annotations
 
 import atexit
 import datetime as dt
+import functools
 import logging
 import multiprocessing.util
 import random
 import threading
+import uuid
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 import orjson
 from django.conf import settings
@@ -29,9 +42,32 @@ from inference.models import Prediction
 logger = logging.getLogger(__name__)
 
 
+class HistoryRecord(NamedTuple):
+    """One prediction to record: the values of Prediction's columns, by field attname.
+
+    A tuple rather than a dict or a model instance: it is made on every request, and the writer
+    reads it by position.
+    """
+
+    id: uuid.UUID
+    model_id: uuid.UUID
+    model_name: str
+    model_version: str
+    api_key_id: str | None
+    user_id: int | None
+    input_data: Any
+    input_truncated: bool
+    output_data: Any
+    warnings: list[str]
+    cached: bool
+    inference_time_ms: float
+    total_time_ms: float
+    created_at: datetime
+
+
 class HistoryBuffer:
     def __init__(self) -> None:
-        self._records: deque[dict] = deque()
+        self._records: deque[HistoryRecord] = deque()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
@@ -42,18 +78,21 @@ class HistoryBuffer:
         rate = settings.HISTORY_SAMPLE_RATE
         return rate >= 1 or (rate > 0 and random.random() < rate)
 
-    def record(self, fields: dict) -> None:
+    def record(self, record: HistoryRecord) -> None:
         with self._lock:
-            self._records.append(fields)
-            overflow = len(self._records) - settings.HISTORY_BUFFER_MAX
-            for _ in range(max(0, overflow)):
-                self._records.popleft()
-                self.dropped += 1
+            self._records.append(record)
             size = len(self._records)
+            overflow = size - settings.HISTORY_BUFFER_MAX
+            if overflow > 0:
+                for _ in range(overflow):
+                    self._records.popleft()
+                self.dropped += overflow
+                size -= overflow
         if overflow > 0:
             logger.error("history buffer full, oldest records dropped", extra={"dropped": overflow})
         self._ensure_thread()
-        if size >= settings.HISTORY_BATCH_SIZE:
+        # Once: setting the event again costs every request a lock until the writer has woken.
+        if size >= settings.HISTORY_BATCH_SIZE and not self._wake.is_set():
             self._wake.set()
 
     def discard(self) -> int:
@@ -88,7 +127,8 @@ class HistoryBuffer:
     def _ensure_thread(self) -> None:
         # Started again if it is gone (its loop survives any Exception of a flush; this covers
         # the rest), as the batching scheduler is.
-        if (self._thread is not None and self._thread.is_alive()) or settings.HISTORY_FLUSH_INTERVAL_SECONDS <= 0:
+        thread = self._thread
+        if (thread is not None and thread.is_alive()) or settings.HISTORY_FLUSH_INTERVAL_SECONDS <= 0:
             return
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
@@ -106,33 +146,133 @@ class HistoryBuffer:
                 logger.exception("history writer error")
 
 
+def _without_orphans(batch: list[HistoryRecord]) -> list[HistoryRecord]:
+    """Drop records of models deleted since, and detach keys or users deleted since.
+
+    Otherwise one such record would fail every bulk insert, and no history would be written again.
+    """
+    from django.contrib.auth import get_user_model
+
+    from access.models import APIKey
+    from registry.models import MLModel
+
+    model_ids = {record.model_id for record in batch}
+    live_models = set(MLModel.objects.filter(pk__in=model_ids).values_list("pk", flat=True))
+    key_ids = {record.api_key_id for record in batch} - {None}
+    live_keys = set(APIKey.objects.filter(pk__in=key_ids).values_list("pk", flat=True)) if key_ids else set()
+    user_ids = {record.user_id for record in batch} - {None}
+    live_users = (
+        set(get_user_model().objects.filter(pk__in=user_ids).values_list("pk", flat=True)) if user_ids else set()
+    )
+    kept = []
+    for record in batch:
+        if record.model_id not in live_models:
+            continue
+        if record.api_key_id is not None and record.api_key_id not in live_keys:
+            record = record._replace(api_key_id=None)
+        if record.user_id is not None and record.user_id not in live_users:
+            record = record._replace(user_id=None)
+        kept.append(record)
+    if len(kept) < len(batch):
+        logger.info("history of deleted models dropped", extra={"count": len(batch) - len(kept)})
+    return kept
+
+
+def _write(batch: list[HistoryRecord]) -> None:
+    if not batch:
+        return
+    quote = connection.ops.quote_name
+    table = quote(Prediction._meta.db_table)
+    column_list = ", ".join(quote(Prediction._meta.get_field(name).column) for name in HistoryRecord._fields)
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            with cursor.cursor.copy(f"COPY {table} ({column_list}) FROM STDIN") as copy:
+                copy.write(copy_text(batch))
+        else:
+            placeholders = ", ".join(["%s"] * len(HistoryRecord._fields))
+            rows = [[convert(value) for convert, value in zip(_converters(), record, strict=True)] for record in batch]
+            # Names come from the model definition, values are parameters.
+            cursor.executemany(f"INSERT INTO {table} ({column_list}) VALUES ({placeholders})", rows)  # noqa: S608
+
+
+_NULL = "\\N"
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def _copy_text(value) -> str:
-    """One value in PostgreSQL's COPY text format."""
-    if value is None:
-        return "\\N"
-    if value is True:
-        return "t"
-    if value is False:
-        return "f"
-    if isinstance(value, str):
+def _text(value: str) -> str:
+    """A text value in COPY's text format: backslash, tab, newline and carriage return escaped."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
         return value.translate(_COPY_ESCAPES)
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    return str(value)
+    return value
 
 
-def _column_writers() -> tuple[list[str], list[str], list]:
-    """(columns, record keys, converters): records become rows without model instances.
+def _json(value: Any) -> str:
+    """A JSON column's value in COPY's text format. orjson escapes every control character
+    (a tab in a string is written as the two characters \\t), so only its backslashes need doubling.
 
-    Building a model instance per row and letting the ORM encode it costs more than serving a
-    small prediction; history must stay cheap next to the requests it records.
+    PostgreSQL's jsonb cannot hold the character U+0000 (a string input may carry it): it is
+    recorded as U+FFFD, the replacement character, rather than fail the write of the whole batch.
     """
-    fields = Prediction._meta.concrete_fields
-    vendor = connection.vendor
+    if value is None:
+        return _NULL
+    if value == []:  # the warnings of almost every prediction
+        return "[]"
+    data = orjson.dumps(value)
+    if b"\\" in data:
+        if b"\\u0000" in data:
+            data = orjson.dumps(_without_nul(value))
+        data = data.replace(b"\\", b"\\\\")
+    return data.decode()
 
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
+
+
+def copy_text(batch: list[HistoryRecord]) -> bytes:
+    """The records as the data of one COPY ... FROM STDIN (text format) into HistoryRecord's columns.
+
+    One loop written for these columns: building each value through a generic converter cost
+    more than the rest of recording a prediction, in the writer thread that holds the GIL the
+    request threads wait for. Ids are written as 32 hex digits (PostgreSQL reads a uuid with or
+    without hyphens), floats as their repr, datetimes in ISO 8601 with their offset.
+    """
+    null = _NULL
+    lines = []
+    append = lines.append
+    for (
+        pk,
+        model_id,
+        model_name,
+        model_version,
+        api_key_id,
+        user_id,
+        input_data,
+        input_truncated,
+        output_data,
+        warnings,
+        cached,
+        inference_time_ms,
+        total_time_ms,
+        created_at,
+    ) in batch:
+        append(
+            f"{pk.hex}\t{model_id.hex}\t{_text(model_name)}\t{_text(model_version)}\t"
+            f"{null if api_key_id is None else _text(api_key_id)}\t{null if user_id is None else user_id}\t"
+            f"{_json(input_data)}\t{'t' if input_truncated else 'f'}\t{_json(output_data)}\t{_json(warnings)}\t"
+            f"{'t' if cached else 'f'}\t{inference_time_ms!r}\t{total_time_ms!r}\t{created_at.isoformat()}\n"
+        )
+    return "".join(lines).encode()
+
+
+@functools.cache
+def _converters_for(vendor: str) -> tuple[Callable[[Any], Any], ...]:
     def converter(field):
         if isinstance(field, models.JSONField):
             return lambda value: None if value is None else orjson.dumps(value).decode()
@@ -144,63 +284,16 @@ def _column_writers() -> tuple[list[str], list[str], list]:
                 return lambda value: None if value is None else value.hex
             if isinstance(field, models.DateTimeField):
                 return lambda value: str(value.astimezone(dt.UTC).replace(tzinfo=None))
-        if vendor not in {"sqlite", "postgresql"}:
-            return lambda value, field=field: field.get_db_prep_save(value, connection)
-        return lambda value: value  # psycopg adapts uuid, datetime, bool and numbers itself
+            return lambda value: value
+        return lambda value: field.get_db_prep_save(value, connection)
 
-    return [f.column for f in fields], [f.attname for f in fields], [converter(f) for f in fields]
-
-
-def _without_orphans(batch: list[dict]) -> list[dict]:
-    """Drop records of models deleted since, and detach keys or users deleted since.
-
-    Otherwise one such record would fail every bulk insert, and no history would be written again.
-    """
-    from django.contrib.auth import get_user_model
-
-    from access.models import APIKey
-    from registry.models import MLModel
-
-    model_ids = {record["model_id"] for record in batch}
-    live_models = set(MLModel.objects.filter(pk__in=model_ids).values_list("pk", flat=True))
-    key_ids = {record.get("api_key_id") for record in batch} - {None}
-    live_keys = set(APIKey.objects.filter(pk__in=key_ids).values_list("pk", flat=True)) if key_ids else set()
-    user_ids = {record.get("user_id") for record in batch} - {None}
-    live_users = (
-        set(get_user_model().objects.filter(pk__in=user_ids).values_list("pk", flat=True)) if user_ids else set()
-    )
-    kept = []
-    for record in batch:
-        if record["model_id"] not in live_models:
-            continue
-        if record.get("api_key_id") not in live_keys:
-            record["api_key_id"] = None
-        if record.get("user_id") not in live_users:
-            record["user_id"] = None
-        kept.append(record)
-    if len(kept) < len(batch):
-        logger.info("history of deleted models dropped", extra={"count": len(batch) - len(kept)})
-    return kept
+    return tuple(converter(Prediction._meta.get_field(name)) for name in HistoryRecord._fields)
 
 
-def _write(batch: list[dict]) -> None:
-    if not batch:
-        return
-    columns, keys, converters = _column_writers()
-    rows = [[convert(record.get(key)) for convert, key in zip(converters, keys, strict=True)] for record in batch]
-    quote = connection.ops.quote_name
-    table = quote(Prediction._meta.db_table)
-    column_list = ", ".join(map(quote, columns))
-    with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # The rows formatted here in one string: psycopg's per-row dumping costs more.
-            payload = "".join("\t".join(map(_copy_text, row)) + "\n" for row in rows)
-            with cursor.cursor.copy(f"COPY {table} ({column_list}) FROM STDIN") as copy:
-                copy.write(payload.encode())
-        else:
-            placeholders = ", ".join(["%s"] * len(columns))
-            # Names come from the model definition, values are parameters.
-            cursor.executemany(f"INSERT INTO {table} ({column_list}) VALUES ({placeholders})", rows)  # noqa: S608
+def _converters() -> tuple[Callable[[Any], Any], ...]:
+    """Per column, a record's value as the database wants it as a parameter, on databases other
+    than PostgreSQL (SQLite in development): without model instances, which cost more to build."""
+    return _converters_for(connection.vendor)
 
 
 history = HistoryBuffer()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-
 from django.conf import settings
 from django.db import models
+
+from core import ids
 
 
 class PredictionQuerySet(models.QuerySet):
@@ -29,21 +29,28 @@ class Prediction(models.Model):
     On PostgreSQL the table is partitioned by day of ``created_at`` (migration 0005,
     inference.history_partitions), and its primary key in the database is (id, created_at):
     PostgreSQL wants the partition key in every unique constraint. Django still knows ``id`` as
-    the key (random UUIDs: unique in practice). A new unique constraint here must include
-    ``created_at`` too, and an index cannot be built CONCURRENTLY on the partitioned table.
+    the key (UUIDs with 62 random bits per millisecond: unique in practice). A new unique
+    constraint here must include ``created_at`` too, and an index cannot be built CONCURRENTLY on
+    the partitioned table.
+
+    Every index is written for every row, so there are few (migration 0008): ids are
+    time-ordered (UUID version 7, core.ids) so that the primary key grows at its right edge; the
+    foreign keys to the model and the key have no index of their own, the composite indexes
+    below start with them and serve their lookups (the history's filters, the deletes that
+    cascade); the user's is partial, since almost every row has no user.
     """
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    model = models.ForeignKey("registry.MLModel", on_delete=models.CASCADE, related_name="predictions")
+    id = models.UUIDField(primary_key=True, default=ids.uuid7, editable=False)
+    model = models.ForeignKey("registry.MLModel", on_delete=models.CASCADE, related_name="predictions", db_index=False)
     # The name and version at the time, kept for exports and for reading without a join.
     model_name = models.CharField(max_length=100)
     model_version = models.CharField(max_length=64)
     # Named on the key so that access reads a key's use (its revoke page) without importing this app.
     api_key = models.ForeignKey(
-        "access.APIKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="predictions"
+        "access.APIKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="predictions", db_index=False
     )
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
     )
     input_data = models.JSONField(null=True, blank=True)
     input_truncated = models.BooleanField(default=False)
@@ -61,6 +68,8 @@ class Prediction(models.Model):
         indexes = [
             models.Index(fields=("model", "-created_at"), name="prediction_model_recent"),
             models.Index(fields=("api_key", "-created_at"), name="prediction_key_recent"),
+            # A user's rows are found (SET_NULL when the user is deleted) without a row per prediction.
+            models.Index(fields=("user",), condition=models.Q(user__isnull=False), name="prediction_user"),
         ]
 
     def __str__(self) -> str:

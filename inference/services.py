@@ -23,7 +23,7 @@ from core.tensor_types import DTYPES
 from inference.batching import batchable_schema, batchers
 from inference.cache import cache_tenant, prediction_cache
 from inference.errors import InferenceFailed, ModelArchived, ModelNotReady
-from inference.history import history
+from inference.history import HistoryRecord, history
 from inference.limits import check_batch_rows, in_flight
 from inference.metrics import metrics
 from inference.sessions import get_pool
@@ -205,7 +205,7 @@ def infer(
     render = partial(_render, values, model.output_schema) if rendered is None else None
 
     outcome = PredictionOutcome(
-        id=ids.uuid4(),
+        id=ids.uuid7(),
         model=model,
         cached=cached is not None,
         created_at=timezone.now(),
@@ -233,7 +233,7 @@ def predict_cached(
     if cached is None:
         return None
     outcome = PredictionOutcome(
-        id=ids.uuid4(),
+        id=ids.uuid7(),
         model=model,
         rendered=(cached["output_data"], cached["warnings"]),
         cached=True,
@@ -252,21 +252,23 @@ def _record(outcome: PredictionOutcome, *, input_data: Any | Callable[[], Any], 
     truncated = input_size > settings.HISTORY_MAX_INPUT_BYTES
     if callable(input_data):
         input_data = None if truncated else input_data()
+    model = outcome.model
+    timings = outcome.timings
     history.record(
-        {
-            "id": outcome.id,
-            "model_id": outcome.model.pk,
-            "model_name": outcome.model.name,
-            "model_version": outcome.model.version,
-            "api_key_id": api_key.pk if api_key is not None else None,
-            "user_id": getattr(user, "pk", None) if getattr(user, "is_staff", False) else None,
-            "input_data": None if truncated else input_data,
-            "input_truncated": truncated,
-            "output_data": outcome.output_data,
-            "warnings": outcome.warnings,
-            "cached": outcome.cached,
-            "inference_time_ms": outcome.inference_time_ms,
-            "total_time_ms": round(outcome.timings.parse + outcome.timings.queue + outcome.timings.compute, 3),
-            "created_at": outcome.created_at,
-        }
+        HistoryRecord(
+            outcome.id,
+            model.pk,
+            model.name,
+            model.version,
+            None if api_key is None else api_key.pk,
+            user.pk if getattr(user, "is_staff", False) else None,
+            None if truncated else input_data,
+            truncated,
+            outcome.output_data,
+            outcome.warnings,
+            outcome.cached,
+            round(timings.compute, 3),
+            round(timings.parse + timings.queue + timings.compute, 3),
+            outcome.created_at,
+        )
     )

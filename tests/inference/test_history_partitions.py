@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import os
 import sqlite3
-import uuid
 from datetime import UTC, datetime, time, timedelta
 
 import psycopg
@@ -25,8 +24,9 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from core import ids
 from inference import history_partitions
-from inference.history import history, history_cleanup, retention_cutoff
+from inference.history import HistoryRecord, history, history_cleanup, retention_cutoff
 from inference.models import Prediction
 from registry.models import MLModel
 from tests.granian_server import manage
@@ -45,24 +45,24 @@ def day_start(moment: datetime) -> datetime:
 
 def record(model: MLModel, at: datetime, *, api_key=None) -> str:
     """One history record as the predict service makes it, created at ``at``; written by the flush."""
-    pk = uuid.uuid4()
+    pk = ids.uuid7()
     history.record(
-        {
-            "id": pk,
-            "model_id": model.pk,
-            "model_name": model.name,
-            "model_version": model.version,
-            "api_key_id": api_key.pk if api_key is not None else None,
-            "user_id": None,
-            "input_data": {"X": [[1.0, 2.0, 3.0]]},
-            "input_truncated": False,
-            "output_data": {"Z": [[2.0, 4.0, 6.0]]},
-            "warnings": [],
-            "cached": False,
-            "inference_time_ms": 0.1,
-            "total_time_ms": 0.2,
-            "created_at": at,
-        }
+        HistoryRecord(
+            id=pk,
+            model_id=model.pk,
+            model_name=model.name,
+            model_version=model.version,
+            api_key_id=api_key.pk if api_key is not None else None,
+            user_id=None,
+            input_data={"X": [[1.0, 2.0, 3.0]]},
+            input_truncated=False,
+            output_data={"Z": [[2.0, 4.0, 6.0]]},
+            warnings=[],
+            cached=False,
+            inference_time_ms=0.1,
+            total_time_ms=0.2,
+            created_at=at,
+        )
     )
     return str(pk)
 
