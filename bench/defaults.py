@@ -12,7 +12,7 @@ Then drives them with wrk, alternating every configuration within each round (A,
   FastAPI JSON on the same model, with the bound (a + x) / (b + x): a and b the model's time
   per row alone and in a batch of 16 (raw onnxruntime, one thread), x the per-request work
   outside the model, derived from the unbatched run (cores / req/s - a);
-- PostgreSQL's CPU per recorded prediction (all postgres processes' CPU time over the round,
+- PostgreSQL's CPU per recorded prediction (the postgres processes' CPU time over the round,
   history on minus history off, divided by the rows written), and how long the last row of a
   round took to appear in the history after wrk stopped.
 
@@ -45,10 +45,9 @@ IRIS, MLP, MLP_OFF = "iris-classifier", "wide-mlp", "wide-mlp-unbatched"
 IRIS_ROW = [[5.1, 3.5, 1.4, 0.2]]
 
 
-def postgres_cpu_seconds() -> float:
-    """User + system CPU time of every postgres process on this machine so far."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+def postgres_cpu() -> dict[int, int]:
+    """Clock ticks of user + system CPU time of each postgres process on this machine so far."""
+    ticks = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -57,8 +56,15 @@ def postgres_cpu_seconds() -> float:
             name = stat[stat.index("(") + 1 : stat.rindex(")")]
             if name.startswith("postgres"):
                 fields = stat[stat.rindex(")") + 2 :].split()
-                total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+                ticks[int(entry.name)] = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks
+
+
+def postgres_cpu_since(before: dict[int, int]) -> float:
+    """Seconds of CPU the postgres processes used since `before`: per process, so that one that
+    ended meanwhile (a closed connection) takes only its own time out, never the others'."""
+    after = postgres_cpu()
+    return sum(ticks - before.get(pid, 0) for pid, ticks in after.items()) / os.sysconf("SC_CLK_TCK")
 
 
 def history_rows(database_url: str) -> int:
@@ -177,14 +183,14 @@ def main() -> None:
         for round_ in range(args.rounds):
             for name, (url, body, headers, history) in configurations.items():
                 rows_before = history_rows(env["DATABASE_URL"]) if history else 0
-                cpu_before = postgres_cpu_seconds()
+                cpu_before = postgres_cpu()
                 found = wrk(f"{name} (round {round_ + 1})", url, body, connections=c, seconds=s, headers=headers)
                 requests = found.requests_per_second * s
                 if history:
                     settles.append(settle(env["DATABASE_URL"], rows_before + int(requests * 0.98)))
                 else:
                     time.sleep(1.0)  # the same settling time for the other configurations
-                pg_per_request[name].append((postgres_cpu_seconds() - cpu_before) / requests * 1e6)
+                pg_per_request[name].append(postgres_cpu_since(cpu_before) / requests * 1e6)
                 results[name].append(found)
                 print(f"{found.row()} pg {pg_per_request[name][-1]:.0f} us/request", flush=True)
 

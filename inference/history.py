@@ -107,14 +107,23 @@ class HistoryBuffer:
             return len(self._records)
 
     def flush(self) -> int:
-        """Write everything buffered now; returns how many rows were written."""
+        """Write everything buffered now; returns how many rows were written.
+
+        What is buffered when it starts, not what arrives meanwhile: chasing those would write
+        them a few rows at a time (each write has its fixed cost: the orphan check's queries, a
+        transaction, a COPY), which under load cost more than the rows themselves. They wait
+        for the next flush, at most HISTORY_FLUSH_INTERVAL_SECONDS.
+        """
         written = 0
         with self._flush_lock:
-            while True:
+            with self._lock:
+                left = len(self._records)
+            while left > 0:
                 with self._lock:
-                    batch = [self._records.popleft() for _ in range(min(len(self._records), 1000))]
+                    batch = [self._records.popleft() for _ in range(min(len(self._records), left, 1000))]
                 if not batch:
                     return written
+                left -= len(batch)
                 try:
                     _write(_without_orphans(batch))
                 except Exception:
@@ -123,6 +132,7 @@ class HistoryBuffer:
                     logger.exception("writing prediction history failed; will retry")
                     return written
                 written += len(batch)
+        return written
 
     def _ensure_thread(self) -> None:
         # Started again if it is gone (its loop survives any Exception of a flush; this covers

@@ -220,3 +220,29 @@ def test_a_nul_character_is_recorded_as_the_replacement_character_and_blocks_not
     assert rows[nul["id"]]["output_data"]["echo"] == ["a\ufffdb", "\\u0000 is not a NUL"]
     assert rows[plain["id"]]["input_data"] == {"text": ["setosa"]}
     assert history.pending() == 0
+
+
+def test_a_flush_writes_what_was_buffered_when_it_began_in_batches_of_a_thousand(model, monkeypatch):
+    """Records that arrive while a flush writes wait for the next one: chasing them would write
+    them a few rows at a time, each write with its fixed cost (the orphan check's queries, a
+    transaction, a COPY)."""
+    from inference import history as history_module
+
+    history.discard()
+    for _ in range(2500):
+        history.record(recorded(model))
+    writes = []
+    write = history_module._write
+
+    def write_while_requests_arrive(batch):
+        writes.append(len(batch))
+        if len(writes) <= 3:
+            history.record(recorded(model))  # a request answered meanwhile
+        write(batch)
+
+    monkeypatch.setattr(history_module, "_write", write_while_requests_arrive)
+    assert history.flush() == 2500
+    assert writes == [1000, 1000, 500]
+    assert history.pending() == 3  # the next flush writes them
+    assert history.flush() == 3
+    assert Prediction.objects.filter(model=model).count() == 2503
