@@ -24,6 +24,7 @@ from rest_framework import exceptions
 
 from access.models import APIKey
 from core import invalidation, request_log
+from core.refresh import refresher
 
 MAX_CACHED_KEYS = 10_000
 LAST_USED_PRECISION = timedelta(minutes=1)
@@ -45,24 +46,43 @@ class KeyCache:
     # read, so it needs the lock, and it fixes its TTL at construction where this reads
     # API_KEY_CACHE_SECONDS at each lookup. Full is cleared, not evicted: it only happens when
     # more than MAX_CACHED_KEYS keys are in use within a TTL.
+    #
+    # Past its TTL an entry is still answered while core.refresh reloads it off the request
+    # path (stale while revalidating), up to twice the TTL.
     def __init__(self) -> None:
         self._entries: dict[str, tuple[APIKey, float]] = {}
         self._lock = threading.Lock()
+        self._generation = 0  # bumped by every clear: a reload begun before it is not kept
 
-    def get(self, digest: str) -> APIKey | None:
+    def get(self, digest: str, raw: str = "") -> APIKey | None:
+        """The cached key of this digest, or None: then the caller loads it. With ``raw`` (the
+        presented key), an entry past the TTL is answered and reloaded in the background."""
         entry = self._entries.get(digest)
-        if entry is None or time.monotonic() - entry[1] > settings.API_KEY_CACHE_SECONDS:
+        if entry is None:
             return None
+        age, ttl = time.monotonic() - entry[1], settings.API_KEY_CACHE_SECONDS
+        if age > ttl:
+            if not raw or age > 2 * ttl:
+                return None
+            generation = self._generation
+            refresher.submit(("api-key", digest), lambda: _reload(raw, digest, generation))
         return entry[0]
 
-    def put(self, digest: str, api_key: APIKey) -> None:
+    def put(self, digest: str, api_key: APIKey, *, generation: int | None = None) -> None:
         with self._lock:
+            if generation is not None and generation != self._generation:
+                return  # cleared since the reload began: the row may predate the change
             if len(self._entries) >= MAX_CACHED_KEYS:
                 self._entries.clear()
             self._entries[digest] = (api_key, time.monotonic())
 
+    def forget(self, digest: str) -> None:
+        with self._lock:
+            self._entries.pop(digest, None)
+
     def clear(self) -> None:
         with self._lock:
+            self._generation += 1
             self._entries.clear()
 
 
@@ -86,12 +106,10 @@ def authenticate_key(raw: str) -> APIKey:
     if not raw or "." not in raw or len(raw) > 200:
         raise InvalidKey()
     digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
-    api_key = key_cache.get(digest)
+    api_key = key_cache.get(digest, raw)
     if api_key is None:
-        api_key = APIKey.objects.filter(prefix=raw.partition(".")[0]).first()
-        # The hash is checked before telling revoked or expired apart, so that only the
-        # holder of a real key learns its state.
-        if api_key is None or not api_key.is_valid(raw):
+        api_key = _load(raw)
+        if api_key is None:
             raise InvalidKey()
         key_cache.put(digest, api_key)
         if not api_key.revoked:
@@ -107,6 +125,24 @@ def authenticate_key(raw: str) -> APIKey:
         )
     request_log.bind_key(api_key)
     return api_key
+
+
+def _load(raw: str) -> APIKey | None:
+    """The stored key that ``raw`` is, or None. The hash is checked before anything tells
+    revoked or expired apart, so that only the holder of a real key learns its state."""
+    api_key = APIKey.objects.filter(prefix=raw.partition(".")[0]).first()
+    return api_key if api_key is not None and api_key.is_valid(raw) else None
+
+
+def _reload(raw: str, digest: str, generation: int) -> None:
+    """The background reload of a cached key (KeyCache.get): the row as it is now, or gone."""
+    api_key = _load(raw)
+    if api_key is None:
+        key_cache.forget(digest)
+        return
+    key_cache.put(digest, api_key, generation=generation)
+    if not api_key.revoked:
+        _touch(api_key)
 
 
 def _touch(api_key: APIKey) -> None:

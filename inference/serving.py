@@ -1,7 +1,8 @@
 """Which model row a predict request means, cached per process so the hot path makes no query.
 
 Rows are cached by id and by (name, version or alias; neither: the default version) for up to
-SERVING_CACHE_SECONDS. Every registry write, alias moves included, notifies all processes
+SERVING_CACHE_SECONDS (then answered while they are reloaded off the request path, up to twice
+that: core.refresh). Every registry write, alias moves included, notifies all processes
 (core.invalidation), which clear this cache at once: an archive, a re-upload or an
 alias move is seen by every process within milliseconds, and within the TTL even if a
 notification were lost. A row loaded while the cache was cleared is used once, not kept: it may
@@ -17,6 +18,7 @@ import uuid
 from django.conf import settings
 
 from core import invalidation
+from core.refresh import refresher
 from inference.routing import Plan
 from registry import selectors
 from registry.errors import ModelNotFound
@@ -57,17 +59,36 @@ class ServingCache:
 
     def _get(self, key: tuple, load) -> MLModel:
         entry = self._entries.get(key)
-        if entry is not None and time.monotonic() - entry[1] <= settings.SERVING_CACHE_SECONDS:
-            return entry[0]
+        if entry is not None:
+            age, ttl = time.monotonic() - entry[1], settings.SERVING_CACHE_SECONDS
+            if age <= ttl:
+                return entry[0]
+            if age <= 2 * ttl:  # answered while reloaded off the request path (core.refresh)
+                generation = self._generation
+                refresher.submit(("serving", key), lambda: self._reload(key, load, generation))
+                return entry[0]
         generation = self._generation
         model = load()
+        self._put(key, model, generation)
+        return model
+
+    def _put(self, key: tuple, model: MLModel, generation: int) -> None:
         with self._lock:
             if generation != self._generation:
-                return model
+                return  # cleared since the load began: the row may predate the change
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()
             self._entries[key] = (model, time.monotonic())
-        return model
+
+    def _reload(self, key: tuple, load, generation: int) -> None:
+        try:
+            model = load()
+        except Exception:  # gone, or the database away: the next request loads it and answers why
+            with self._lock:
+                if generation == self._generation:
+                    self._entries.pop(key, None)
+            raise
+        self._put(key, model, generation)
 
     def by_id(self, model_id: uuid.UUID | str) -> MLModel:
         def load() -> MLModel:

@@ -46,6 +46,7 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 from django.conf import settings
+from django.db import connection
 from prometheus_client import Counter
 
 from core import invalidation, request_log
@@ -285,6 +286,8 @@ class SessionPool:
         self._lock = threading.Lock()
         self._load_locks: dict[tuple[str, str], threading.Lock] = {}
         self._last_sweep = time.monotonic()
+        self._sweep_due = threading.Event()  # wakes the sweeper thread (`sweep_stale`)
+        self._sweeper: threading.Thread | None = None
         self._runtime_memo: dict[tuple, tuple[Any, RuntimeSettings]] = {}
 
     # --- reads ---------------------------------------------------------------------------
@@ -394,14 +397,46 @@ class SessionPool:
 
     def sweep_stale(self, *, force: bool = False) -> list[str]:
         """Evict sessions no ready model uses any more: archived, deleted, replaced, or built
-        with settings the model no longer has.
+        with settings the model no longer has. Returns the evicted files' sha256.
 
         Other processes change models without telling this one; this is how it finds out.
+        Every request calls it; it looks every SESSION_RECHECK_SECONDS, and at once after a
+        registry write anywhere (`recheck_soon`). The periodic look is a query, and a query on
+        a request thread waits for the database: under load, with the history's writes, up to
+        hundreds of milliseconds (the p99 of issue 18). So the request only wakes this pool's
+        sweeper thread for it, and goes on; the look after a registry write (rare, and about a
+        change the request may depend on) and a forced one happen on the caller's thread.
         """
         now = time.monotonic()
         if not force and now - self._last_sweep < self.recheck_seconds:
             return []
+        periodic = not force and self._last_sweep != float("-inf") and self.recheck_seconds > 0
         self._last_sweep = now
+        if periodic:
+            self._wake_sweeper()
+            return []
+        return self._sweep()
+
+    def _wake_sweeper(self) -> None:
+        self._sweep_due.set()
+        if self._sweeper is None or not self._sweeper.is_alive():  # again after a fork
+            with self._lock:
+                if self._sweeper is None or not self._sweeper.is_alive():
+                    self._sweeper = threading.Thread(target=self._sweep_forever, name="session-sweeper", daemon=True)
+                    self._sweeper.start()
+
+    def _sweep_forever(self) -> None:
+        while True:
+            self._sweep_due.wait()
+            self._sweep_due.clear()
+            try:
+                self._sweep()
+            except Exception:  # the next look tries again
+                logger.exception("sweeping stale sessions failed")
+            finally:
+                connection.close()  # looks are seconds apart: no connection held between them
+
+    def _sweep(self) -> list[str]:
         with self._lock:
             keys = list(self._sessions)
         if not keys:
