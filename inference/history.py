@@ -36,6 +36,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection, models, transaction
 from django.utils import timezone
 
+from core.threads import Restartable
 from inference import history_partitions
 from inference.models import Prediction
 
@@ -71,7 +72,7 @@ class HistoryBuffer:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._writer = Restartable(self._run, "history-writer")
         self.dropped = 0
 
     def should_record(self) -> bool:
@@ -137,13 +138,8 @@ class HistoryBuffer:
     def _ensure_thread(self) -> None:
         # Started again if it is gone (its loop survives any Exception of a flush; this covers
         # the rest), as the batching scheduler is.
-        thread = self._thread
-        if (thread is not None and thread.is_alive()) or settings.HISTORY_FLUSH_INTERVAL_SECONDS <= 0:
-            return
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
-                self._thread.start()
+        if settings.HISTORY_FLUSH_INTERVAL_SECONDS > 0:
+            self._writer.ensure()
 
     def _run(self) -> None:
         while True:

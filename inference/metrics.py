@@ -35,6 +35,7 @@ import time
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
+from core.threads import Restartable
 from inference.models import LATENCY_BOUNDS_MS
 from inference.serving_stats import serving_stats
 
@@ -148,7 +149,7 @@ class _Pending:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._writer = Restartable(self._run, "metrics-flush")
 
     def request(self, label, outcome: str, cached: bool | None, seconds: float, queue, compute) -> None:
         with self._lock:
@@ -208,11 +209,7 @@ class _Pending:
     def _wake_writer(self) -> None:
         if not self._wake.is_set():
             self._wake.set()
-        if self._thread is None or not self._thread.is_alive():
-            with self._lock:
-                if self._thread is None or not self._thread.is_alive():
-                    self._thread = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
-                    self._thread.start()
+        self._writer.ensure()
 
     def _run(self) -> None:
         while True:

@@ -30,6 +30,7 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from core.threads import Restartable
 from inference.models import LATENCY_BOUNDS_MS, LATENCY_FIELDS, ServingMinute, ShadowMinute
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class ServingStats:
         self._rows: dict[tuple[Label, int], list[float]] = {}
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._writer = Restartable(self._run, "serving-stats-writer")
 
     # --- the request side (microseconds, no I/O) -----------------------------------------
     def request(self, label: Label, *, status: int, cached: bool | None, duration_ms: float) -> None:
@@ -139,12 +140,8 @@ class ServingStats:
     def _ensure_thread(self) -> None:
         # Started again if it is gone (its loop survives any Exception of a flush; this covers
         # the rest), as the batching scheduler is.
-        if (self._thread is not None and self._thread.is_alive()) or settings.SERVING_STATS_FLUSH_SECONDS <= 0:
-            return
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="serving-stats-writer", daemon=True)
-                self._thread.start()
+        if settings.SERVING_STATS_FLUSH_SECONDS > 0:
+            self._writer.ensure()
 
     def _run(self) -> None:
         while True:

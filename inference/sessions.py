@@ -52,6 +52,7 @@ from prometheus_client import Counter
 from core import invalidation, request_log
 from core.tensor_checks import InvalidInput
 from core.tensor_types import DTYPES, FLOAT_DATATYPES, INT_RANGES, is_supported
+from core.threads import Restartable
 from inference import deadlines
 from inference.errors import InferenceFailed, ModelFileUnavailable, ResourceLimitExceeded
 from inference.isolation import IsolatedSession, IsolationError
@@ -287,7 +288,7 @@ class SessionPool:
         self._load_locks: dict[tuple[str, str], threading.Lock] = {}
         self._last_sweep = time.monotonic()
         self._sweep_due = threading.Event()  # wakes the sweeper thread (`sweep_stale`)
-        self._sweeper: threading.Thread | None = None
+        self._sweeper = Restartable(self._sweep_forever, "session-sweeper")
         self._runtime_memo: dict[tuple, tuple[Any, RuntimeSettings]] = {}
 
     # --- reads ---------------------------------------------------------------------------
@@ -419,11 +420,7 @@ class SessionPool:
 
     def _wake_sweeper(self) -> None:
         self._sweep_due.set()
-        if self._sweeper is None or not self._sweeper.is_alive():  # again after a fork
-            with self._lock:
-                if self._sweeper is None or not self._sweeper.is_alive():
-                    self._sweeper = threading.Thread(target=self._sweep_forever, name="session-sweeper", daemon=True)
-                    self._sweeper.start()
+        self._sweeper.ensure()
 
     def _sweep_forever(self) -> None:
         while True:

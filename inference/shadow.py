@@ -48,6 +48,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from prometheus_client import Counter
 
+from core.threads import Restartable
 from inference import deadlines, services
 from inference.errors import ModelNotReady
 from inference.models import ShadowMinute
@@ -119,7 +120,7 @@ class ShadowStats:
         self._rows: dict[tuple[Any, Any, int], list[float]] = {}
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._writer = Restartable(self._run, "shadow-stats-writer")
 
     def add(self, primary: MLModel, shadow: MLModel, **values: float) -> None:
         minute = int(time.time() // 60)
@@ -150,12 +151,8 @@ class ShadowStats:
                 return 0
 
     def _ensure_thread(self) -> None:
-        if (self._thread is not None and self._thread.is_alive()) or settings.SERVING_STATS_FLUSH_SECONDS <= 0:
-            return
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="shadow-stats-writer", daemon=True)
-                self._thread.start()
+        if settings.SERVING_STATS_FLUSH_SECONDS > 0:
+            self._writer.ensure()
 
     def _run(self) -> None:
         while True:
