@@ -27,6 +27,12 @@ def wait_for(condition, what: str) -> None:
         time.sleep(0.01)
 
 
+def cached_key(make_key, settings) -> tuple[APIKey, str, str]:
+    """A predict key, checked once (so cached, with a 60 s TTL): (key, raw key, cache digest)."""
+    api_key, raw, digest = cached_key(make_key, settings)
+    return api_key, raw, digest
+
+
 def age(cache, key, seconds: float) -> None:
     """Make the cached entry ``seconds`` old (rather than wait for the clock)."""
     value, _stored = cache._entries[key]
@@ -34,10 +40,7 @@ def age(cache, key, seconds: float) -> None:
 
 
 def test_a_key_past_its_ttl_is_answered_then_reloaded_off_the_request_path(make_key, settings):
-    settings.API_KEY_CACHE_SECONDS = 60
-    api_key, raw = make_key("predict")
-    assert authenticate_key(raw).pk == api_key.pk
-    (digest,) = [d for d, (cached, _) in key_cache._entries.items() if cached.pk == api_key.pk]
+    api_key, raw, digest = cached_key(make_key, settings)
     APIKey.objects.filter(pk=api_key.pk).update(revoked=True)  # no notification: as if it were lost
 
     age(key_cache, digest, 90)  # past the TTL, within twice it
@@ -49,10 +52,7 @@ def test_a_key_past_its_ttl_is_answered_then_reloaded_off_the_request_path(make_
 
 
 def test_a_deleted_key_is_forgotten_by_its_reload(make_key, settings):
-    settings.API_KEY_CACHE_SECONDS = 60
-    api_key, raw = make_key("predict")
-    authenticate_key(raw)
-    (digest,) = [d for d, (cached, _) in key_cache._entries.items() if cached.pk == api_key.pk]
+    api_key, raw, digest = cached_key(make_key, settings)
     APIKey.objects.filter(pk=api_key.pk).delete()
 
     age(key_cache, digest, 90)
@@ -64,10 +64,7 @@ def test_a_deleted_key_is_forgotten_by_its_reload(make_key, settings):
 
 
 def test_a_key_older_than_twice_the_ttl_is_loaded_by_the_request(make_key, settings):
-    settings.API_KEY_CACHE_SECONDS = 60
-    api_key, raw = make_key("predict")
-    authenticate_key(raw)
-    (digest,) = [d for d, (cached, _) in key_cache._entries.items() if cached.pk == api_key.pk]
+    api_key, raw, digest = cached_key(make_key, settings)
     APIKey.objects.filter(pk=api_key.pk).update(revoked=True)
 
     age(key_cache, digest, 121)
