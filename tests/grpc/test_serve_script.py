@@ -117,9 +117,15 @@ def test_one_container_serves_both_doors_and_counts_both_in_the_metrics(script):
     assert answer.get_response().model_name == "two-inputs"
     client.close()
 
-    metrics = answers(f"{http}/metrics", keys["read"]).decode()
-    counted = [line for line in metrics.splitlines() if line.startswith("modelforge_requests_total{")]
-    assert any('model="two-inputs"' in line and 'outcome="ok"' in line for line in counted), counted
+    # The gRPC process adds its counts to the shared files within inference.metrics.FLUSH_SECONDS.
+    deadline = time.monotonic() + 30
+    while True:
+        metrics = answers(f"{http}/metrics", keys["read"]).decode()
+        counted = [line for line in metrics.splitlines() if line.startswith("modelforge_requests_total{")]
+        if any('model="two-inputs"' in line and 'outcome="ok"' in line for line in counted):
+            break
+        assert time.monotonic() < deadline, counted
+        time.sleep(0.1)
 
 
 def test_sigterm_stops_both_servers(script):
